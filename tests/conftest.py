@@ -1,0 +1,19 @@
+"""Shared test helpers: where ../shared lives, and skips with a reason when it is absent."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("CMMD_SHARED", ROOT.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+I3D_DIR = SHARED / "weights" / "i3d-kinetics400"
+
+
+def shared_file(path: Path) -> Path:
+    """Return `path`, or skip the calling test naming the missing file."""
+    if not path.exists():
+        pytest.skip(f"needs {path} (from ../shared), which is absent")
+    return path
