@@ -1,0 +1,271 @@
+"""Joint video-audio diffusion: schedules, 𝐯/ε conversions, losses and the DDIM sampler
+(CMMD §2.1–2.2, Eq. 1–3, 5, 6, Algorithm 1; Salimans & Ho 2022; Song et al. 2021 DDIM;
+MM-Diffusion §3.4, Eq. 12).
+
+Both modalities share one schedule and one step n per example (CMMD §2.1, MM-Diffusion §3.2); the maths
+is written once per tensor and looped over the modality dict {"video": (B, F, C, H, W), "audio": (B, M, T)}.
+Steps are 0-indexed, n ∈ {0, …, N−1}, ᾱ[n] = ∏_{i≤n} (1 − β_i) (diffusers' convention); the paper's αₙ is
+this cumulative ᾱₙ.
+
+[choice] L_jdiff (Eq. 2) is the mean squared error of each modality, summed over the two modalities.
+[choice] L_cont (Eq. 6) follows the equation, not Algorithm 1: every negative pair is a data point of its
+own, with its own noise and its own targets (Algorithm 1 writes the positive's 𝐯 as every term's target),
+at the same step n as the positive. A list of negatives is summed (one draw per term of Eq. 6 by default;
+η absorbs their count, as CDCD's η replaces M).
+"""
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+MODALITIES = ("video", "audio")  # fixed order: noise is drawn in this order, so seeds are reproducible
+NDIM = {"video": 5, "audio": 3}  # (B, F, C, H, W) and (B, M, T)
+COSINE_S = 0.008  # offset of the cosine schedule (Nichol & Dhariwal 2021, Eq. 17)
+MAX_BETA = 0.999  # β clip of the cosine schedule (Nichol & Dhariwal 2021; diffusers' squaredcos_cap_v2)
+LINEAR_BETAS = (1e-4, 0.02)  # β₁ … β_N of the linear schedule (Ho et al. 2020, §4), used by MM-Diffusion
+GUIDANCE_FORMS = ("cmmd", "mmdiffusion")
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "cosine"  # "cosine" (CMMD Table 4) or "linear" (MM-Diffusion §3.1)
+    prediction: str = "v"  # what the network predicts: "v" (CMMD Table 4) or "eps" (MM-Diffusion)
+    num_steps: int = 1000  # N training steps (CMMD Table 4)
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "linear"):
+            raise ValueError(f"diffusion.py: schedule must be 'cosine' or 'linear', got {self.schedule!r}")
+        if self.prediction not in ("v", "eps"):
+            raise ValueError(f"diffusion.py: prediction must be 'v' or 'eps', got {self.prediction!r}")
+        if self.num_steps < 1:
+            raise ValueError(f"diffusion.py: num_steps must be positive, got {self.num_steps}")
+
+
+def make_betas(cfg: DiffusionConfig) -> torch.Tensor:
+    """β₁ … β_N in float64: the cosine schedule (Nichol & Dhariwal 2021) or DDPM's linear one."""
+    N = cfg.num_steps
+    if cfg.schedule == "linear":
+        return torch.linspace(*LINEAR_BETAS, N, dtype=torch.float64)
+
+    def abar(t):  # continuous ᾱ(t), t ∈ [0, 1] (Nichol & Dhariwal 2021, Eq. 17)
+        return math.cos((t + COSINE_S) / (1 + COSINE_S) * math.pi / 2) ** 2
+
+    return torch.tensor([min(1 - abar((i + 1) / N) / abar(i / N), MAX_BETA) for i in range(N)], dtype=torch.float64)
+
+
+def _check(x: dict, what: str):
+    for k, t in x.items():
+        assert k in NDIM, f"{what}: unknown modality {k!r}, expected keys from {MODALITIES}"
+        assert t.ndim == NDIM[k], f"{what}: {k} must have {NDIM[k]} dims (B, ...), got {tuple(t.shape)}"
+    shapes = {k: tuple(t.shape) for k, t in x.items()}
+    assert len({s[0] for s in shapes.values()}) == 1, f"{what}: batch sizes differ: {shapes}"
+
+
+def _randn(shape, generator, device, dtype) -> torch.Tensor:
+    # drawn on the generator's device, so a CPU generator gives the same numbers on any device
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+class Diffusion:
+    """The forward process, 𝐯/ε conversions, the losses and the sampler for one schedule and parameterisation.
+
+    Holds `alphas_cumprod` ᾱ (N,) in float64 on the CPU; every method takes its device and dtype from its
+    inputs, so there is nothing to move.
+    """
+
+    def __init__(self, cfg: DiffusionConfig):
+        self.cfg = cfg
+        self.betas = make_betas(cfg)  # (N,)
+        self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)  # (N,) ᾱₙ
+
+    # ---- closed forms (CMMD §2.1 / SPEC §2; Salimans & Ho 2022 §4) -------------------------------------
+
+    def _coefs(self, n: torch.Tensor, x: torch.Tensor):
+        """√ᾱₙ and √(1−ᾱₙ) for a step per example n (B,), shaped (B, 1, …) to broadcast against x."""
+        assert n.ndim == 1 and n.shape[0] == x.shape[0], f"n must be (B,) with B={x.shape[0]}, got {tuple(n.shape)}"
+        ab = self.alphas_cumprod.to(x.device)[n].view(-1, *[1] * (x.ndim - 1))  # (B, 1, …)
+        return ab.sqrt().to(x.dtype), (1 - ab).sqrt().to(x.dtype)
+
+    def q_sample(self, x0: torch.Tensor, n: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        sa, s1a = self._coefs(n, x0)
+        return sa * x0 + s1a * noise  # xₙ = √ᾱₙ·x₀ + √(1−ᾱₙ)·ε (CMMD Eq. 5)
+
+    def v_target(self, x0: torch.Tensor, n: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        sa, s1a = self._coefs(n, x0)
+        return sa * noise - s1a * x0  # 𝐯 = √ᾱₙ·ε − √(1−ᾱₙ)·x₀ (CMMD Eq. 2)
+
+    def target(self, x0: torch.Tensor, n: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output: 𝐯, or ε for an ε-prediction model."""
+        return self.v_target(x0, n, noise) if self.cfg.prediction == "v" else noise
+
+    def _x0_eps(self, x_n, out, sa, s1a):
+        """(x̂₀, ε̂) from the network output, with √ᾱₙ and √(1−ᾱₙ) given (tensors or floats)."""
+        if self.cfg.prediction == "v":
+            # x̂₀ and ε̂ from 𝐯̂ (Salimans & Ho 2022, App. D; SPEC §2)
+            return sa * x_n - s1a * out, s1a * x_n + sa * out
+        return (x_n - s1a * out) / sa, out  # x̂₀ from ε̂ (Ho et al. 2020, Eq. 4 inverted)
+
+    def predict_x0(self, x_n: torch.Tensor, n: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return self._x0_eps(x_n, out, *self._coefs(n, x_n))[0]
+
+    def predict_eps(self, x_n: torch.Tensor, n: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return self._x0_eps(x_n, out, *self._coefs(n, x_n))[1]
+
+    # ---- losses (CMMD Eq. 2, Eq. 6, Algorithm 1) --------------------------------------------------------
+
+    def _pair_losses(self, model, pairs: list, n, noise, generator):
+        """Per-modality MSE (P,) of P pairs of equal shapes, all at the same steps n (B,), in one forward pass."""
+        for i, p in enumerate(pairs):
+            _check(p, f"diffusion.py pair {i}")
+            assert {k: tuple(t.shape) for k, t in p.items()} == {k: tuple(t.shape) for k, t in pairs[0].items()}, \
+                f"diffusion.py: pair {i} has shapes unlike the positive's"
+        P, keys = len(pairs), [k for k in MODALITIES if k in pairs[0]]
+        x0 = {k: torch.cat([p[k] for p in pairs]) for k in keys}  # (P·B, ...): concatenated as one batch (Alg. 1)
+        B, device = pairs[0][keys[0]].shape[0], x0[keys[0]].device
+        if n is None:
+            gen_device = generator.device if generator is not None else device
+            n = torch.randint(0, self.cfg.num_steps, (B,), generator=generator, device=gen_device)
+        n = n.to(device)
+        assert n.shape == (B,), f"diffusion.py: n must be (B,) = ({B},), got {tuple(n.shape)}"
+        if noise is None:  # each pair and each modality gets its own noise (Eq. 6, Alg. 1)
+            noise = [{k: _randn(pairs[0][k].shape, generator, device, x0[k].dtype) for k in keys} for _ in pairs]
+        assert len(noise) == P, f"diffusion.py: need one noise dict per pair ({P}), got {len(noise)}"
+        eps = {k: torch.cat([e[k] for e in noise]) for k in keys}  # (P·B, ...)
+        n_all = n.repeat(P)  # (P·B,): the same step n for every pair
+        x_n = {k: self.q_sample(x0[k], n_all, eps[k]) for k in keys}
+        out = model(x_n, n_all)
+        mse = {}
+        for k in keys:
+            assert out[k].shape == x_n[k].shape, f"model output {k} {tuple(out[k].shape)} != input {tuple(x_n[k].shape)}"
+            err = (out[k].to(x_n[k].dtype) - self.target(x0[k], n_all, eps[k])).pow(2)
+            mse[k] = err.reshape(P, -1).mean(dim=1)  # (P,): MSE of each pair
+        return mse
+
+    def joint_loss(self, model, x0: dict, n=None, noise=None, generator=None):
+        """L_jdiff (CMMD Eq. 2): one step n per example shared by both modalities, each modality its own noise.
+
+        x0: {"video": (B, F, C, H, W), "audio": (B, M, T)}; n: (B,) or None (uniform over the N steps);
+        noise: a dict like x0 or None (drawn from `generator`). Returns (loss, {modality: detached MSE}).
+        """
+        mse = self._pair_losses(model, [x0], n, None if noise is None else [noise], generator)
+        loss = sum(m[0] for m in mse.values())  # [choice] MSE per modality, summed over modalities
+        return loss, {k: m[0].detach() for k, m in mse.items()}
+
+    def contrastive_loss(self, model, pos: dict, negs: list, eta: float, n=None, noise=None, generator=None):
+        """L_cont = L_jdiff(v, a) − η·Σ L_jdiff(negative pair) (CMMD Eq. 6, [choice] above).
+
+        negs: list of pair dicts such as {"video": v, "audio": a¬} and {"video": v¬, "audio": a} (negatives.py).
+        All pairs share the step n (B,); noise, if given, is a list of dicts: the positive's first, then one per
+        negative. Returns (loss, terms): "jdiff" the positive's L_jdiff, "video"/"audio" its per-modality MSE,
+        and "neg0", "neg1", … each negative pair's L_jdiff (log them: the negative term is unbounded below).
+        """
+        pairs = [pos, *negs]
+        mse = self._pair_losses(model, pairs, n, noise, generator)
+        L = sum(mse.values())  # (P,): L_jdiff of each pair
+        loss = L[0] - eta * L[1:].sum()  # CMMD Eq. 6
+        terms = {"jdiff": L[0].detach(), **{k: m[0].detach() for k, m in mse.items()}}
+        terms.update({f"neg{i}": L[1 + i].detach() for i in range(len(negs))})
+        return loss, terms
+
+    # ---- sampling (Song et al. 2021; CMMD Eq. 3, 5; MM-Diffusion Eq. 12) -------------------------------
+
+    def timesteps(self, steps: int) -> list:
+        """S evenly spaced steps, high to low: (S−1)·k, …, k, 0 with k = N // S (DDIM's, diffusers' "leading")."""
+        if not 1 <= steps <= self.cfg.num_steps:
+            raise ValueError(f"diffusion.py: steps must be in 1..{self.cfg.num_steps}, got {steps}")
+        k = self.cfg.num_steps // steps
+        return [i * k for i in reversed(range(steps))]
+
+    @torch.no_grad()
+    def sample(self, model, shapes: dict, *, cond=None, steps=200, guidance=0.0, guidance_form="cmmd",
+               eta_ddim=0.0, clip_x0=False, generator=None, progress=True) -> dict:
+        """DDIM (Song et al. 2021), joint or conditional by replacement and reconstruction guidance (CMMD Eq. 3, 5).
+
+        shapes: {modality: shape} of the modalities to generate; cond: None (joint: all from noise) or
+        {"video": v0} (video→audio) or {"audio": a0} (audio→video). The condition is forward-diffused every
+        step with noise drawn once (Eq. 5). guidance λ > 0 adds, with guidance_form
+          "cmmd":        â₀ = ā₀ − λ·√ᾱₙ·∇_{aₙ} ‖v₀ − v̂₀‖²  (Eq. 3; [choice] ‖·‖² summed over elements), then
+                         ε̂ₐ is re-derived from â₀ (SPEC §5);
+          "mmdiffusion": after the step, aₙ₋₁ −= λ·√ᾱₙ·∇_{aₙ} mean‖vₙ₋₁ − q(vₙ₋₁|v₀)‖², mean over the
+                         elements of each example (MM-Diffusion Eq. 12 as its official code runs it:
+                         √ᾱₙ where the paper prints √(1−ᾱₙ), no guidance on the last step).
+        [mmdiffusion] The official sampler also averages over the batch and leaves its fp16 loss scale 2²⁰ in
+        the gradient: its classifier_scale 3 at batch 2 is λ = 3·2²⁰/2 here.
+        λ = 0 is plain replacement and never touches autograd. eta_ddim = 0 is deterministic DDIM; > 0 draws
+        σₙ·z (Song et al. 2021, Eq. 16; 1 is DDPM with the posterior variance β̃). clip_x0 clamps x̂₀ to
+        [-1, 1] (pixels and waveforms) and re-derives ε̂ from it. The last step goes to ᾱ = 1, so the result is
+        x̂₀ (diffusers' set_alpha_to_one). Noise is drawn from `generator` in this order: one tensor per
+        modality in MODALITIES order (the generated ones start from it, the condition's ε is it), then per
+        step, if eta_ddim > 0, one per generated modality. Returns {modality: x₀}; the condition is returned
+        as given.
+        """
+        cond = dict(cond or {})
+        if guidance_form not in GUIDANCE_FORMS:
+            raise ValueError(f"diffusion.py: guidance_form must be one of {GUIDANCE_FORMS}, got {guidance_form!r}")
+        if guidance > 0 and not cond:
+            raise ValueError("diffusion.py: guidance needs a condition (cond=None is joint generation; use guidance=0)")
+        if guidance > 0 and torch.is_inference_mode_enabled():
+            raise ValueError("diffusion.py: guidance needs autograd; call sample() outside torch.inference_mode()")
+        if not 0 <= eta_ddim <= 1:
+            raise ValueError(f"diffusion.py: eta_ddim must be in [0, 1], got {eta_ddim}")
+        gen = [k for k in MODALITIES if k in shapes and k not in cond]  # modalities to generate
+        if not gen:
+            raise ValueError(f"diffusion.py: nothing to generate: shapes {list(shapes)}, cond {list(cond)}")
+        shapes = {k: tuple(cond[k].shape) if k in cond else tuple(shapes[k]) for k in MODALITIES if k in cond or k in gen}
+        assert all(len(s) == NDIM[k] for k, s in shapes.items()), f"diffusion.py: bad shapes {shapes}"
+        assert len({s[0] for s in shapes.values()}) == 1, f"diffusion.py: batch sizes differ: {shapes}"
+        B = next(iter(shapes.values()))[0]
+        if cond:
+            device, dtype = next(iter(cond.values())).device, next(iter(cond.values())).dtype
+        else:
+            param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+            device, dtype = (param.device if param is not None else torch.device("cpu")), torch.get_default_dtype()
+
+        noise = {k: _randn(shapes[k], generator, device, dtype) for k in shapes}  # εᵥ of Eq. 5 drawn once
+        x = {k: noise[k] for k in gen}
+        ts = self.timesteps(steps)
+        abar = self.alphas_cumprod.tolist()
+        guided = guidance > 0
+        for i, n in enumerate(tqdm(ts, desc="DDIM", disable=not progress)):
+            ab, ab_prev = abar[n], (abar[ts[i + 1]] if i + 1 < len(ts) else 1.0)
+            sa, s1a = math.sqrt(ab), math.sqrt(1 - ab)
+            for k in cond:
+                x[k] = sa * cond[k] + s1a * noise[k]  # vₙ = √ᾱₙ·v₀ + √(1−ᾱₙ)·εᵥ (CMMD Eq. 5)
+            n_b = torch.full((B,), n, dtype=torch.long, device=device)  # (B,)
+            with torch.enable_grad() if guided else nullcontext():
+                x_in = {k: x[k].detach().requires_grad_(guided and k in gen) for k in shapes}
+                out = model(x_in, n_b)
+                x0, eps = {}, {}
+                for k in shapes:
+                    assert out[k].shape == x_in[k].shape, f"model output {k} {tuple(out[k].shape)} != {tuple(x_in[k].shape)}"
+                    x0[k], eps[k] = self._x0_eps(x_in[k], out[k], sa, s1a)
+                if guided and guidance_form == "cmmd":
+                    err = sum((cond[k] - x0[k]).pow(2).sum() for k in cond)  # ‖v₀ − v̂₀‖², summed over the batch
+                    grads = torch.autograd.grad(err, [x_in[k] for k in gen])
+                    for k, g in zip(gen, grads):
+                        x0[k] = x0[k] - guidance * sa * g  # â₀ = ā₀ − λ·√ᾱₙ·∇_{aₙ}‖v₀ − v̂₀‖² (CMMD Eq. 3)
+                        eps[k] = (x_in[k] - sa * x0[k]) / s1a  # ε̂ₐ = (aₙ − √ᾱₙ·â₀) / √(1−ᾱₙ) (SPEC §5)
+                if clip_x0:
+                    for k in shapes:
+                        x0[k] = x0[k].clamp(-1, 1)
+                        eps[k] = (x_in[k] - sa * x0[k]) / s1a  # ε̂ re-derived from the clipped x̂₀ (as GLIDE)
+                # σₙ(η) of DDIM (Song et al. 2021, Eq. 16)
+                sigma = eta_ddim * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+                step = gen + (list(cond) if guided and guidance_form == "mmdiffusion" else [])
+                c0, c_eps = math.sqrt(ab_prev), math.sqrt(max(1 - ab_prev - sigma**2, 0.0))  # max: rounding at η = 1
+                x_prev = {k: c0 * x0[k] + c_eps * eps[k] for k in step}  # DDIM (Song et al. 2021, Eq. 12)
+                if guided and guidance_form == "mmdiffusion" and i + 1 < len(ts):
+                    sa_p, s1a_p = math.sqrt(ab_prev), math.sqrt(1 - ab_prev)
+                    err = sum((x_prev[k] - (sa_p * cond[k] + s1a_p * noise[k])).pow(2).flatten(1).mean(1).sum()
+                              for k in cond)  # ‖vₙ₋₁ − q(vₙ₋₁|v₀)‖² per element, summed over the batch
+                    grads = torch.autograd.grad(err, [x_in[k] for k in gen])
+                    for k, g in zip(gen, grads):
+                        x_prev[k] = x_prev[k] - guidance * sa * g  # ã = a − λ·√ᾱₙ·∇ (MM-Diffusion Eq. 12 as coded)
+            for k in gen:
+                x[k] = x_prev[k].detach()
+                if eta_ddim > 0:
+                    x[k] = x[k] + sigma * _randn(shapes[k], generator, device, dtype)
+        return {k: cond[k] if k in cond else x[k] for k in shapes}
