@@ -1,0 +1,386 @@
+"""Easy-fusion video-audio U-Net (CMMD App. B, Fig. 1, Fig. 6, Table 4, Eq. 7).
+
+One network predicts both velocities, 𝐯_θ(vₙ, aₙ, n) (CMMD Eq. 2). Two U-Nets run side by side:
+
+- video path on latents (B, F, C, H, W): factorised "2D+1D" residual blocks (a per-frame 3×3 conv, then a
+  3-tap conv over frames) with spatial self-attention (over H·W within a frame) and temporal
+  self-attention (over F at each pixel); down/upsampling halves/doubles H and W, never F;
+- audio path on log-mel (B, M, T), mel bins as channels: 1-D residual blocks over T with temporal
+  self-attention; down/upsampling halves/doubles T.
+
+Both paths have the same channel widths (base · channel_mult) and are joined by "easy fusion" (Fig. 6):
+audio → video: nearest-neighbour interpolation along time T → F, repeated over H×W, concatenated on
+channels; video → audio: average pool over H×W, nearest-neighbour interpolation F → T, concatenated on
+channels. The residual block that follows brings the channels back. The self-attention after it then
+works on fused features, standing in for cross-attention (Eq. 7).
+
+Building blocks follow improved-diffusion (Nichol & Dhariwal 2021): GroupNorm + SiLU before each conv,
+the timestep embedding (sinusoidal in n, then an MLP) added after the first conv of every residual block,
+the last conv of every residual block, every attention output projection and the output convs
+zero-initialised (of a 2D+1D conv, its temporal part), skip connections from every encoder block into
+the decoder, and a residual path that is the identity where a block keeps its channel count, else a 1×1
+conv (a fused block is no exception: at encoder level 1, 128 + 128 fused channels pass straight on).
+
+[choice] Where fusion happens: once per resolution level and per direction, at the input of the first
+residual block of each encoder level, of the middle block and of each decoder level (2·levels + 1 = 9
+fusion points for 4 levels). Both directions are computed from the same pre-block features (a
+simultaneous exchange), and the fused block's input is concat(h, skip (decoder only), other modality).
+With `fusion=False` zeros of the same shape are concatenated instead, so the parameter count is the same
+and the two paths are exactly independent except through the shared timestep n.
+
+[choice] Nearest-neighbour is centre-aligned ("nearest-exact"): output index i reads input index
+⌊(i + ½)·n_in / n_out⌋, so video frame f (centre (f + ½)/fps) reads the mel step nearest its centre
+rather than the first one (torch's legacy "nearest" is left-aligned: frame 0 would always read mel step 0).
+
+[choice] Lengths: F, H and W are never padded; H and W must be divisible by 2^(levels − 1) (8 for the
+paper's 4 levels, so 8×8 and 16×16 latents or 64×64 pixels). T is zero-padded at the end to a multiple
+of 2^(levels − 1) and the output cropped back; fusion maps time through the unpadded length T / 2^level,
+so padding never stretches the audio-video alignment. Padded steps are not masked in attention (112 and
+224 mel steps need no padding with 4 levels). The same weights accept any F, T, H, W.
+
+[choice] Size (paper: 106 M at 16×16 latents, 18 frames, 80×112 mel; Table 4 fixes base 128,
+multipliers 1, 2, 3, 4, head dim 64, and leaves the rest unstated). With 2D+1D convs in both halves of
+every residual block and the fusion inputs (about 17 M of the total), two residual blocks per level
+already give 140-178 M whatever the attention levels, so: one residual block per encoder level (two per
+decoder level); parameter-free resampling (2×2 average pooling down, nearest up, as inside
+MM-Diffusion's up/down residual blocks; 3-tap resampling convs would add 8.5 M); attention (video
+spatial + temporal, audio temporal) at levels 0, 1, 2 and in the middle block, none at the lowest level
+(the Stable-Diffusion pattern of attention at every level but the lowest; at 16×16 latents the lowest
+level is 2×2, where spatial attention adds little). This gives 108.05 M parameters (+1.9 %); the
+alternatives with conv resampling were 108.2 M (attention in the middle block only), 111.2 M (levels 0,
+1) and 126.0 M (every level). tests/test_unet.py asserts the count.
+
+[choice] The 2D+1D convolution has no nonlinearity between its spatial and temporal parts (a factorised
+3×3×3 convolution); the temporal part is the one zero-initialised at the end of a residual block.
+Dropout is not given in the paper; it defaults to 0.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+MODALITIES = ("video", "audio")
+TIME_EMBED_MULT = 4  # timestep MLP width = 4 · base channels (improved-diffusion)
+MAX_PERIOD = 10_000  # sinusoidal embedding's longest period (Vaswani et al. 2017, improved-diffusion)
+SDPA_MAX_BATCH = 2 ** 15  # CUDA flash/mem-efficient kernels fail for a batch ≥ 2**16 (pytorch#146704);
+# temporal attention at 64×64 latents has B·4096 sequences
+ATTENTION_AXES = {"video": ("space", "frames"), "audio": ("time",)}  # Fig. 1: spatial + temporal / temporal
+
+
+@dataclass
+class UNetConfig:
+    """Easy-fusion U-Net hyper-parameters; the defaults are the paper's model (CMMD Table 4)."""
+    video_channels: int = 4  # SD-VAE latent channels; 3 for a pixel-space model
+    audio_channels: int = 80  # mel bins (CMMD §3); 1 for a raw waveform
+    base_channels: int = 128  # Table 4
+    channel_mult: tuple[int, ...] = (1, 2, 3, 4)  # Table 4; one resolution level each
+    num_res_blocks: int = 1  # [choice] per encoder level (decoder: one more); see the module docstring
+    head_dim: int = 64  # Table 4: heads = channels // head_dim
+    attention_levels: tuple[int, ...] = (0, 1, 2)  # [choice] levels (0 = full resolution) with attention,
+    # besides the middle block, which always has it
+    dropout: float = 0.0  # [choice] not given in the paper
+    fusion: bool = True  # easy fusion (Fig. 6); False: independent paths, the same parameters
+    conv_resample: bool = False  # [choice] True: a 3-tap conv as the strided downsampler and after nearest
+    # upsampling; False: parameter-free average pooling and nearest upsampling (improved-diffusion's flag)
+    time_embed_dim: int | None = None  # None: TIME_EMBED_MULT · base_channels
+    norm_groups: int = 32  # GroupNorm groups (improved-diffusion)
+    grad_checkpoint: bool = False  # recompute blocks in the backward pass to save memory
+
+    def __post_init__(self):
+        # JSON round trips give lists; keep tuples so configs compare equal.
+        self.channel_mult = tuple(self.channel_mult)
+        self.attention_levels = tuple(self.attention_levels)
+        if self.time_embed_dim is None:
+            self.time_embed_dim = TIME_EMBED_MULT * self.base_channels
+        levels = len(self.channel_mult)
+        if not all(0 <= lv < levels for lv in self.attention_levels):
+            raise ValueError(f"unet.py: attention_levels {self.attention_levels} outside 0..{levels - 1}")
+        for level, mult in enumerate(self.channel_mult):
+            ch = self.base_channels * mult
+            if ch % self.norm_groups:
+                raise ValueError(f"unet.py: {ch} channels not divisible by norm_groups {self.norm_groups}")
+            if (level in self.attention_levels or level == levels - 1) and ch % self.head_dim:
+                raise ValueError(f"unet.py: {ch} attention channels not divisible by head_dim {self.head_dim}")
+
+    @property
+    def levels(self) -> int:
+        return len(self.channel_mult)
+
+
+PRESETS = {
+    "paper": {},  # 108.05 M parameters (CMMD Table 3: 106 M), Table 4
+    # The paper's topology at a quarter of the width (6.8 M): minutes of CPU training on 8×8 latents.
+    "small": dict(base_channels=32, head_dim=32, norm_groups=16),
+    # Unit tests: two levels, 0.33 M parameters, a forward in tens of milliseconds on CPU.
+    "tiny": dict(base_channels=16, channel_mult=(1, 2), head_dim=8, attention_levels=(0,), norm_groups=8),
+}
+
+
+def preset(name: str, **overrides) -> UNetConfig:
+    """The named configuration ("paper", "small", "tiny"), with fields overridden by keyword."""
+    if name not in PRESETS:
+        raise ValueError(f"unet.py: unknown preset {name!r}, choose one of {sorted(PRESETS)}")
+    return UNetConfig(**{**PRESETS[name], **overrides})
+
+
+def timestep_embedding(n: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding (B,) -> (B, dim) of the diffusion step n (improved-diffusion, cos then sin)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(MAX_PERIOD) * torch.arange(half, device=n.device, dtype=torch.float32) / half)
+    args = n.float()[:, None] * freqs[None]  # (B, dim/2)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2·(dim/2))
+    return F.pad(emb, (0, dim % 2))  # (B, dim)
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero a module's parameters in place (improved-diffusion's zero_module) and return it."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def conv(modality: str, c_in: int, c_out: int) -> nn.Module:
+    """The path's 3-tap convolution: video 2D+1D (per-frame 3×3, then 3 over frames), audio 3 over T."""
+    if modality == "video":  # on (B, C, F, H, W)
+        return nn.Sequential(nn.Conv3d(c_in, c_out, (1, 3, 3), padding=(0, 1, 1)),
+                             nn.Conv3d(c_out, c_out, (3, 1, 1), padding=(1, 0, 0)))
+    return nn.Conv1d(c_in, c_out, 3, padding=1)  # on (B, C, T)
+
+
+def pointwise(modality: str, c_in: int, c_out: int) -> nn.Module:
+    """1×1 convolution (channel mixing only) for the path's layout."""
+    return nn.Conv3d(c_in, c_out, 1) if modality == "video" else nn.Conv1d(c_in, c_out, 1)
+
+
+def last_conv(module: nn.Module) -> nn.Module:
+    """The final convolution of `conv(...)`'s output: the one to zero-initialise."""
+    return module[-1] if isinstance(module, nn.Sequential) else module
+
+
+class ResBlock(nn.Module):
+    """improved-diffusion residual block with the path's convolution and an additive timestep embedding."""
+
+    def __init__(self, modality: str, c_in: int, c_out: int, cfg: UNetConfig):
+        super().__init__()
+        self.in_layers = nn.Sequential(nn.GroupNorm(cfg.norm_groups, c_in), nn.SiLU(), conv(modality, c_in, c_out))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(cfg.time_embed_dim, c_out))
+        out_conv = conv(modality, c_out, c_out)
+        zero_(last_conv(out_conv))  # the block starts as the identity (skip) map
+        self.out_layers = nn.Sequential(nn.GroupNorm(cfg.norm_groups, c_out), nn.SiLU(), nn.Dropout(cfg.dropout),
+                                        out_conv)
+        self.skip = nn.Identity() if c_in == c_out else pointwise(modality, c_in, c_out)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)  # (B, C_out, *S) with S = (F, H, W) or (T,)
+        h = h + self.emb(emb).view(emb.shape[0], -1, *[1] * (h.ndim - 2))  # + (B, C_out, 1, ...)
+        return self.skip(x) + self.out_layers(h)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a residual over sequences (N, C, L): one module for spatial,
+    temporal and audio attention, which differ only in how the caller folds axes into N and L."""
+
+    def __init__(self, channels: int, cfg: UNetConfig):
+        super().__init__()
+        self.heads = channels // cfg.head_dim  # Table 4: heads = channels // attention dim
+        self.norm = nn.GroupNorm(cfg.norm_groups, channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = zero_(nn.Linear(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N, C, L = x.shape
+        qkv = self.qkv(self.norm(x).transpose(1, 2))  # (N, L, 3C)
+        q, k, v = qkv.view(N, L, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 × (N, heads, L, d)
+        y = torch.cat([F.scaled_dot_product_attention(*qkv_chunk)  # (N, heads, L, C/heads)
+                       for qkv_chunk in zip(*(t.split(SDPA_MAX_BATCH) for t in (q, k, v)))])
+        y = y.transpose(1, 2).reshape(N, L, C)  # (N, L, C)
+        return x + self.proj(y).transpose(1, 2)  # (N, C, L)
+
+
+class AxisAttention(nn.Module):
+    """SelfAttention along one axis: "space" (H·W per frame), "frames" (F per pixel) or "time" (T).
+    As in MM-Diffusion, the GroupNorm statistics are those of each folded sequence (a frame, a pixel)."""
+
+    def __init__(self, axis: str, channels: int, cfg: UNetConfig):
+        super().__init__()
+        self.axis = axis
+        self.attn = SelfAttention(channels, cfg)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.axis == "time":
+            return self.attn(h)  # (B, C, T)
+        B, C, F_, H, W = h.shape
+        if self.axis == "space":
+            s = h.transpose(1, 2).reshape(B * F_, C, H * W)  # (B·F, C, H·W)
+            return self.attn(s).view(B, F_, C, H, W).transpose(1, 2)  # (B, C, F, H, W)
+        s = h.permute(0, 3, 4, 1, 2).reshape(B * H * W, C, F_)  # (B·H·W, C, F)
+        return self.attn(s).view(B, H, W, C, F_).permute(0, 3, 4, 1, 2)  # (B, C, F, H, W)
+
+
+class Block(nn.Module):
+    """One U-Net block of a path (Fig. 1): a residual block, then the path's self-attentions."""
+
+    def __init__(self, modality: str, c_in: int, c_out: int, cfg: UNetConfig, attention: bool):
+        super().__init__()
+        self.res = ResBlock(modality, c_in, c_out, cfg)
+        axes = ATTENTION_AXES[modality] if attention else ()
+        self.attn = nn.ModuleList(AxisAttention(axis, c_out, cfg) for axis in axes)
+        self.grad_checkpoint = cfg.grad_checkpoint
+
+    def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.res(x, emb)
+        for attn in self.attn:
+            h = attn(h)
+        return h
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, emb, use_reentrant=False)
+        return self._forward(x, emb)
+
+
+class Resample(nn.Module):
+    """Halve (down) or double (up) H, W of video or T of audio; frames are never resampled (Table 4)."""
+
+    def __init__(self, modality: str, channels: int, down: bool, use_conv: bool):
+        super().__init__()
+        self.down = down
+        self.scale = (1, 2, 2) if modality == "video" else (2,)
+        if not use_conv:
+            pool = nn.AvgPool3d(self.scale) if modality == "video" else nn.AvgPool1d(2)
+            self.op = pool if down else nn.Identity()
+        elif modality == "video":
+            self.op = nn.Conv3d(channels, channels, (1, 3, 3), stride=self.scale if down else 1, padding=(0, 1, 1))
+        else:
+            self.op = nn.Conv1d(channels, channels, 3, stride=2 if down else 1, padding=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.down:
+            h = F.interpolate(h, scale_factor=self.scale, mode="nearest")  # (B, C, F, 2H, 2W) or (B, C, 2T)
+        return self.op(h)
+
+
+def nearest_index(n_out: int, scale: float, n_in: int, device: torch.device) -> torch.Tensor:
+    """Centre-aligned nearest-neighbour source indices: ⌊(i + ½)·scale⌋ for i < n_out, clamped to n_in − 1."""
+    i = torch.arange(n_out, dtype=torch.float64)
+    return ((i + 0.5) * scale).floor().long().clamp_(0, n_in - 1).to(device)
+
+
+def easy_fusion(h: dict[str, torch.Tensor], t_valid: float) -> dict[str, torch.Tensor]:
+    """Each path's view of the other (Fig. 6): for video (B, C, F, H, W) the audio interpolated T → F and
+    repeated over H×W; for audio (B, C, T) the video pooled over H×W and interpolated F → T. `t_valid` is
+    the unpadded audio length at this level, so zero padding at the end does not stretch the time axis."""
+    v, a = h["video"], h["audio"]
+    F_, T_ = v.shape[2], a.shape[2]
+    a2v = a.index_select(2, nearest_index(F_, t_valid / F_, T_, a.device))  # (B, C, F)
+    a2v = a2v[..., None, None].expand(-1, -1, -1, *v.shape[3:])  # (B, C, F, H, W)
+    v2a = v.mean(dim=(3, 4))  # (B, C, F)
+    v2a = v2a.index_select(2, nearest_index(T_, F_ / t_valid, F_, v.device))  # (B, C, T)
+    return {"video": a2v, "audio": v2a}
+
+
+def path_modules(make) -> nn.ModuleDict:
+    """{"video": make("video"), "audio": make("audio")}: one module per path."""
+    return nn.ModuleDict({m: make(m) for m in MODALITIES})
+
+
+class UNet(nn.Module):
+    """Two-path easy-fusion U-Net: model({"video": (B, F, C, H, W), "audio": (B, M, T)}, n) -> same shapes."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        base, levels = cfg.base_channels, cfg.levels
+        in_channels = {"video": cfg.video_channels, "audio": cfg.audio_channels}
+        self.time_embed = nn.Sequential(nn.Linear(base, cfg.time_embed_dim), nn.SiLU(),
+                                        nn.Linear(cfg.time_embed_dim, cfg.time_embed_dim))
+        self.inp = path_modules(lambda m: conv(m, in_channels[m], base))
+
+        # Both paths share every channel width, so the fused (other-path) input always has `ch` channels.
+        ch, skip_channels = base, [base]
+        self.down_blocks, self.downsample = nn.ModuleList(), nn.ModuleList()
+        for level, mult in enumerate(cfg.channel_mult):
+            blocks = nn.ModuleList()
+            attention = level in cfg.attention_levels
+            for i in range(cfg.num_res_blocks):
+                c_in = ch + (ch if i == 0 else 0)  # + fused features at a level's first block
+                blocks.append(path_modules(lambda m: Block(m, c_in, base * mult, cfg, attention)))
+                ch = base * mult
+                skip_channels.append(ch)
+            self.down_blocks.append(blocks)
+            if level < levels - 1:
+                self.downsample.append(path_modules(lambda m: Resample(m, ch, True, cfg.conv_resample)))
+                skip_channels.append(ch)
+
+        self.mid = nn.ModuleList([path_modules(lambda m: Block(m, 2 * ch, ch, cfg, attention=True)),
+                                  path_modules(lambda m: Block(m, ch, ch, cfg, attention=False))])
+
+        self.up_blocks, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            blocks = nn.ModuleList()
+            attention = level in cfg.attention_levels
+            for i in range(cfg.num_res_blocks + 1):
+                c_in = ch + skip_channels.pop() + (ch if i == 0 else 0)  # h, skip, fused at the first block
+                blocks.append(path_modules(lambda m: Block(m, c_in, base * mult, cfg, attention)))
+                ch = base * mult
+            self.up_blocks.append(blocks)
+            if level > 0:
+                self.upsample.append(path_modules(lambda m: Resample(m, ch, False, cfg.conv_resample)))
+
+        self.out = path_modules(lambda m: nn.Sequential(nn.GroupNorm(cfg.norm_groups, ch), nn.SiLU(),
+                                                        conv(m, ch, in_channels[m])))
+        for m in MODALITIES:
+            # Only the last part of a 2D+1D conv: zeroing both would leave both with zero gradients forever.
+            zero_(last_conv(self.out[m][-1]))
+
+    def _step(self, blocks: nn.ModuleDict, h: dict, emb: torch.Tensor, t_valid: float, *,
+              skip: dict | None = None, fuse: bool = False) -> dict:
+        """Run one block per path on concat(h, skip, fused other path) along channels."""
+        inputs = {m: [h[m]] + ([skip[m]] if skip is not None else []) for m in MODALITIES}
+        if fuse:
+            other = easy_fusion(h, t_valid) if self.cfg.fusion else {m: torch.zeros_like(h[m]) for m in MODALITIES}
+            for m in MODALITIES:
+                inputs[m].append(other[m])
+        return {m: blocks[m](torch.cat(inputs[m], dim=1), emb) for m in MODALITIES}
+
+    def forward(self, x: dict[str, torch.Tensor], n: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        v, a = x["video"], x["audio"]
+        assert v.ndim == 5 and v.shape[2] == cfg.video_channels, \
+            f"video must be (B, F, {cfg.video_channels}, H, W), got {tuple(v.shape)}"
+        assert a.ndim == 3 and a.shape[1] == cfg.audio_channels, \
+            f"audio must be (B, {cfg.audio_channels}, T), got {tuple(a.shape)}"
+        B, F_, _, H, W = v.shape
+        T = a.shape[2]
+        assert a.shape[0] == B and n.shape == (B,), \
+            f"batch sizes differ: video {B}, audio {a.shape[0]}, n {tuple(n.shape)}"
+        stride = 2 ** (cfg.levels - 1)
+        if H % stride or W % stride:
+            raise ValueError(f"unet.py: video H×W {H}×{W} must be divisible by {stride} for {cfg.levels} levels")
+
+        emb = self.time_embed(timestep_embedding(n, cfg.base_channels))  # (B, time_embed_dim)
+        h = {"video": v.transpose(1, 2),  # (B, C, F, H, W)
+             "audio": F.pad(a, (0, -T % stride))}  # (B, M, T') with T' a multiple of stride
+        h = {m: self.inp[m](h[m]) for m in MODALITIES}
+        skips = [h]
+        for level, blocks in enumerate(self.down_blocks):
+            for i, block in enumerate(blocks):
+                h = self._step(block, h, emb, T / 2 ** level, fuse=i == 0)
+                skips.append(h)
+            if level < cfg.levels - 1:
+                h = {m: self.downsample[level][m](h[m]) for m in MODALITIES}  # H, W (video) or T halved
+                skips.append(h)
+        h = self._step(self.mid[0], h, emb, T / stride, fuse=True)
+        h = self._step(self.mid[1], h, emb, T / stride)
+        for k, blocks in enumerate(self.up_blocks):
+            level = cfg.levels - 1 - k
+            for i, block in enumerate(blocks):
+                h = self._step(block, h, emb, T / 2 ** level, skip=skips.pop(), fuse=i == 0)
+            if level > 0:
+                h = {m: self.upsample[k][m](h[m]) for m in MODALITIES}  # H, W (video) or T doubled
+        out = {m: self.out[m](h[m]) for m in MODALITIES}
+        return {"video": out["video"].transpose(1, 2).to(v.dtype),  # (B, F, C, H, W)
+                "audio": out["audio"][..., :T].to(a.dtype)}  # (B, M, T)
