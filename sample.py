@@ -40,7 +40,7 @@ def generate(model, diff, codecs, clip, *, cond: dict | None = None, batch: int 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     with autocast:
         x0 = diff.sample(model, shapes, cond=encoded, steps=steps, guidance=guidance, generator=generator,
-                         progress=progress, **getattr(model, "sampler_options", {}))
+                         progress=progress, **getattr(model, "sample_defaults", {}))
     with torch.no_grad():
         out = {k: codecs[k].decode(x0[k].float()) if k not in (cond or {}) else cond[k].to(device)
                for k in ("video", "audio")}

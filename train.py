@@ -43,10 +43,10 @@ class TrainConfig:
     data_root: str | None = field(default=None, metadata={"help": "video folder (folder) or AIST++ root (aist)"})
     num_clips: int = field(default=2000, metadata={"help": "synthetic training clips"})
     out: str = field(default="runs/cmmd", metadata={"help": "run directory: checkpoints, log, previews"})
-    model: str = field(default="cmmd", metadata={"help": "cmmd (easy-fusion U-Net) or mmdiffusion (baseline)"})
-    preset: str = field(default="small", metadata={"help": "network size: paper, small or tiny"})
+    model: str = field(default="cmmd", metadata={"help": "cmmd (easy-fusion U-Net) or mmdiffusion (baseline)", "choices": ["cmmd", "mmdiffusion"]})
+    preset: str = field(default="small", metadata={"help": "network size (paper is MM-Diffusion's official size with --model mmdiffusion)", "choices": ["paper", "small", "tiny"]})
     fusion: bool = field(default=True, metadata={"help": "easy fusion between the paths (off: ablation)"})
-    vae: str = field(default="pixel", metadata={"help": "video codec: sd (SD-VAE latents) or pixel"})
+    vae: str = field(default="pixel", metadata={"help": "video codec: SD-VAE latents or pixels", "choices": ["sd", "pixel"]})
     vae_path: str = field(default=VAE_HUB_ID, metadata={"help": "SD-VAE directory or hub id"})
     frames: int = field(default=18, metadata={"help": "video frames per training clip (CMMD §3)"})
     size: int = field(default=64, metadata={"help": "frame side in pixels (128 in the paper)"})
@@ -84,7 +84,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=()):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helptext)
         else:
             kind = type(default) if default is not None else str
-            parser.add_argument(flag, type=kind, default=default, help=f"{helptext} (default: {default})")
+            parser.add_argument(flag, type=kind, default=default, choices=f.metadata.get("choices"),
+                                help=f"{helptext} (default: {default})")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -137,8 +138,9 @@ def run_config(cfg: TrainConfig, init_meta: dict | None = None) -> dict:
         import mmdiffusion
         if cfg.vae != "pixel":
             raise ValueError("--model mmdiffusion works on pixels and waveforms: use --vae pixel")
-        net = asdict(mmdiffusion.preset(cfg.preset))
-        diff = asdict(mmdiffusion.DIFFUSION)
+        name = {"paper": "official"}.get(cfg.preset, cfg.preset)  # the baseline's full size is its official one
+        net = asdict(mmdiffusion.preset(name, frames=clip.frames, image_size=clip.size, audio_samples=clip.samples))
+        diff = asdict(mmdiffusion.diffusion_config())
     else:
         raise ValueError(f"--model {cfg.model!r}: choose cmmd or mmdiffusion")
     return {"format": "cmmd-1", "model": cfg.model, "net": net, "diffusion": diff, "clip": asdict(clip),
@@ -393,7 +395,7 @@ def preview(model, diff, codecs, clip, cfg: TrainConfig, stem: Path, device):
 
 
 def parse_args(argv=None) -> TrainConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_dataclass_args(p, TrainConfig)
     a = p.parse_args(argv)
     return TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
