@@ -1,0 +1,242 @@
+"""Speed of one function evaluation: CMMD vs MM-Diffusion (CMMD Table 3, "Performance"; SPEC §6).
+
+Times one forward pass of each network at batch 1, in one process, under torch.inference_mode:
+- CMMD, paper preset (unet.preset("paper")), at 16×16 SD-VAE latents (128 px): 18 frames + 80×112 mel;
+- CMMD, the same network at 64×64 latents (512 px);
+- MM-Diffusion at its official configuration (mmdiffusion.preset("official")): 16×3×64×64 px + 1×25 600.
+and reports parameters, GFLOP per evaluation (torch's FlopCounterMode on a meta-device copy: matmuls,
+convolutions and attention) and ms per evaluation as median/min/max over N runs after warm-up, then the
+ratio MM-Diffusion / CMMD next to the paper's (RTX Titan: 136, 299 and 721 ms, so 5.3× and 2.4×).
+
+Absolute times mean something only on a GPU. On a CPU only the ratios do, and on a shared CPU even they
+are noisy: there the process's CPU time per evaluation is reported too, and --quick runs on one thread
+(intra-op threads of an oversubscribed CPU mostly wait on each other: 5-10× slower here). Modes: fp32 on CPU; fp32 and bf16 (autocast) on CUDA, with true fp32 convolutions and matmuls
+unless --tf32 (the paper's RTX Titan has no TF32); --compile adds torch.compile'd runs of every mode.
+
+    python bench.py --quick                      # CPU, a few minutes
+    python bench.py --device cuda --compile --json bench.json
+"""
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import mmdiffusion
+import unet
+
+PAPER_MS = {"CMMD 16×16": 136.0, "CMMD 64×64": 299.0, "MM-Diffusion": 721.0}  # CMMD Table 3, RTX Titan, batch 1
+CMMD_FRAMES, MEL_BINS, MEL_STEPS = 18, 80, 112  # a training clip (SPEC §1, data.ClipConfig)
+LATENT_CHANNELS = 4  # SD-VAE latents (SPEC §1)
+STEP_N = 500  # the diffusion step fed to the networks; the cost does not depend on it
+QUICK = dict(warmup=1, runs=3, budget=60.0)  # --quick: at most `budget` s of timed runs per model on a CPU
+FULL = {"cuda": dict(warmup=5, runs=20, budget=0.0), "cpu": dict(warmup=1, runs=5, budget=0.0)}
+
+
+@dataclass
+class Network:
+    """One benchmarked network: how to build it and the input shapes of one function evaluation."""
+    name: str
+    build: Callable[[], torch.nn.Module]
+    shapes: dict
+
+
+def networks() -> list[Network]:
+    mmd = mmdiffusion.preset("official")
+    return [
+        Network("CMMD 16×16", lambda: unet.UNet(unet.preset("paper")),
+                {"video": (1, CMMD_FRAMES, LATENT_CHANNELS, 16, 16), "audio": (1, MEL_BINS, MEL_STEPS)}),
+        Network("CMMD 64×64", lambda: unet.UNet(unet.preset("paper")),
+                {"video": (1, CMMD_FRAMES, LATENT_CHANNELS, 64, 64), "audio": (1, MEL_BINS, MEL_STEPS)}),
+        Network("MM-Diffusion", lambda: mmdiffusion.MMDiffusion(mmd),
+                {"video": (1, mmd.frames, mmd.video_channels, mmd.image_size, mmd.image_size),
+                 "audio": (1, mmd.audio_channels, mmd.audio_samples)}),
+    ]
+
+
+@dataclass
+class Section:
+    """One Markdown table of the report, with the records behind it for --json."""
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
+                 "|" + "|".join("---" for _ in self.columns) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines + [""] + [f"- {n}" for n in self.notes])
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    threads = torch.get_num_threads()
+    return f"{model}, {threads} thread{'s' if threads > 1 else ''}"
+
+
+def count(net: Network) -> tuple[int, float]:
+    """Parameters and GFLOP of one forward pass, counted on a meta-device copy (no memory, no time)."""
+    with torch.device("meta"):
+        model = net.build().eval()
+        x = {k: torch.empty(s) for k, s in net.shapes.items()}
+        n = torch.full((1,), STEP_N)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x, n)
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 1e9
+
+
+def time_fe(model, x: dict, n: torch.Tensor, mode: str, warmup: int, runs: int, budget: float):
+    """Wall ms of each of `runs` forward passes after `warmup` ones, stopping early (after one) past `budget`
+    s; on a CPU also the process's CPU ms of each (None on CUDA)."""
+    device = n.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if mode == "bf16" else nullcontext()
+    cuda = device.type == "cuda"
+    times, cpu_times = [], None if cuda else []
+    with torch.inference_mode(), autocast:
+        for _ in range(warmup):
+            model(x, n)
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(runs):
+            if cuda:  # events time the GPU work itself, not the host's launch loop
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                model(x, n)
+                end.record()
+                end.synchronize()
+                times.append(begin.elapsed_time(end))
+            else:
+                t, c = time.perf_counter(), time.process_time()
+                model(x, n)
+                times.append((time.perf_counter() - t) * 1e3)
+                cpu_times.append((time.process_time() - c) * 1e3)
+            if budget and time.perf_counter() - start > budget:
+                break
+    return times, cpu_times
+
+
+def function_evaluation(args, device: torch.device) -> list[Section]:
+    """Table 3's "Performance": ms per function evaluation (forward pass, batch 1), and the ratios."""
+    plan = QUICK if args.quick else FULL[device.type]
+    warmup = plan["warmup"] if args.warmup is None else args.warmup
+    runs = plan["runs"] if args.runs is None else args.runs
+    budget = (plan["budget"] if device.type == "cpu" else 0.0) if args.budget is None else args.budget
+    modes = args.modes or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
+    variants = [(m, False) for m in modes] + ([(m, True) for m in modes] if args.compile else [])
+    on_cpu = device.type == "cpu"
+    env = [device_name(device), torch.__version__]
+    fe = Section("Function evaluation (forward pass, batch 1)",
+                 ["device", "torch", "mode", "model", "input", "params (M)", "GFLOP/FE", "ms/FE median", "min",
+                  "max", *(["CPU ms/FE median"] if on_cpu else []), "runs"], [])
+    stats = {}  # (mode, model) -> {"wall": median ms, "cpu": median CPU ms}
+    for net in networks():
+        shapes = " + ".join("×".join(map(str, s[1:])) for s in net.shapes.values())
+        params, gflop = count(net)
+        model = net.build().to(device).eval()
+        g = torch.Generator().manual_seed(0)
+        x = {k: torch.randn(s, generator=g).to(device) for k, s in net.shapes.items()}
+        n = torch.full((1,), STEP_N, device=device)
+        for mode, compiled in variants:
+            label = mode + (" + compile" if compiled else "")
+            fn = torch.compile(model) if compiled else model
+            ms, cpu_ms = time_fe(fn, x, n, mode, max(warmup, 2 if compiled else 0), runs, budget)
+            stats[label, net.name] = {"wall": statistics.median(ms), "cpu": cpu_ms and statistics.median(cpu_ms)}
+            fe.rows.append([*env, label, net.name, shapes, f"{params / 1e6:.2f}", f"{gflop:.1f}",
+                            f"{statistics.median(ms):.1f}", f"{min(ms):.1f}", f"{max(ms):.1f}",
+                            *([f"{statistics.median(cpu_ms):.1f}"] if on_cpu else []), str(len(ms))])
+            fe.records.append(dict(device=env[0], torch=env[1], mode=label, model=net.name, input=shapes,
+                                   params=params, gflop=gflop, ms=ms, cpu_ms=cpu_ms))
+        del model, fn
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    fe.notes = [f"warm-up {warmup}, up to {runs} timed runs"
+                + (f", at most {budget:.0f} s of timed runs per model" if budget else "")
+                + (f"; torch.get_num_threads() = {torch.get_num_threads()}" if on_cpu else ""),
+                "GFLOP/FE: torch.utils.flop_counter (matmuls, convolutions, attention), multiply-add = 2 FLOP.",
+                "Absolute times mean something only on a GPU; on a CPU only the ratios do. On a shared CPU the wall "
+                "time also counts other jobs; CPU ms/FE (this process's CPU time) does not."]
+
+    refs = ("CMMD 16×16", "CMMD 64×64")
+    ratio = Section("MM-Diffusion / CMMD", ["measure", *(f"vs {r}" for r in refs)], [])
+    measures = [(f"{label} ms/FE", label, "wall") for label in dict.fromkeys(r["mode"] for r in fe.records)]
+    if on_cpu:
+        measures += [(f"{label} CPU ms/FE", label, "cpu") for label in dict.fromkeys(r["mode"] for r in fe.records)]
+    for name, label, kind in measures:
+        cells = [stats[label, "MM-Diffusion"][kind] / stats[label, ref][kind] for ref in refs]
+        ratio.rows.append([name, *(f"{c:.2f}×" for c in cells)])
+        ratio.records.append(dict(measure=name, **dict(zip(refs, cells))))
+    gflops = {r["model"]: r["gflop"] for r in fe.records}
+    for name, value in (("GFLOP/FE", gflops), ("paper, RTX Titan ms/FE", PAPER_MS)):
+        cells = [value["MM-Diffusion"] / value[ref] for ref in refs]
+        ratio.rows.append([name, *(f"{c:.2f}×" for c in cells)])
+        ratio.records.append(dict(measure=name, **dict(zip(refs, cells))))
+    ratio.notes = ["Ratios of medians; the paper's are 721 / 136 ms and 721 / 299 ms (CMMD Table 3)."]
+    return [fe, ratio]
+
+
+def sections(args, device: torch.device) -> list[Section]:
+    """Every table of the report, in order: each measurement is a builder returning its Sections."""
+    return function_evaluation(args, device)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)")
+    p.add_argument("--quick", action="store_true",
+                   help="few runs and warm-ups, one CPU thread and at most 60 s of timed runs per model on a CPU: "
+                        "minutes on a CPU")
+    p.add_argument("--modes", nargs="+", choices=["fp32", "bf16"],
+                   help="precision modes (default: fp32 on CPU; fp32 and bf16 autocast on CUDA)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="also time torch.compile'd models (compile time goes into the warm-up)")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=False,
+                   help="allow TF32 in CUDA fp32 matmuls and convolutions (off: true fp32, like the paper's GPU)")
+    p.add_argument("--warmup", type=int, help="untimed forward passes per model and mode (default: see --quick)")
+    p.add_argument("--runs", type=int, help="timed forward passes per model and mode (default: see --quick)")
+    p.add_argument("--budget", type=float,
+                   help="stop timing a model after this many seconds of timed runs (at least one run); 0: no limit")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 with --quick, else torch's choice)")
+    p.add_argument("--json", help="also write the report's records to this JSON file")
+    args = p.parse_args()
+
+    threads = args.threads or (1 if args.quick else None)  # --quick: see the module docstring
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("bench.py: --device cuda but torch sees no CUDA GPU")
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cudnn.benchmark = True  # autotuned in the warm-up
+
+    report = sections(args, device)
+    print(f"## Speed: CMMD vs MM-Diffusion (CMMD Table 3)\n\ndevice: {device_name(device)}; torch {torch.__version__}"
+          + (f"; TF32 {'on' if args.tf32 else 'off'}" if device.type == "cuda" else "") + "\n")
+    for section in report:
+        print(section.markdown() + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name(device), "torch": torch.__version__, "args": vars(args),
+                       "sections": [asdict(s) for s in report]}, f, indent=2, ensure_ascii=False)
+
+
+if __name__ == "__main__":
+    main()
