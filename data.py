@@ -364,6 +364,8 @@ EVENTS_MAX = 32  # events are stored NaN-padded to this length so batches collat
 PALETTE = np.array([[1, .2, .2], [.2, 1, .2], [.3, .4, 1], [1, 1, .2], [1, .2, 1], [.2, 1, 1]], np.float32)
 PITCHES = np.array([261.6, 329.6, 392.0, 523.3, 659.3, 784.0], np.float32)  # Hz, C major, one per colour
 VARIANTS = ("bounce", "dance")
+MIN_EVENT_GAP = 3  # frames between impacts of different balls: 10 fps cannot show closer events apart
+MAX_TRIES = 20
 
 
 def _disk(yy, xx, cy, cx, r):
@@ -411,13 +413,20 @@ def synthetic_clip(seed: int, clip: ClipConfig, variant: str = "bounce") -> dict
     if variant == "bounce":
         n_obj = int(rng.integers(1, 4))
         columns = rng.permutation(3)[:n_obj]
+        taken = np.zeros(0, int)  # impact frames of the balls drawn so far
         for k in range(n_obj):
             colour = int(rng.integers(len(PALETTE)))
             big = bool(rng.integers(2))
             r = S * (0.13 if big else 0.08)
-            gap = int(rng.integers(4, 9))  # frames between impacts: 0.4-0.8 s
-            first = int(rng.integers(0, gap))
-            impacts = np.arange(first - gap, Fw + gap, gap)  # frame indices; virtual ones beyond the window
+            for _ in range(MAX_TRIES):  # keep impacts of different balls >= 3 frames apart: separate events
+                gap = int(rng.integers(4, 9))  # frames between impacts: 0.4-0.8 s
+                first = int(rng.integers(0, gap))
+                impacts = np.arange(first - gap, Fw + gap, gap)  # frame indices; virtual ones beyond the window
+                if taken.size == 0 or np.abs(impacts[:, None] - taken[None]).min() >= MIN_EVENT_GAP:
+                    break
+            else:
+                continue  # no room for this ball
+            taken = np.concatenate([taken, impacts])
             prev = impacts[np.searchsorted(impacts, np.arange(Fw), side="right") - 1]
             u = (np.arange(Fw) - prev) / gap  # phase in the current bounce
             since = np.arange(Fw) - prev  # frames since the last impact
@@ -441,7 +450,7 @@ def synthetic_clip(seed: int, clip: ClipConfig, variant: str = "bounce") -> dict
         period = 60.0 / tempo
         beats = np.arange(rng.uniform(0, period), clip.window_samples / sr, period)
         k = np.searchsorted(beats, t_frames, side="right") - 1  # index of the last beat (-1: none yet)
-        since = np.where(k >= 0, t_frames - beats[np.maximum(k, 0)], 1.0)
+        since = np.where(k >= 0, t_frames - np.append(beats, 0.0)[np.maximum(k, 0)], 1.0)  # beats may be empty
         jump = S * 0.12 * np.exp(-since / 0.08)  # a sharp hop on each beat
         side = np.where(k % 2 == 0, 1.0, -1.0) * S * 0.08  # the pose swaps sides on each beat
         colour = PALETTE[int(rng.integers(len(PALETTE)))]
