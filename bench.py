@@ -36,6 +36,7 @@ CMMD_FRAMES, MEL_BINS, MEL_STEPS = 18, 80, 112  # a training clip (SPEC §1, dat
 LATENT_CHANNELS = 4  # SD-VAE latents (SPEC §1)
 STEP_N = 500  # the diffusion step fed to the networks; the cost does not depend on it
 QUICK = dict(warmup=1, runs=3, budget=60.0)  # --quick: at most `budget` s of timed runs per model on a CPU
+E2E_STEPS = (200, 25)  # sampler steps of the end-to-end table: the paper's, and a fast setting
 FULL = {"cuda": dict(warmup=5, runs=20, budget=0.0), "cpu": dict(warmup=1, runs=5, budget=0.0)}
 
 
@@ -189,9 +190,56 @@ def function_evaluation(args, device: torch.device) -> list[Section]:
     return [fe, ratio]
 
 
+def end_to_end(args, device: torch.device) -> list[Section]:
+    """Latency of `sample.py --v2a` on one 3.6 s clip (36 frames at 128 px), stage by stage: decode the
+    mp4, SD-VAE encode, S DDIM steps of the paper preset, MelGAN vocoder, mux. Random weights: the cost
+    does not depend on them. With --quick on a CPU only S = 25 runs and S = 200 is extrapolated from it."""
+    import tempfile
+
+    import data
+    import diffusion
+    import melgan
+    import sample
+    import train
+    import vae
+    clip = data.ClipConfig(frames=36, size=128)
+    model = unet.UNet(unet.preset("paper")).to(device).eval()
+    codecs = {"video": vae.SDVAECodec(vae.AutoencoderKL(vae.VAEConfig())).to(device),
+              "audio": train.MelCodec(melgan.Generator(melgan.MelGANConfig()).to(device).eval().vocode)}
+    diff = diffusion.Diffusion(diffusion.DiffusionConfig())
+    item = data.synthetic_clip(0, data.ClipConfig(frames=36, size=512, margin=0), "dance")
+    section = Section("End-to-end `sample.py --v2a`, 3.6 s clip at 128 px (batch 1, seconds)",
+                      ["stage", *(f"S = {s}" for s in E2E_STEPS)], [])
+    with tempfile.TemporaryDirectory() as tmp:
+        src = data.write_mp4(f"{tmp}/in.mp4", item["video"], item["audio"])
+        columns = {}
+        for steps in E2E_STEPS:
+            run = 25 if args.quick and device.type == "cpu" else steps
+            watch = sample.Stopwatch()
+            with watch("decode mp4"):
+                frames = data.read_av(src, frames=clip.frames, size=clip.size).video.float() / 127.5 - 1
+            out = sample.generate(model, diff, codecs, clip, cond={"video": frames[None]}, steps=run,
+                                  generator=torch.Generator(device).manual_seed(0), progress=False, stopwatch=watch)
+            with watch("mux mp4"):
+                data.write_mp4(f"{tmp}/out.mp4", frames, out["audio"][0])
+            t = {k.replace(f" ({run} steps)", ""): v for k, v in watch.seconds.items()}
+            if run != steps:
+                t["sample"] *= steps / run
+            columns[steps] = (t, run != steps)
+    stages = list(columns[E2E_STEPS[0]][0])
+    for stage in stages:
+        label = {"encode": "SD-VAE encode", "sample": "DDIM sampling", "decode audio": "MelGAN vocoder"}.get(stage, stage)
+        section.rows.append([label, *(f"{columns[s][0][stage]:.2f}" + (" (extrapolated)" if columns[s][1] and stage == "sample" else "")
+                                      for s in E2E_STEPS)])
+    section.rows.append(["total", *(f"{sum(columns[s][0].values()):.2f}" for s in E2E_STEPS)])
+    section.records = [dict(steps=s, extrapolated=columns[s][1], **columns[s][0]) for s in E2E_STEPS]
+    section.notes = ["Paper preset (108 M) on 4×16×36 latents + 80×224 mel; random SD-VAE and MelGAN weights."]
+    return [section]
+
+
 def sections(args, device: torch.device) -> list[Section]:
     """Every table of the report, in order: each measurement is a builder returning its Sections."""
-    return function_evaluation(args, device)
+    return function_evaluation(args, device) + ([] if args.no_e2e else end_to_end(args, device))
 
 
 def main():
@@ -213,6 +261,7 @@ def main():
                    help="stop timing a model after this many seconds of timed runs (at least one run); 0: no limit")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 with --quick, else torch's choice)")
     p.add_argument("--json", help="also write the report's records to this JSON file")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end sample.py latency table")
     args = p.parse_args()
 
     threads = args.threads or (1 if args.quick else None)  # --quick: see the module docstring

@@ -408,7 +408,7 @@ def synthetic_clip(seed: int, clip: ClipConfig, variant: str = "bounce") -> dict
     t_frames = np.arange(Fw, dtype=np.float32) / clip.fps  # frame times, seconds from window start
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
     canvas = np.broadcast_to(rng.uniform(0, 0.15, 3).astype(np.float32), (Fw, S, S, 3)).copy()
-    wav = (0.003 * rng.standard_normal(clip.window_samples)).astype(np.float32)
+    wav = np.zeros(clip.window_samples, np.float32)  # silence between events: the events are the signal
     events, tempo = [], 0.0
     if variant == "bounce":
         n_obj = int(rng.integers(1, 4))

@@ -10,7 +10,9 @@ for --frames frames (36 by default, twice the training length, as in the paper),
 that comes first. Outputs are mp4s with sound, wavs and mel-spectrogram PNGs in --out.
 """
 import argparse
+import contextlib
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,11 +24,29 @@ import vae
 MODES = ("v2a", "a2v", "joint")
 
 
+class Stopwatch:
+    """Wall time per named stage, synchronising CUDA so a stage's kernels are counted in it."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        yield
+        sync()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
 def generate(model, diff, codecs, clip, *, cond: dict | None = None, batch: int = 1, frames: int = 36,
-             steps: int = 200, guidance: float = 0.0, generator=None, progress: bool = True) -> dict:
+             steps: int = 200, guidance: float = 0.0, generator=None, progress: bool = True,
+             stopwatch: Stopwatch | None = None) -> dict:
     """Sample with one of the three modes and decode: cond None (joint), {"video": frames (B, F, 3, H, W) in
     [-1, 1]} (video→audio) or {"audio": wav (B, L)} (audio→video). Returns {"video": (B, F, 3, H, W) in
-    [-1, 1], "audio": (B, L)}, the given modality passed through."""
+    [-1, 1], "audio": (B, L)}, the given modality passed through. `stopwatch` times the stages."""
+    watch = stopwatch or Stopwatch()
     device = next(model.parameters()).device
     if cond:
         batch = next(iter(cond.values())).shape[0]
@@ -35,15 +55,17 @@ def generate(model, diff, codecs, clip, *, cond: dict | None = None, batch: int 
     latent = clip.size // codecs["video"].factor
     shapes = {"video": (batch, frames, codecs["video"].channels, latent, latent),  # (B, F, c, h, w)
               "audio": (batch, codecs["audio"].channels, codecs["audio"].steps(samples))}  # (B, M, T)
-    with torch.no_grad():
+    with torch.no_grad(), watch("encode"):
         encoded = {k: codecs[k].encode(x.to(device)) for k, x in (cond or {}).items()}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    with autocast:
+    with autocast, watch(f"sample ({steps} steps)"):
         x0 = diff.sample(model, shapes, cond=encoded, steps=steps, guidance=guidance, generator=generator,
                          progress=progress, **getattr(model, "sample_defaults", {}))
-    with torch.no_grad():
-        out = {k: codecs[k].decode(x0[k].float()) if k not in (cond or {}) else cond[k].to(device)
-               for k in ("video", "audio")}
+    out = {k: cond[k].to(device) for k in (cond or {})}
+    for k in ("video", "audio"):
+        if k not in out:
+            with torch.no_grad(), watch(f"decode {k}"):
+                out[k] = codecs[k].decode(x0[k].float())
     out["audio"] = torch.nn.functional.pad(out["audio"], (0, samples - out["audio"].shape[1]))[:, :samples]  # (B, L)
     out["mel"] = data.wav_to_mel(out["audio"])  # (B, M, T): what the PNGs show
     return out

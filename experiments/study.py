@@ -1,0 +1,128 @@
+"""CMMD's claims at small scale on the synthetic benchmark (CMMD §3.2, Table 2): nCMMD vs CMMD vs
+MM-Diffusion vs a fusion-off ablation, over several seeds, scored against the clips' true event times.
+
+    python experiments/study.py --out runs/study                    # the study (hours on a CPU)
+    python experiments/study.py --out /tmp/smoke --smoke            # a handful of steps: guards the script
+
+For every seed it trains, on the same synthetic clips (bounce and dance variants together):
+- nCMMD: the joint loss only, `--steps` steps;
+- nCMMD, fusion off: the same, with the two paths independent (alignment should be at chance);
+- MM-Diffusion at a comparable size (mmdiffusion.py's preset), `--steps` steps;
+and, from the nCMMD checkpoint, `--finetune` more steps of:
+- nCMMD continued without the contrastive loss (the control: the same extra training);
+- CMMD with the contrastive loss at the paper's η = 5e-5, and at a larger η.
+Each is evaluated on held-out clips (demo.evaluate): video→audio onset F1 and hit rate at ±100 ms, the
+beat hit rate at ±100 ms on the dance clips and a mel L1 distance to the truth; audio→video visual-event
+hit rate; next to the ground truth, the ground truth shifted by 400 ms and another clip's signal. The
+table (mean ± std over seeds) goes to OUT/results.md, every number to OUT/results.json.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import data  # noqa: E402
+import demo  # noqa: E402
+import train  # noqa: E402
+
+LARGE_ETA = 5e-3  # the "larger η": 100× the paper's, where the negative terms are visible in the loss
+
+
+def runs(a) -> list[tuple[str, list[str], str | None]]:
+    """(name, train.py flags, name of the run to fine-tune from) in training order."""
+    base = ["--preset", a.preset, "--vae", "pixel", "--size", str(a.size), "--batch", str(a.batch),
+            "--lr", str(a.lr), "--lr-min", str(a.lr), "--ema", "0.999", "--preview-every", "0", "--workers", "0"]
+    main, more = ["--steps", str(a.steps)], ["--steps", str(a.finetune)]
+    return [("nCMMD", base + main, None),
+            ("nCMMD, fusion off", base + main + ["--no-fusion"], None),
+            ("MM-Diffusion", base + main + ["--model", "mmdiffusion"], None),
+            ("nCMMD + fine-tune (control)", base + more, "nCMMD"),
+            ("CMMD η=5e-5", base + more + ["--contrastive", "--eta", "5e-5"], "nCMMD"),
+            (f"CMMD η={LARGE_ETA:g}", base + more + ["--contrastive", "--eta", str(LARGE_ETA)], "nCMMD")]
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
+
+
+def summarise(per_seed: dict) -> tuple[str, dict]:
+    """Markdown table of mean ± std over seeds, and the same numbers as a dict."""
+    columns = [("v2a", "f1", "v2a onset F1"), ("v2a", "hit", "v2a hit ±100 ms"), ("v2a", "beat", "dance beat hit ±100 ms"),
+               ("v2a", "mel_l1", "mel L1 ↓"), ("a2v", "hit", "a2v visual hit ±100 ms")]
+    rows = sorted({name for seed in per_seed.values() for name in seed})
+    table = ["| model | " + " | ".join(c[2] for c in columns) + " |", "|---|" + "---|" * len(columns)]
+    out = {}
+    for name in rows:
+        cells = []
+        for direction, key, label in columns:
+            values = [seed[name][direction][key] for seed in per_seed.values()
+                      if name in seed and key in seed[name].get(direction, {})]
+            if not values:
+                cells.append("–")
+                continue
+            mean = statistics.fmean(values)
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            out.setdefault(name, {})[label] = {"mean": mean, "std": std, "n": len(values)}
+            cells.append(f"{mean:.3f} ± {std:.3f}")
+        table.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(table), out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/study", help="study directory (runs resume from their checkpoints)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (data order, init, noise)")
+    p.add_argument("--preset", default="tiny", help="network preset of every model")
+    p.add_argument("--size", type=int, default=16, help="frame side in pixels")
+    p.add_argument("--batch", type=int, default=8, help="clips per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, constant")
+    p.add_argument("--steps", type=int, default=1500, help="training steps of nCMMD, fusion-off and MM-Diffusion")
+    p.add_argument("--finetune", type=int, default=500, help="fine-tuning steps of CMMD and of the control")
+    p.add_argument("--train-clips", type=int, default=1024, help="synthetic training clips")
+    p.add_argument("--clips", type=int, default=32, help="held-out clips evaluated per model")
+    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps when sampling")
+    p.add_argument("--smoke", action="store_true", help="a few steps and clips: checks the script runs")
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.steps, a.finetune, a.train_clips, a.clips, a.sample_steps, a.seeds, a.batch = 2, 2, 8, 2, 2, [0], 2
+    out, t0 = Path(a.out), time.time()
+    clip = data.ClipConfig(size=a.size)
+    data.prepare("synthetic", out / "shards", clip=clip, num_clips={"train": a.train_clips}, progress=False)
+    test = data.SyntheticDataset(clip, "test", num_clips=a.clips)
+    items = [test[i] for i in range(len(test))]
+    results_path = out / "results.json"
+    per_seed = json.loads(results_path.read_text())["per_seed"] if results_path.exists() else {}
+    for seed in a.seeds:
+        scores = per_seed.setdefault(str(seed), {})
+        ckpts = {}
+        for name, flags, parent in runs(a):
+            run_dir = out / f"seed{seed}" / slug(name)
+            extra = ["--init", str(ckpts[parent])] if parent else []
+            cfg = train.parse_args(["--data", str(out / "shards"), "--out", str(run_dir), "--seed", str(seed),
+                                    "--ckpt-every", str(max(a.steps, a.finetune)), *flags, *extra])
+            print(f"seed {seed}: {name}", file=sys.stderr)
+            ckpts[name] = train.train(cfg, progress=not a.smoke)
+            if name in scores:
+                continue
+            model, diff, codecs, clip_, _ = train.load_model(ckpts[name])
+            result = demo.evaluate(model, diff, codecs, clip_, items, run_dir / "samples", a.sample_steps, seed, save_first=2)
+            scores[name] = {"v2a": result["v2a model"], "a2v": result["a2v model"]}
+            for ref in ("ground truth", "shifted 400 ms", "other clip"):  # the reference rows, once per seed
+                scores.setdefault(f"reference: {ref}", {"v2a": result[f"v2a {ref}"], "a2v": result[f"a2v {ref}"]})
+            results_path.parent.mkdir(parents=True, exist_ok=True)
+            results_path.write_text(json.dumps({"args": vars(a), "per_seed": per_seed}, indent=1))
+    table, summary = summarise(per_seed)
+    wall = (time.time() - t0) / 60
+    results_path.write_text(json.dumps({"args": vars(a), "per_seed": per_seed, "summary": summary,
+                                        "wall_minutes": wall}, indent=1))
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+    print(f"\n{len(a.seeds)} seeds, {wall:.1f} min wall time; {out / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
