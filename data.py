@@ -366,6 +366,7 @@ PITCHES = np.array([261.6, 329.6, 392.0, 523.3, 659.3, 784.0], np.float32)  # Hz
 VARIANTS = ("bounce", "dance")
 MIN_EVENT_GAP = 3  # frames between impacts of different balls: 10 fps cannot show closer events apart
 MAX_TRIES = 20
+NOISE_FLOOR = 0.002  # std of the background noise (-54 dBFS): a room tone between events, not digital silence
 
 
 def _disk(yy, xx, cy, cx, r):
@@ -408,7 +409,7 @@ def synthetic_clip(seed: int, clip: ClipConfig, variant: str = "bounce") -> dict
     t_frames = np.arange(Fw, dtype=np.float32) / clip.fps  # frame times, seconds from window start
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
     canvas = np.broadcast_to(rng.uniform(0, 0.15, 3).astype(np.float32), (Fw, S, S, 3)).copy()
-    wav = np.zeros(clip.window_samples, np.float32)  # silence between events: the events are the signal
+    wav = (NOISE_FLOOR * rng.standard_normal(clip.window_samples)).astype(np.float32)
     events, tempo = [], 0.0
     if variant == "bounce":
         n_obj = int(rng.integers(1, 4))

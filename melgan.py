@@ -486,7 +486,8 @@ def validate(G: Generator, wav: torch.Tensor) -> tuple[float, torch.Tensor, torc
 
 
 def _val_clips(name, clip, root, n: int, segment: int) -> torch.Tensor:
-    """The first `segment` samples of the first n validation items (train items if there is no val split)."""
+    """The loudest `segment` samples (on a hop grid) of the first n validation items (train items if there is
+    no val split): a silent stretch would make the validation mel-L1 trivially small."""
     try:
         ds = data.build_dataset(name, "val", clip, root=root)
         if len(ds) == 0:
@@ -494,7 +495,13 @@ def _val_clips(name, clip, root, n: int, segment: int) -> torch.Tensor:
     except data.BadInput as e:
         logging.warning(f"melgan: {e}; validating on the first training clips instead")
         ds = data.build_dataset(name, "train", clip, root=root)
-    return torch.stack([ds[i]["audio"][:segment] for i in range(min(n, len(ds)))]).float()  # (V, L)
+    clips = []
+    for i in range(min(n, len(ds))):
+        wav = ds[i]["audio"].float()
+        starts = range(0, len(wav) - segment + 1, data.HOP)
+        start = max(starts, key=lambda s: float(wav[s:s + segment].pow(2).sum()))
+        clips.append(wav[start:start + segment])
+    return torch.stack(clips)  # (V, L)
 
 
 def train(name: str, out, cfg: MelGANConfig, run: TrainRun, root=None, progress: bool = True) -> dict:

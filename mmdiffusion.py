@@ -62,7 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from diffusion import DiffusionConfig
-from unet import timestep_embedding, zero_
+from unet import check_inputs, timestep_embedding, zero_
 
 MODALITIES = ("video", "audio")
 OTHER = {"video": "audio", "audio": "video"}
@@ -427,14 +427,8 @@ class MMDiffusion(nn.Module):
 
     def forward(self, x: dict[str, torch.Tensor], n: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
+        B, F_, H, W, L = check_inputs(x, n, cfg.video_channels, cfg.audio_channels)  # audio (B, 1, L): T = L
         v, a = x["video"], x["audio"]
-        assert v.ndim == 5 and v.shape[2] == cfg.video_channels, \
-            f"video must be (B, F, {cfg.video_channels}, H, W), got {tuple(v.shape)}"
-        assert a.ndim == 3 and a.shape[1] == cfg.audio_channels, \
-            f"audio must be (B, {cfg.audio_channels}, L), got {tuple(a.shape)}"
-        B, F_, _, H, W = v.shape
-        L = a.shape[2]
-        assert a.shape[0] == B and n.shape == (B,), f"batch sizes differ: video {B}, audio {a.shape[0]}, n {tuple(n.shape)}"
         sv, sa = 2 ** (cfg.levels - 1), cfg.audio_rate ** (cfg.levels - 1)
         if H % sv or W % sv or L % sa or L // sa < F_:
             raise ValueError(f"mmdiffusion.py: video {H}×{W} must be divisible by {sv} and audio length {L} by {sa}, "

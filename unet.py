@@ -282,6 +282,18 @@ def easy_fusion(h: dict[str, torch.Tensor], t_valid: float) -> dict[str, torch.T
     return {"video": a2v, "audio": v2a}
 
 
+def check_inputs(x: dict[str, torch.Tensor], n: torch.Tensor, video_channels: int, audio_channels: int) -> tuple:
+    """Assert the model call convention, {"video": (B, F, C, H, W), "audio": (B, M, T)} and n (B,); return
+    (B, F, H, W, T)."""
+    v, a = x["video"], x["audio"]
+    assert v.ndim == 5 and v.shape[2] == video_channels, \
+        f"video must be (B, F, {video_channels}, H, W), got {tuple(v.shape)}"
+    assert a.ndim == 3 and a.shape[1] == audio_channels, f"audio must be (B, {audio_channels}, T), got {tuple(a.shape)}"
+    B, F_, _, H, W = v.shape
+    assert a.shape[0] == B and n.shape == (B,), f"batch sizes differ: video {B}, audio {a.shape[0]}, n {tuple(n.shape)}"
+    return B, F_, H, W, a.shape[2]
+
+
 def path_modules(make) -> nn.ModuleDict:
     """{"video": make("video"), "audio": make("audio")}: one module per path."""
     return nn.ModuleDict({m: make(m) for m in MODALITIES})
@@ -348,15 +360,8 @@ class UNet(nn.Module):
 
     def forward(self, x: dict[str, torch.Tensor], n: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
+        B, F_, H, W, T = check_inputs(x, n, cfg.video_channels, cfg.audio_channels)
         v, a = x["video"], x["audio"]
-        assert v.ndim == 5 and v.shape[2] == cfg.video_channels, \
-            f"video must be (B, F, {cfg.video_channels}, H, W), got {tuple(v.shape)}"
-        assert a.ndim == 3 and a.shape[1] == cfg.audio_channels, \
-            f"audio must be (B, {cfg.audio_channels}, T), got {tuple(a.shape)}"
-        B, F_, _, H, W = v.shape
-        T = a.shape[2]
-        assert a.shape[0] == B and n.shape == (B,), \
-            f"batch sizes differ: video {B}, audio {a.shape[0]}, n {tuple(n.shape)}"
         stride = 2 ** (cfg.levels - 1)
         if H % stride or W % stride:
             raise ValueError(f"unet.py: video H×W {H}×{W} must be divisible by {stride} for {cfg.levels} levels")
