@@ -704,7 +704,10 @@ def build_dataset(data: str, split: str, clip: ClipConfig, *, root=None, cache=N
         prepare(data, cache, clip=clip, root=root, encoder=encoder)
         return ShardDataset(cache, split)
     if Path(data).is_dir() and (Path(data) / "config.json").exists():
-        return ShardDataset(data, split)
+        ds = ShardDataset(data, split)
+        if ds.clip != clip:
+            raise BadInput(f"{data}: shards were prepared for {ds.clip}, not the requested {clip}")
+        return ds
     raise BadInput(f"--data {data}: unknown; choose synthetic, folder, aist, or a prepared shard directory")
 
 

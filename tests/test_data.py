@@ -195,3 +195,11 @@ def test_png_writer(tmp_path):
     idat = raw[raw.index(b"IDAT") + 4:raw.index(b"IEND") - 8]
     rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(4, 1 + 5 * 3)
     assert (rows[:, 1:].reshape(4, 5, 3) == img).all()
+
+
+def test_prepared_shards_refuse_another_clip_config(tmp_path):
+    clip = data.ClipConfig(frames=6, size=16, margin=2)
+    data.prepare("synthetic", tmp_path, clip=clip, num_clips={"train": 2}, progress=False)
+    assert len(data.build_dataset(str(tmp_path), "train", clip)) == 2
+    with pytest.raises(data.BadInput, match="shards were prepared for"):
+        data.build_dataset(str(tmp_path), "train", data.ClipConfig(frames=6, size=32, margin=2))
