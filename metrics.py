@@ -78,6 +78,7 @@ Command line: `python metrics.py --gen DIR --ref DIR [--metrics fvd,kvd,fad,beat
   pairing is needed by beat and onset, not by the set metrics. Onset ground truth is a sidecar JSON next
   to each reference clip, NAME.json = {"events": [seconds from the clip start, ...], "tempo": bpm}.
 """
+from abc import ABC, abstractmethod
 import argparse
 import json
 import math
@@ -348,7 +349,7 @@ def resample(wav, sr_in: int, sr_out: int) -> np.ndarray:
     return librosa.resample(wav, orig_sr=sr_in, target_sr=sr_out, res_type="soxr_hq")
 
 
-class AudioEmbedder:
+class AudioEmbedder(ABC):
     """What FAD needs from an audio model; `sample_rate` (Hz), `window` and `hop` (s) are part of it."""
     name: str
     sample_rate: int
@@ -356,9 +357,9 @@ class AudioEmbedder:
     hop: float  # seconds between consecutive embedding frames
     dim: int
 
+    @abstractmethod
     def embed(self, wav: np.ndarray) -> torch.Tensor:
         """(L,) waveform at `self.sample_rate` -> (frames, D) embeddings."""
-        raise NotImplementedError
 
     def embed_at(self, wav, sample_rate: int) -> torch.Tensor:
         """(L,) waveform at `sample_rate` -> (frames, D): resampled to the embedder's rate first."""
