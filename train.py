@@ -345,8 +345,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 loss, terms = diff.contrastive_loss(ddp_model, pos, negs, cfg.eta, generator=gen)
             else:
                 loss, terms = diff.joint_loss(ddp_model, pos, generator=gen)
-        if not torch.isfinite(loss):
-            msg = f"error: non-finite loss ({loss.item()}) at step {step}; last good checkpoint: {last_ckpt or 'none'}"
+        # Stop flags agreed by every process, so that no rank is left waiting in an all-reduce.
+        stop = torch.tensor([float(not torch.isfinite(loss)),
+                             float(cfg.time_limit > 0 and time.time() - t0 > cfg.time_limit * 60)], device=device)
+        if world > 1:
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        nonfinite, out_of_time = bool(stop[0]), bool(stop[1])
+        if nonfinite:
+            value = loss.item() if not torch.isfinite(loss) else "on another process"
+            msg = f"error: non-finite loss ({value}) at step {step}; last good checkpoint: {last_ckpt or 'none'}"
             bar.close()
             sys.exit(msg)
         opt.zero_grad(set_to_none=True)
@@ -361,6 +368,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             for e, b in zip(ema.buffers(), model.buffers()):
                 e.copy_(b)
         if rank != 0:
+            if out_of_time:
+                break
             continue
         logged = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
         bar.update(1)
@@ -369,7 +378,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             log.write(json.dumps({"step": step, "lr": learning_rate(cfg, step - 1), "time": round(time.time() - t0, 2),
                                   **logged}) + "\n")
             log.flush()
-        out_of_time = cfg.time_limit > 0 and time.time() - t0 > cfg.time_limit * 60
         if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
             last_ckpt = save_checkpoint(out, step, meta, model, ema, opt, gen, cfg.keep)
         if cfg.preview_every and (step % cfg.preview_every == 0 or step == cfg.steps):
