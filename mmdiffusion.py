@@ -116,8 +116,8 @@ class MMDiffusionConfig:
 
 PRESETS = {
     "official": {},  # 133.68 M parameters, the released AIST++/Landscape model
-    # CPU study next to CMMD's "small" preset (unet.py, 6.8 M): 5.9 M, on the same 18-frame 64 px, 1.8 s clips
-    # (data.ClipConfig); in pixels that is 55 GFLOP per evaluation, CMMD small's 8×8 latents 1.1.
+    # CPU study next to CMMD's "small" preset (unet.py, 19.5 M, 12.9 M of it the 1-D audio path): 5.9 M, on the
+    # same 18-frame 64 px, 1.8 s clips (data.ClipConfig); in pixels that is 55 GFLOP per evaluation.
     "small": dict(frames=18, image_size=64, audio_samples=28_800, base_channels=32, num_res_blocks=1,
                   head_channels=32, self_attention_heads=1, dropout=0.0),
     # Unit tests: a forward in milliseconds; L = 260 leaves a remainder segment at the second level.

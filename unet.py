@@ -8,7 +8,7 @@ One network predicts both velocities, 𝐯_θ(vₙ, aₙ, n) (CMMD Eq. 2). Two U
 - audio path on log-mel (B, M, T), mel bins as channels: 1-D residual blocks over T with temporal
   self-attention; down/upsampling halves/doubles T.
 
-Both paths have the same channel widths (base · channel_mult) and are joined by "easy fusion" (Fig. 6):
+Both paths have the channel widths base · channel_mult and are joined by "easy fusion" (Fig. 6):
 audio → video: nearest-neighbour interpolation along time T → F, repeated over H×W, concatenated on
 channels; video → audio: average pool over H×W, nearest-neighbour interpolation F → T, concatenated on
 channels. The residual block that follows brings the channels back. The self-attention after it then
@@ -50,6 +50,13 @@ level is 2×2, where spatial attention adds little). This gives 108.05 M paramet
 alternatives with conv resampling were 108.2 M (attention in the middle block only), 111.2 M (levels 0,
 1) and 126.0 M (every level). tests/test_unet.py asserts the count.
 
+[choice] Widths per path. The paper's model has one base width, 128, for both paths, wider than the 80
+mel bins. A path narrower than its input cannot learn: at mid noise the 𝐯 target carries xₙ's own noise
+in every mel bin, and 16 or 32 channels cannot pass 80 bins through, so such an audio path denoises worse
+than predicting the data mean and samples noise. `audio_base_channels` gives the audio path its own width
+(None: base_channels); the 1-D audio path is cheap next to the video path, so the reduced presets keep it at
+96 while the video path shrinks. A fused block's input adds the other path's width.
+
 [choice] The 2D+1D convolution has no nonlinearity between its spatial and temporal parts (a factorised
 3×3×3 convolution); the temporal part is the one zero-initialised at the end of a residual block.
 Dropout is not given in the paper; it defaults to 0.
@@ -63,6 +70,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 MODALITIES = ("video", "audio")
+OTHER = {"video": "audio", "audio": "video"}
 TIME_EMBED_MULT = 4  # timestep MLP width = 4 · base channels (improved-diffusion)
 MAX_PERIOD = 10_000  # sinusoidal embedding's longest period (Vaswani et al. 2017, improved-diffusion)
 SDPA_MAX_BATCH = 2 ** 15  # CUDA flash/mem-efficient kernels fail for a batch ≥ 2**16 (pytorch#146704);
@@ -76,6 +84,8 @@ class UNetConfig:
     video_channels: int = 4  # SD-VAE latent channels; 3 for a pixel-space model
     audio_channels: int = 80  # mel bins (CMMD §3); 1 for a raw waveform
     base_channels: int = 128  # Table 4
+    audio_base_channels: int | None = None  # [choice] None: base_channels; the audio path's own width, which
+    # must not be narrower than its 80 mel-bin input (see the module docstring)
     channel_mult: tuple[int, ...] = (1, 2, 3, 4)  # Table 4; one resolution level each
     num_res_blocks: int = 1  # [choice] per encoder level (decoder: one more); see the module docstring
     head_dim: int = 64  # Table 4: heads = channels // head_dim
@@ -95,27 +105,37 @@ class UNetConfig:
         self.attention_levels = tuple(self.attention_levels)
         if self.time_embed_dim is None:
             self.time_embed_dim = TIME_EMBED_MULT * self.base_channels
+        if self.audio_base_channels is None:
+            self.audio_base_channels = self.base_channels
         levels = len(self.channel_mult)
         if not all(0 <= lv < levels for lv in self.attention_levels):
             raise ValueError(f"unet.py: attention_levels {self.attention_levels} outside 0..{levels - 1}")
         for level, mult in enumerate(self.channel_mult):
-            ch = self.base_channels * mult
-            if ch % self.norm_groups:
-                raise ValueError(f"unet.py: {ch} channels not divisible by norm_groups {self.norm_groups}")
-            if (level in self.attention_levels or level == levels - 1) and ch % self.head_dim:
-                raise ValueError(f"unet.py: {ch} attention channels not divisible by head_dim {self.head_dim}")
+            for ch in (base * mult for base in self.width.values()):
+                if ch % self.norm_groups:
+                    raise ValueError(f"unet.py: {ch} channels not divisible by norm_groups {self.norm_groups}")
+                if (level in self.attention_levels or level == levels - 1) and ch % self.head_dim:
+                    raise ValueError(f"unet.py: {ch} attention channels not divisible by head_dim {self.head_dim}")
 
     @property
     def levels(self) -> int:
         return len(self.channel_mult)
 
+    @property
+    def width(self) -> dict[str, int]:
+        """Each path's base width: {"video": base_channels, "audio": audio_base_channels}."""
+        return {"video": self.base_channels, "audio": self.audio_base_channels}
+
 
 PRESETS = {
     "paper": {},  # 108.05 M parameters (CMMD Table 3: 106 M), Table 4
-    # The paper's topology at a quarter of the width (6.8 M): minutes of CPU training on 8×8 latents.
-    "small": dict(base_channels=32, head_dim=32, norm_groups=16),
-    # Unit tests: two levels, 0.33 M parameters, a forward in tens of milliseconds on CPU.
-    "tiny": dict(base_channels=16, channel_mult=(1, 2), head_dim=8, attention_levels=(0,), norm_groups=8),
+    # The paper's topology, the video path at a quarter of the width (19.5 M): minutes of CPU training on 8×8 latents.
+    "small": dict(base_channels=32, audio_base_channels=96, head_dim=32, norm_groups=16),
+    # The demo and unit tests: two levels, attention in the middle block only (at 16×16 pixels, attention at
+    # level 0 took 2/3 of a CPU training step), a video path of width 8: 2.1 M parameters, most of them the
+    # cheap 1-D audio path.
+    "tiny": dict(base_channels=8, audio_base_channels=96, channel_mult=(1, 2), head_dim=8, attention_levels=(),
+                 norm_groups=8),
 }
 
 
@@ -309,41 +329,45 @@ class UNet(nn.Module):
         in_channels = {"video": cfg.video_channels, "audio": cfg.audio_channels}
         self.time_embed = nn.Sequential(nn.Linear(base, cfg.time_embed_dim), nn.SiLU(),
                                         nn.Linear(cfg.time_embed_dim, cfg.time_embed_dim))
-        self.inp = path_modules(lambda m: conv(m, in_channels[m], base))
+        self.inp = path_modules(lambda m: conv(m, in_channels[m], cfg.width[m]))
 
-        # Both paths share every channel width, so the fused (other-path) input always has `ch` channels.
-        ch, skip_channels = base, [base]
+        # ch: each path's current width; a fused block's input adds the other path's width.
+        width = cfg.width
+        ch = dict(width)
+        skip_channels = [ch]
         self.down_blocks, self.downsample = nn.ModuleList(), nn.ModuleList()
         for level, mult in enumerate(cfg.channel_mult):
             blocks = nn.ModuleList()
             attention = level in cfg.attention_levels
             for i in range(cfg.num_res_blocks):
-                c_in = ch + (ch if i == 0 else 0)  # + fused features at a level's first block
-                blocks.append(path_modules(lambda m: Block(m, c_in, base * mult, cfg, attention)))
-                ch = base * mult
+                c_in = {m: ch[m] + (ch[OTHER[m]] if i == 0 else 0) for m in MODALITIES}  # + fused at a level's first block
+                blocks.append(path_modules(lambda m: Block(m, c_in[m], width[m] * mult, cfg, attention)))
+                ch = {m: width[m] * mult for m in MODALITIES}
                 skip_channels.append(ch)
             self.down_blocks.append(blocks)
             if level < levels - 1:
-                self.downsample.append(path_modules(lambda m: Resample(m, ch, True, cfg.conv_resample)))
+                self.downsample.append(path_modules(lambda m: Resample(m, ch[m], True, cfg.conv_resample)))
                 skip_channels.append(ch)
 
-        self.mid = nn.ModuleList([path_modules(lambda m: Block(m, 2 * ch, ch, cfg, attention=True)),
-                                  path_modules(lambda m: Block(m, ch, ch, cfg, attention=False))])
+        c_mid = {m: ch[m] + ch[OTHER[m]] for m in MODALITIES}
+        self.mid = nn.ModuleList([path_modules(lambda m: Block(m, c_mid[m], ch[m], cfg, attention=True)),
+                                  path_modules(lambda m: Block(m, ch[m], ch[m], cfg, attention=False))])
 
         self.up_blocks, self.upsample = nn.ModuleList(), nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             blocks = nn.ModuleList()
             attention = level in cfg.attention_levels
             for i in range(cfg.num_res_blocks + 1):
-                c_in = ch + skip_channels.pop() + (ch if i == 0 else 0)  # h, skip, fused at the first block
-                blocks.append(path_modules(lambda m: Block(m, c_in, base * mult, cfg, attention)))
-                ch = base * mult
+                skip = skip_channels.pop()
+                c_in = {m: ch[m] + skip[m] + (ch[OTHER[m]] if i == 0 else 0) for m in MODALITIES}  # h, skip, fused
+                blocks.append(path_modules(lambda m: Block(m, c_in[m], width[m] * mult, cfg, attention)))
+                ch = {m: width[m] * mult for m in MODALITIES}
             self.up_blocks.append(blocks)
             if level > 0:
-                self.upsample.append(path_modules(lambda m: Resample(m, ch, False, cfg.conv_resample)))
+                self.upsample.append(path_modules(lambda m: Resample(m, ch[m], False, cfg.conv_resample)))
 
-        self.out = path_modules(lambda m: nn.Sequential(nn.GroupNorm(cfg.norm_groups, ch), nn.SiLU(),
-                                                        conv(m, ch, in_channels[m])))
+        self.out = path_modules(lambda m: nn.Sequential(nn.GroupNorm(cfg.norm_groups, ch[m]), nn.SiLU(),
+                                                        conv(m, ch[m], in_channels[m])))
         for m in MODALITIES:
             # Only the last part of a 2D+1D conv: zeroing both would leave both with zero gradients forever.
             zero_(last_conv(self.out[m][-1]))
@@ -353,7 +377,8 @@ class UNet(nn.Module):
         """Run one block per path on concat(h, skip, fused other path) along channels."""
         inputs = {m: [h[m]] + ([skip[m]] if skip is not None else []) for m in MODALITIES}
         if fuse:
-            other = easy_fusion(h, t_valid) if self.cfg.fusion else {m: torch.zeros_like(h[m]) for m in MODALITIES}
+            other = easy_fusion(h, t_valid) if self.cfg.fusion else {  # zeros shaped as the fused features
+                m: h[m].new_zeros(h[m].shape[0], h[OTHER[m]].shape[1], *h[m].shape[2:]) for m in MODALITIES}
             for m in MODALITIES:
                 inputs[m].append(other[m])
         return {m: blocks[m](torch.cat(inputs[m], dim=1), emb) for m in MODALITIES}

@@ -177,6 +177,18 @@ def test_bf16_autocast():
         assert (out[m] - ref[m]).abs().max() < 0.1 * ref[m].abs().max() + 1e-3
 
 
+@pytest.mark.parametrize("name", ["paper", "small", "tiny"])
+def test_presets_audio_path_not_narrower_than_mel(name):
+    """A path narrower than its input cannot pass xₙ's noise through (unet.py docstring, widths per path):
+    every preset's audio path is at least as wide as the 80 mel bins, and its blocks are built that wide."""
+    cfg = preset(name)
+    assert cfg.width["audio"] >= cfg.audio_channels == 80
+    model = UNet(cfg) if name != "paper" else None
+    if model is not None:
+        assert model.inp["audio"].out_channels == cfg.audio_base_channels
+        assert model.out["audio"][-1].in_channels == cfg.audio_base_channels * cfg.channel_mult[0]
+
+
 def test_config_json_round_trip_and_errors():
     cfg = preset("small")
     assert UNetConfig(**json.loads(json.dumps(asdict(cfg)))) == cfg
