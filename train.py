@@ -375,8 +375,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in logged.items()})
         if step % cfg.log_every == 0 or step == cfg.steps:
+            memory = {"gpu_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)} if device.type == "cuda" else {}
             log.write(json.dumps({"step": step, "lr": learning_rate(cfg, step - 1), "time": round(time.time() - t0, 2),
-                                  **logged}) + "\n")
+                                  **logged, **memory}) + "\n")
             log.flush()
         if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
             last_ckpt = save_checkpoint(out, step, meta, model, ema, opt, gen, cfg.keep)

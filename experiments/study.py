@@ -3,6 +3,7 @@ MM-Diffusion vs a fusion-off ablation, over several seeds, scored against the cl
 
     python experiments/study.py --out runs/study                    # the study (hours on a CPU)
     python experiments/study.py --out /tmp/smoke --smoke            # a handful of steps: guards the script
+    python experiments/study.py --out runs/study --parallel         # one process per seed (a GPU left idle by one)
 
 For every seed it trains, on the same synthetic clips (bounce and dance variants together):
 - nCMMD: the joint loss only, `--steps` steps;
@@ -14,11 +15,13 @@ and, from the nCMMD checkpoint, `--finetune` more steps of:
 Each is evaluated on held-out clips (demo.evaluate): video→audio onset F1 and hit rate at ±100 ms, the
 beat hit rate at ±100 ms on the dance clips and a mel L1 distance to the truth; audio→video visual-event
 hit rate; next to the ground truth, the ground truth shifted by 400 ms and another clip's signal. The
-table (mean ± std over seeds) goes to OUT/results.md, every number to OUT/results.json.
+table (mean ± std over seeds) goes to OUT/results.md, every number to OUT/results.json; each seed's scores
+are kept in OUT/seedN/scores.json as they come, so an interrupted study resumes where it stopped.
 """
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -75,7 +78,7 @@ def summarise(per_seed: dict) -> tuple[str, dict]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/study", help="study directory (runs resume from their checkpoints)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (data order, init, noise)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (data order, init, noise); default 0 1 2, or 0 with --smoke")
     p.add_argument("--preset", default="tiny", help="network preset of every model")
     p.add_argument("--size", type=int, default=16, help="frame side in pixels")
     p.add_argument("--batch", type=int, default=8, help="clips per step")
@@ -85,19 +88,35 @@ def main(argv=None):
     p.add_argument("--train-clips", type=int, default=1024, help="synthetic training clips")
     p.add_argument("--clips", type=int, default=32, help="held-out clips evaluated per model")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps when sampling")
+    p.add_argument("--parallel", action="store_true",
+                   help="train the seeds in concurrent processes (logs in OUT/seedN.log), then summarise")
     p.add_argument("--smoke", action="store_true", help="a few steps and clips: checks the script runs")
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = p.parse_args(argv)
     if a.smoke:
-        a.steps, a.finetune, a.train_clips, a.clips, a.sample_steps, a.seeds, a.batch = 2, 2, 8, 2, 2, [0], 2
+        a.steps, a.finetune, a.train_clips, a.clips, a.sample_steps, a.batch = 2, 2, 8, 2, 2, 2
+    a.seeds = a.seeds or ([0] if a.smoke else [0, 1, 2])
     out, t0 = Path(a.out), time.time()
     clip = data.ClipConfig(size=a.size)
     data.prepare("synthetic", out / "shards", clip=clip, num_clips={"train": a.train_clips}, progress=False)
     test = data.SyntheticDataset(clip, "test", num_clips=a.clips)
     items = [test[i] for i in range(len(test))]
-    results_path = out / "results.json"
-    per_seed = json.loads(results_path.read_text())["per_seed"] if results_path.exists() else {}
+    if a.parallel and len(a.seeds) > 1:  # one child per seed, on the shards prepared above
+        children = []
+        for seed in a.seeds:
+            args = [x for x in argv if x != "--parallel"] + ["--seeds", str(seed)]
+            (out / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+            log = open(out / f"seed{seed}.log", "w")
+            children.append((seed, subprocess.Popen([sys.executable, __file__, *args], stdout=log, stderr=log)))
+        failed = [seed for seed, child in children if child.wait() != 0]
+        if failed:
+            sys.exit(f"error: study seed(s) {failed} failed; see {out}/seed{failed[0]}.log")
+    per_seed = {}
     for seed in a.seeds:
-        scores = per_seed.setdefault(str(seed), {})
+        scores_path = out / f"seed{seed}" / "scores.json"
+        scores = per_seed[str(seed)] = json.loads(scores_path.read_text()) if scores_path.exists() else {}
+        if a.parallel and len(a.seeds) > 1:
+            continue
         ckpts = {}
         for name, flags, parent in runs(a):
             run_dir = out / f"seed{seed}" / slug(name)
@@ -113,11 +132,10 @@ def main(argv=None):
             scores[name] = {"v2a": result["v2a model"], "a2v": result["a2v model"]}
             for ref in ("ground truth", "shifted 400 ms", "other clip"):  # the reference rows, once per seed
                 scores.setdefault(f"reference: {ref}", {"v2a": result[f"v2a {ref}"], "a2v": result[f"a2v {ref}"]})
-            results_path.parent.mkdir(parents=True, exist_ok=True)
-            results_path.write_text(json.dumps({"args": vars(a), "per_seed": per_seed}, indent=1))
+            scores_path.write_text(json.dumps(scores, indent=1))
     table, summary = summarise(per_seed)
     wall = (time.time() - t0) / 60
-    results_path.write_text(json.dumps({"args": vars(a), "per_seed": per_seed, "summary": summary,
+    (out / "results.json").write_text(json.dumps({"args": vars(a), "per_seed": per_seed, "summary": summary,
                                         "wall_minutes": wall}, indent=1))
     (out / "results.md").write_text(table + "\n")
     print(table)
