@@ -4,6 +4,7 @@ visual events where the sounds are, against no-model baselines on the same held-
 
     python demo.py                  # about 10 minutes on 2 CPU cores
     python demo.py --minutes 30     # longer training, better samples
+    python demo.py --eval-only --split val --guidance-v2a 3 --guidance-a2v 30   # choose λ on validation clips
 """
 import argparse
 import json
@@ -20,6 +21,9 @@ import sample
 import train
 
 SHIFT_S = 0.4  # the no-model baseline: the true signal moved by 400 ms (the window's margin, real content)
+# λ of the reconstruction guidance (CMMD Eq. 3) per direction, chosen on the validation split for the demo's
+# model (README, "Quickstart"); λ = 0 is the replacement method.
+GUIDANCE = {"v2a": 10.0, "a2v": 300.0}
 
 
 def event_scores(events: np.ndarray, found: np.ndarray) -> dict:
@@ -51,11 +55,25 @@ def pooled(rows: list[dict]) -> dict:
     return out
 
 
+def guidance_weights(model, codecs, clip, guidance: dict) -> dict:
+    """λ per direction for this model. MM-Diffusion's guidance form takes the mean squared error over the
+    condition's elements where CMMD's sums it, so its λ is multiplied by that element count: the same weight
+    on the same error."""
+    if getattr(model, "sample_defaults", {}).get("guidance_form") != "mmdiffusion":
+        return dict(guidance)
+    side = clip.size // codecs["video"].factor
+    n = {"v2a": clip.frames * codecs["video"].channels * side * side,  # elements of the video condition
+         "a2v": codecs["audio"].channels * codecs["audio"].steps(clip.samples)}  # of the audio condition
+    return {d: lam * n[d] for d, lam in guidance.items()}
+
+
 def evaluate(model, diff, codecs, clip, items, out: Path, steps: int, seed: int = 0, save_first: int = 4,
-             batch: int = 16) -> dict:
+             batch: int = 16, guidance: dict | None = None) -> dict:
     """Video→audio and audio→video on held-out windows, scored at ±100 ms against the true event times,
     next to the same scores of the ground truth, the ground truth shifted by 400 ms, and another clip's.
-    Samples `batch` clips at a time, from one generator seeded with `seed`."""
+    Samples `batch` clips at a time, from one generator seeded with `seed`, with guidance λ per direction
+    ({"v2a": λ, "a2v": λ}; None: GUIDANCE)."""
+    lam = guidance_weights(model, codecs, clip, GUIDANCE if guidance is None else guidance)
     m, ms, shift_f, shift_s = clip.margin, clip.margin_samples, round(SHIFT_S * clip.fps), round(SHIFT_S * clip.sample_rate)
     refs = ("ground truth", "shifted 400 ms", "other clip")
     audio = {"ground truth": [it["audio"][ms:ms + clip.samples] for it in items],
@@ -71,8 +89,10 @@ def evaluate(model, diff, codecs, clip, items, out: Path, steps: int, seed: int 
         sl = slice(start, start + batch)
         v = torch.stack(video["ground truth"][sl]).float().to(device) / 127.5 - 1  # (b, F, 3, H, W)
         a = torch.stack(audio["ground truth"][sl]).to(device)  # (b, L)
-        v2a = sample.generate(model, diff, codecs, clip, cond={"video": v}, steps=steps, generator=g, progress=False)
-        a2v = sample.generate(model, diff, codecs, clip, cond={"audio": a}, steps=steps, generator=g, progress=False)
+        v2a = sample.generate(model, diff, codecs, clip, cond={"video": v}, steps=steps, guidance=lam["v2a"],
+                              generator=g, progress=False)
+        a2v = sample.generate(model, diff, codecs, clip, cond={"audio": a}, steps=steps, guidance=lam["a2v"],
+                              generator=g, progress=False)
         audio["model"] += list(v2a["audio"].cpu())
         video["model"] += list(data.to_uint8(a2v["video"].cpu()))
         for i in range(max(0, min(save_first - start, len(v)))):  # the first clips as files to look at
@@ -104,6 +124,10 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (higher than the paper's for a short run)")
     p.add_argument("--clips", type=int, default=16, help="held-out clips to evaluate")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps when sampling")
+    for d, name in (("v2a", "video→audio"), ("a2v", "audio→video")):
+        p.add_argument(f"--guidance-{d}", type=float, default=GUIDANCE[d], help=f"λ of {name} (Eq. 3; 0: replacement)")
+    p.add_argument("--split", default="test", choices=("val", "test"), help="held-out clips to score (val: to choose λ)")
+    p.add_argument("--eval-only", action="store_true", help="skip training: score the newest checkpoint in OUT/model")
     p.add_argument("--seed", type=int, default=0, help="seed")
     a = p.parse_args(argv)
     t0, out = time.time(), Path(a.out)
@@ -114,21 +138,29 @@ def main(argv=None):
                             "--size", str(a.size), "--batch", str(a.batch), "--steps", str(a.steps), "--lr", str(a.lr),
                             "--lr-min", str(a.lr), "--ema", "0.999", "--time-limit", str(a.minutes), "--ckpt-every", "500",
                             "--preview-every", "0", "--seed", str(a.seed), "--workers", "0"])
-    print(f"1/2 training a {a.preset} nCMMD on synthetic {a.size} px clips for up to {a.minutes:g} min "
-          f"(resumes if {cfg.out} has a checkpoint)", file=sys.stderr)
-    ckpt = train.train(cfg)
+    if not a.eval_only:
+        print(f"1/2 training a {a.preset} nCMMD on synthetic {a.size} px clips for up to {a.minutes:g} min "
+              f"(resumes if {cfg.out} has a checkpoint)", file=sys.stderr)
+    ckpt = train.latest_checkpoint(Path(cfg.out)) if a.eval_only else train.train(cfg)
+    if ckpt is None:
+        sys.exit(f"error: {cfg.out}: no checkpoint to evaluate (run without --eval-only first)")
     t_train = time.time() - t0
     model, diff, codecs, clip, _ = train.load_model(ckpt)
-    print(f"2/2 sampling {a.clips} held-out clips both ways ({a.sample_steps} DDIM steps each)", file=sys.stderr)
-    test = data.SyntheticDataset(clip, "test", num_clips=a.clips, seed=a.seed)
-    scores = evaluate(model, diff, codecs, clip, [test[i] for i in range(len(test))], out / "samples", a.sample_steps, a.seed)
-    (out / "scores.json").write_text(json.dumps(scores, indent=1))
-    print(f"\ntrained {ckpt.name} in {t_train / 60:.1f} min; total {(time.time() - t0) / 60:.1f} min\n")
-    print("| held-out synthetic clips | onset F1 ±100 ms | event hit rate ±100 ms |\n|---|---|---|")
+    guidance = {"v2a": a.guidance_v2a, "a2v": a.guidance_a2v}
+    print(f"2/2 sampling {a.clips} {a.split} clips both ways ({a.sample_steps} DDIM steps each, guidance λ "
+          f"v2a {a.guidance_v2a:g}, a2v {a.guidance_a2v:g})", file=sys.stderr)
+    test = data.SyntheticDataset(clip, a.split, num_clips=a.clips, seed=a.seed)
+    samples = out / ("samples" if a.split == "test" else f"samples-{a.split}")
+    scores = evaluate(model, diff, codecs, clip, [test[i] for i in range(len(test))], samples, a.sample_steps,
+                      a.seed, guidance=guidance)
+    (out / f"scores-{a.split}.json").write_text(json.dumps({"guidance": guidance, "checkpoint": ckpt.name, **scores}, indent=1))
+    done = f"scored {ckpt}" if a.eval_only else f"trained {ckpt.name} in {t_train / 60:.1f} min"
+    print(f"\n{done}; total {(time.time() - t0) / 60:.1f} min\n")
+    print(f"| held-out synthetic clips ({a.split}) | onset F1 ±100 ms | event hit rate ±100 ms |\n|---|---|---|")
     for name, s in scores.items():
         print(f"| {name} | {s['f1']:.3f} | {s['hit']:.3f} |")
-    print(f"\nsamples (mp4 with sound, mel PNGs: generated above, truth below): {out / 'samples'}")
-    for f in sorted((out / "samples").glob("clip0_*")):
+    print(f"\nsamples (mp4 with sound, mel PNGs: generated above, truth below): {samples}")
+    for f in sorted(samples.glob("clip0_*")):
         print(f"  {f}")
     better = {d: scores[f"{d} model"]["f1"] > scores[f"{d} shifted 400 ms"]["f1"] for d in ("v2a", "a2v")}
     print("\nmodel beats the 400 ms-shifted baseline: " + ", ".join(f"{d} {'yes' if b else 'NO'}" for d, b in better.items()))

@@ -63,6 +63,13 @@ def _check(x: dict, what: str):
     assert len({s[0] for s in shapes.values()}) == 1, f"{what}: batch sizes differ: {shapes}"
 
 
+def _grads(err: torch.Tensor, inputs: list) -> list:
+    """∇ of err for each input; zero where err does not depend on it (a network with fusion off: the
+    condition's reconstruction ignores the generated modality, so guidance has nothing to say)."""
+    grads = torch.autograd.grad(err, inputs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+
+
 def _randn(shape, generator, device, dtype) -> torch.Tensor:
     # drawn on the generator's device, so a CPU generator gives the same numbers on any device
     gen_device = generator.device if generator is not None else device
@@ -244,7 +251,7 @@ class Diffusion:
                     x0[k], eps[k] = self._x0_eps(x_in[k], out[k], sa, s1a)
                 if guided and guidance_form == "cmmd":
                     err = sum((cond[k] - x0[k]).pow(2).sum() for k in cond)  # ‖v₀ − v̂₀‖², summed over the batch
-                    grads = torch.autograd.grad(err, [x_in[k] for k in gen])
+                    grads = _grads(err, [x_in[k] for k in gen])
                     for k, g in zip(gen, grads):
                         x0[k] = x0[k] - guidance * sa * g  # â₀ = ā₀ − λ·√ᾱₙ·∇_{aₙ}‖v₀ − v̂₀‖² (CMMD Eq. 3)
                         eps[k] = (x_in[k] - sa * x0[k]) / s1a  # ε̂ₐ = (aₙ − √ᾱₙ·â₀) / √(1−ᾱₙ) (SPEC §5)
@@ -261,7 +268,7 @@ class Diffusion:
                     sa_p, s1a_p = math.sqrt(ab_prev), math.sqrt(1 - ab_prev)
                     err = sum((x_prev[k] - (sa_p * cond[k] + s1a_p * noise[k])).pow(2).flatten(1).mean(1).sum()
                               for k in cond)  # ‖vₙ₋₁ − q(vₙ₋₁|v₀)‖² per element, summed over the batch
-                    grads = torch.autograd.grad(err, [x_in[k] for k in gen])
+                    grads = _grads(err, [x_in[k] for k in gen])
                     for k, g in zip(gen, grads):
                         x_prev[k] = x_prev[k] - guidance * sa * g  # ã = a − λ·√ᾱₙ·∇ (MM-Diffusion Eq. 12 as coded)
             for k in gen:

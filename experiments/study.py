@@ -9,10 +9,10 @@ For every seed it trains, on the same synthetic clips (bounce and dance variants
 - nCMMD: the joint loss only, `--steps` steps;
 - nCMMD, fusion off: the same, with the two paths independent (alignment should be at chance);
 - MM-Diffusion at a comparable size (mmdiffusion.py's preset), `--steps` steps;
-and, from the nCMMD checkpoint, `--finetune` more steps of:
+and, from the nCMMD checkpoint, `--finetune` more steps at `--finetune-batch` (2, the paper's CMMD batch) of:
 - nCMMD continued without the contrastive loss (the control: the same extra training);
 - CMMD with the contrastive loss at the paper's η = 5e-5, and at a larger η.
-Each is evaluated on held-out clips (demo.evaluate): video→audio onset F1 and hit rate at ±100 ms, the
+Each is evaluated on held-out clips (demo.evaluate, with the demo's guidance λ): video→audio onset F1 and hit rate at ±100 ms, the
 beat hit rate at ±100 ms on the dance clips and a mel L1 distance to the truth; audio→video visual-event
 hit rate; next to the ground truth, the ground truth shifted by 400 ms and another clip's signal. The
 table (mean ± std over seeds) goes to OUT/results.md, every number to OUT/results.json; each seed's scores
@@ -20,6 +20,7 @@ are kept in OUT/seedN/scores.json as they come, so an interrupted study resumes 
 """
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -37,26 +38,32 @@ LARGE_ETA = 5e-3  # the "larger η": 100× the paper's, where the negative terms
 
 def runs(a) -> list[tuple[str, list[str], str | None]]:
     """(name, train.py flags, name of the run to fine-tune from) in training order."""
-    base = ["--preset", a.preset, "--vae", "pixel", "--size", str(a.size), "--batch", str(a.batch),
-            "--lr", str(a.lr), "--lr-min", str(a.lr), "--ema", "0.999", "--preview-every", "0", "--workers", "0"]
-    main, more = ["--steps", str(a.steps)], ["--steps", str(a.finetune)]
-    return [("nCMMD", base + main, None),
-            ("nCMMD, fusion off", base + main + ["--no-fusion"], None),
-            ("MM-Diffusion", base + main + ["--model", "mmdiffusion"], None),
-            ("nCMMD + fine-tune (control)", base + more, "nCMMD"),
-            ("CMMD η=5e-5", base + more + ["--contrastive", "--eta", "5e-5"], "nCMMD"),
-            (f"CMMD η={LARGE_ETA:g}", base + more + ["--contrastive", "--eta", str(LARGE_ETA)], "nCMMD")]
+    base = ["--preset", a.preset, "--vae", "pixel", "--size", str(a.size), "--lr", str(a.lr), "--lr-min", str(a.lr), "--ema", "0.999", "--preview-every", "0", "--workers", "0"]
+    main = ["--batch", str(a.batch), "--steps", str(a.steps)]
+    more = ["--batch", str(a.finetune_batch), "--steps", str(a.finetune)]
+    every = [("nCMMD", base + main, None),
+             ("nCMMD, fusion off", base + main + ["--no-fusion"], None),
+             ("MM-Diffusion", base + main + ["--model", "mmdiffusion"], None),
+             ("nCMMD + fine-tune (control)", base + more, "nCMMD"),
+             ("CMMD η=5e-5", base + more + ["--contrastive", "--eta", "5e-5"], "nCMMD"),
+             (f"CMMD η={LARGE_ETA:g}", base + more + ["--contrastive", "--eta", str(LARGE_ETA)], "nCMMD")]
+    unknown = set(a.skip) - {slug(name) for name, _, _ in every} - {"ncmmd"}
+    if unknown or "ncmmd" in a.skip:
+        raise SystemExit(f"error: --skip {' '.join(sorted(unknown or {'ncmmd'}))}: not a run that can be skipped "
+                         f"(nCMMD is every fine-tune's parent); choose from {[slug(n) for n, _, _ in every[1:]]}")
+    return [run for run in every if slug(run[0]) not in a.skip]
 
 
 def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
+    """Directory and --skip name of a run: "CMMD η=5e-5" -> "cmmd-eta-5e-5"."""
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower().replace("η", "eta")).strip("-")
 
 
 def summarise(per_seed: dict) -> tuple[str, dict]:
     """Markdown table of mean ± std over seeds, and the same numbers as a dict."""
     columns = [("v2a", "f1", "v2a onset F1"), ("v2a", "hit", "v2a hit ±100 ms"), ("v2a", "beat", "dance beat hit ±100 ms"),
-               ("v2a", "mel_l1", "mel L1 ↓"), ("a2v", "hit", "a2v visual hit ±100 ms")]
-    rows = sorted({name for seed in per_seed.values() for name in seed})
+               ("v2a", "mel_l1", "mel L1 ↓"), ("a2v", "f1", "a2v visual F1"), ("a2v", "hit", "a2v visual hit ±100 ms")]
+    rows = sorted({name for seed in per_seed.values() for name in seed}, key=lambda n: (n.startswith("reference"), n))
     table = ["| model | " + " | ".join(c[2] for c in columns) + " |", "|---|" + "---|" * len(columns)]
     out = {}
     for name in rows:
@@ -85,17 +92,24 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, constant")
     p.add_argument("--steps", type=int, default=1500, help="training steps of nCMMD, fusion-off and MM-Diffusion")
     p.add_argument("--finetune", type=int, default=500, help="fine-tuning steps of CMMD and of the control")
+    p.add_argument("--finetune-batch", type=int, default=2, help="clips per fine-tuning step (the paper's CMMD: 2)")
+    p.add_argument("--skip", nargs="+", default=[], metavar="RUN",
+                   help="runs to leave out: ncmmd-fusion-off, mm-diffusion, ncmmd-fine-tune-control, cmmd-eta-5e-5, cmmd-eta-0.005")
     p.add_argument("--train-clips", type=int, default=1024, help="synthetic training clips")
     p.add_argument("--clips", type=int, default=32, help="held-out clips evaluated per model")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps when sampling")
+    for d in ("v2a", "a2v"):
+        p.add_argument(f"--guidance-{d}", type=float, default=demo.GUIDANCE[d],
+                       help=f"λ of {d} sampling (Eq. 3), the demo's; MM-Diffusion's is scaled to the same weight")
     p.add_argument("--parallel", action="store_true",
                    help="train the seeds in concurrent processes (logs in OUT/seedN.log), then summarise")
     p.add_argument("--smoke", action="store_true", help="a few steps and clips: checks the script runs")
     argv = sys.argv[1:] if argv is None else list(argv)
     a = p.parse_args(argv)
     if a.smoke:
-        a.steps, a.finetune, a.train_clips, a.clips, a.sample_steps, a.batch = 2, 2, 8, 2, 2, 2
+        a.steps, a.finetune, a.train_clips, a.clips, a.sample_steps, a.batch, a.finetune_batch = 2, 2, 8, 2, 2, 2, 2
     a.seeds = a.seeds or ([0] if a.smoke else [0, 1, 2])
+    runs(a)  # a bad --skip stops here, before any work
     out, t0 = Path(a.out), time.time()
     clip = data.ClipConfig(size=a.size)
     data.prepare("synthetic", out / "shards", clip=clip, num_clips={"train": a.train_clips}, progress=False)
@@ -128,7 +142,8 @@ def main(argv=None):
             if name in scores:
                 continue
             model, diff, codecs, clip_, _ = train.load_model(ckpts[name])
-            result = demo.evaluate(model, diff, codecs, clip_, items, run_dir / "samples", a.sample_steps, seed, save_first=2)
+            result = demo.evaluate(model, diff, codecs, clip_, items, run_dir / "samples", a.sample_steps, seed, save_first=2,
+                                   guidance={"v2a": a.guidance_v2a, "a2v": a.guidance_a2v})
             scores[name] = {"v2a": result["v2a model"], "a2v": result["a2v model"]}
             for ref in ("ground truth", "shifted 400 ms", "other clip"):  # the reference rows, once per seed
                 scores.setdefault(f"reference: {ref}", {"v2a": result[f"v2a {ref}"], "a2v": result[f"a2v {ref}"]})

@@ -344,6 +344,27 @@ def test_guidance_lowers_reconstruction_error(cfg, form, lams):
     assert e[0] > e[1] > e[2], e
 
 
+class Independent(nn.Module):
+    """Two streams that never meet (unet's fusion off): each output depends on its own input only."""
+    def __init__(self):
+        super().__init__()
+        self.s = nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, x, n):
+        return {k: self.s * x[k] for k in x}
+
+
+@pytest.mark.parametrize("form", ["cmmd", "mmdiffusion"])
+def test_guidance_without_a_path_between_the_streams_is_replacement(form):
+    """With no path from the generated modality to the condition's reconstruction, ∇ is zero: guidance
+    leaves the sample as replacement makes it, instead of failing in autograd."""
+    d, v0 = Diffusion(COSINE), rand(SHAPES, 3)["video"]
+    a = [d.sample(Independent(), {"audio": SHAPES["audio"]}, cond={"video": v0}, steps=5, guidance=lam,
+                  guidance_form=form, generator=torch.Generator().manual_seed(0), progress=False)["audio"]
+         for lam in (0.0, 10.0)]
+    torch.testing.assert_close(a[0], a[1])
+
+
 def test_guidance_needs_condition_and_known_form():
     d, model = Diffusion(COSINE), TinyJoint()
     with pytest.raises(ValueError, match="guidance needs a condition"):

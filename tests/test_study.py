@@ -2,8 +2,12 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 from conftest import ROOT
+
+import data
+import demo
 
 
 def test_study_smoke(tmp_path):
@@ -38,3 +42,24 @@ def test_demo_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| v2a model |" in proc.stdout and "model beats the 400 ms-shifted baseline" in proc.stdout
     assert (tmp_path / "samples" / "clip0_v2a.mp4").exists() and (tmp_path / "samples" / "clip0_a2v_mel.png").exists()
+    assert json.loads((tmp_path / "scores-test.json").read_text())["guidance"] == demo.GUIDANCE
+    # --eval-only scores the saved checkpoint on validation clips, with the λ given, and trains nothing more
+    ckpts = sorted(tmp_path.glob("model/ckpt-*"))
+    proc = subprocess.run([sys.executable, "demo.py", "--out", str(tmp_path), "--eval-only", "--split", "val",
+                           "--train-clips", "8", "--clips", "2", "--sample-steps", "2", "--guidance-v2a", "0",
+                           "--guidance-a2v", "7"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "scores-val.json").read_text())["guidance"] == {"v2a": 0.0, "a2v": 7.0}
+    assert (tmp_path / "samples-val" / "clip0_v2a.mp4").exists() and sorted(tmp_path.glob("model/ckpt-*")) == ckpts
+
+
+def test_guidance_weights_same_weight_on_the_summed_error():
+    """MM-Diffusion's guidance averages the squared error over the condition's elements where CMMD's sums
+    it: its λ is scaled by that count, CMMD's is passed through."""
+    clip = data.ClipConfig(size=16)
+    codecs = {"video": SimpleNamespace(channels=3, factor=1),
+              "audio": SimpleNamespace(channels=80, steps=lambda samples: samples // data.HOP)}
+    lam = {"v2a": 2.0, "a2v": 0.5}
+    cmmd, mmd = SimpleNamespace(), SimpleNamespace(sample_defaults={"guidance_form": "mmdiffusion"})
+    assert demo.guidance_weights(cmmd, codecs, clip, lam) == lam
+    assert demo.guidance_weights(mmd, codecs, clip, lam) == {"v2a": 2.0 * 18 * 3 * 16 * 16, "a2v": 0.5 * 80 * 112}
