@@ -63,7 +63,8 @@ def summarise(per_seed: dict) -> tuple[str, dict]:
     """Markdown table of mean ± std over seeds, and the same numbers as a dict."""
     columns = [("v2a", "f1", "v2a onset F1"), ("v2a", "hit", "v2a hit ±100 ms"), ("v2a", "beat", "dance beat hit ±100 ms"),
                ("v2a", "mel_l1", "mel L1 ↓"), ("a2v", "f1", "a2v visual F1"), ("a2v", "hit", "a2v visual hit ±100 ms")]
-    rows = sorted({name for seed in per_seed.values() for name in seed}, key=lambda n: (n.startswith("reference"), n))
+    rows = sorted(dict.fromkeys(name for seed in per_seed.values() for name in seed),  # training order,
+                  key=lambda n: n.startswith("reference"))  # then the references
     table = ["| model | " + " | ".join(c[2] for c in columns) + " |", "|---|" + "---|" * len(columns)]
     out = {}
     for name in rows:
