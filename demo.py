@@ -131,6 +131,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed")
     a = p.parse_args(argv)
     t0, out = time.time(), Path(a.out)
+    if a.eval_only and train.latest_checkpoint(out / "model") is None:
+        sys.exit(f"error: {out / 'model'}: no checkpoint to evaluate (run without --eval-only first)")
     print(f"0/2 generating {a.train_clips} synthetic training clips once", file=sys.stderr)
     data.prepare("synthetic", out / "shards", clip=data.ClipConfig(size=a.size), seed=a.seed,
                  num_clips={"train": a.train_clips})
@@ -141,9 +143,7 @@ def main(argv=None):
     if not a.eval_only:
         print(f"1/2 training a {a.preset} nCMMD on synthetic {a.size} px clips for up to {a.minutes:g} min "
               f"(resumes if {cfg.out} has a checkpoint)", file=sys.stderr)
-    ckpt = train.latest_checkpoint(Path(cfg.out)) if a.eval_only else train.train(cfg)
-    if ckpt is None:
-        sys.exit(f"error: {cfg.out}: no checkpoint to evaluate (run without --eval-only first)")
+    ckpt = train.latest_checkpoint(out / "model") if a.eval_only else train.train(cfg)
     t_train = time.time() - t0
     model, diff, codecs, clip, _ = train.load_model(ckpt)
     guidance = {"v2a": a.guidance_v2a, "a2v": a.guidance_a2v}

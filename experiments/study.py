@@ -12,9 +12,9 @@ For every seed it trains, on the same synthetic clips (bounce and dance variants
 and, from the nCMMD checkpoint, `--finetune` more steps at `--finetune-batch` (2, the paper's CMMD batch) of:
 - nCMMD continued without the contrastive loss (the control: the same extra training);
 - CMMD with the contrastive loss at the paper's η = 5e-5, and at a larger η.
-Each is evaluated on held-out clips (demo.evaluate, with the demo's guidance λ): video→audio onset F1 and hit rate at ±100 ms, the
-beat hit rate at ±100 ms on the dance clips and a mel L1 distance to the truth; audio→video visual-event
-hit rate; next to the ground truth, the ground truth shifted by 400 ms and another clip's signal. The
+Each is evaluated on held-out clips (demo.evaluate, with the demo's guidance λ): video→audio onset F1 and
+hit rate at ±100 ms, the beat hit rate at ±100 ms on the dance clips and a mel L1 distance to the truth;
+audio→video visual-event F1 and hit rate; next to the ground truth, the ground truth shifted by 400 ms and another clip's signal. The
 table (mean ± std over seeds) goes to OUT/results.md, every number to OUT/results.json; each seed's scores
 are kept in OUT/seedN/scores.json as they come, so an interrupted study resumes where it stopped.
 """
@@ -38,7 +38,8 @@ LARGE_ETA = 5e-3  # the "larger η": 100× the paper's, where the negative terms
 
 def runs(a) -> list[tuple[str, list[str], str | None]]:
     """(name, train.py flags, name of the run to fine-tune from) in training order."""
-    base = ["--preset", a.preset, "--vae", "pixel", "--size", str(a.size), "--lr", str(a.lr), "--lr-min", str(a.lr), "--ema", "0.999", "--preview-every", "0", "--workers", "0"]
+    base = ["--preset", a.preset, "--vae", "pixel", "--size", str(a.size), "--lr", str(a.lr), "--lr-min", str(a.lr),
+            "--ema", "0.999", "--preview-every", "0", "--workers", "0"]
     main = ["--batch", str(a.batch), "--steps", str(a.steps)]
     more = ["--batch", str(a.finetune_batch), "--steps", str(a.finetune)]
     every = [("nCMMD", base + main, None),
