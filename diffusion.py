@@ -13,6 +13,7 @@ own, with its own noise and its own targets (Algorithm 1 writes the positive's �
 at the same step n as the positive. A list of negatives is summed (one draw per term of Eq. 6 by default;
 η absorbs their count, as CDCD's η replaces M).
 """
+import dataclasses
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 MODALITIES = ("video", "audio")  # fixed order: noise is drawn in this order, so seeds are reproducible
 NDIM = {"video": 5, "audio": 3}  # (B, F, C, H, W) and (B, M, T)
+TIME_AXIS = {"video": 1, "audio": 2}  # F and T: where masks of the known part lie (Known)
 COSINE_S = 0.008  # offset of the cosine schedule (Nichol & Dhariwal 2021, Eq. 17)
 MAX_BETA = 0.999  # β clip of the cosine schedule (Nichol & Dhariwal 2021; diffusers' squaredcos_cap_v2)
 LINEAR_BETAS = (1e-4, 0.02)  # β₁ … β_N of the linear schedule (Ho et al. 2020, §4), used by MM-Diffusion
@@ -177,70 +179,85 @@ class Diffusion:
         terms.update({f"neg{i}": L[1 + i].detach() for i in range(len(negs))})
         return loss, terms
 
-    # ---- sampling (Song et al. 2021; CMMD Eq. 3, 5; MM-Diffusion Eq. 12) -------------------------------
+    # ---- sampling (Song et al. 2021; Lu et al. 2022; CMMD Eq. 3, 5; MM-Diffusion Eq. 12) -----------------
 
     def timesteps(self, steps: int) -> list:
-        """S evenly spaced steps, high to low: (S−1)·k, …, k, 0 with k = N // S (DDIM's, diffusers' "leading")."""
+        """S evenly spaced steps, high to low: (S−1)·k, …, k, 0 with k = N // S (DDIM's, diffusers' "leading").
+        Every sampler uses these; the last step goes from n = 0 to ᾱ = 1, so the result is x̂₀."""
         if not 1 <= steps <= self.cfg.num_steps:
             raise ValueError(f"diffusion.py: steps must be in 1..{self.cfg.num_steps}, got {steps}")
         k = self.cfg.num_steps // steps
         return [i * k for i in reversed(range(steps))]
 
-    @torch.no_grad()
-    def sample(self, model, shapes: dict, *, cond=None, steps=200, guidance=0.0, guidance_form="cmmd",
-               eta_ddim=0.0, clip_x0=False, generator=None, progress=True) -> dict:
-        """DDIM (Song et al. 2021), joint or conditional by replacement and reconstruction guidance (CMMD Eq. 3, 5).
+    def sample(self, model, shapes: dict, cfg: "SamplerConfig | None" = None, *, cond: dict | None = None,
+               mask: dict | None = None, generator=None, progress: bool = True, **overrides) -> dict:
+        """Joint or conditional generation with `cfg.sampler` (DDIM or DPM-Solver++(2M)), by replacement
+        (CMMD Eq. 5) and guidance (CMMD Eq. 3 or MM-Diffusion Eq. 12) on what is known.
 
-        shapes: {modality: shape} of the modalities to generate; cond: None (joint: all from noise) or
-        {"video": v0} (video→audio) or {"audio": a0} (audio→video). The condition is forward-diffused every
-        step with noise drawn once (Eq. 5). guidance λ > 0 adds, with guidance_form
-          "cmmd":        â₀ = ā₀ − λ·√ᾱₙ·∇_{aₙ} ‖v₀ − v̂₀‖²  (Eq. 3; [choice] ‖·‖² summed over elements), then
-                         ε̂ₐ is re-derived from â₀ (SPEC §5);
-          "mmdiffusion": after the step, aₙ₋₁ −= λ·√ᾱₙ·∇_{aₙ} mean‖vₙ₋₁ − q(vₙ₋₁|v₀)‖², mean over the
-                         elements of each example (MM-Diffusion Eq. 12 as its official code runs it:
-                         √ᾱₙ where the paper prints √(1−ᾱₙ), no guidance on the last step).
+        shapes: {modality: shape} of the modalities to generate. cond: {modality: x₀} of the known modalities,
+        each of its sample's full shape; mask: {modality: (B, F) or (B, T) bool}, True at the frames or mel
+        steps of cond[modality] that are known (temporal inpainting: continuation, long generation). A
+        modality in cond without a mask is known whole: {"video": v0} is video→audio, {"audio": a0}
+        audio→video; cond=None is joint generation. `cfg` (SamplerConfig, default the paper's: 200 DDIM steps,
+        replacement) is overridden field by field by keyword (steps=25, guidance=10, ...).
+
+        Every step, for each sampler alike (`Known` holds what follows):
+        1. replacement (Eq. 5): the known part of xₙ is √ᾱₙ·x₀ + √(1−ᾱₙ)·ε, with ε drawn once;
+        2. the network's x̂₀ and ε̂ (𝐯- or ε-prediction);
+        3. guidance λ > 0 with guidance_form
+           "cmmd":        â₀ = ā₀ − λ·√ᾱₙ·∇_{xₙ} ‖m ⊙ (x₀ − x̂₀)‖² over the known elements (Eq. 3; [choice] ‖·‖²
+                          summed over elements), then ε̂ is re-derived from â₀: ε̂ = (xₙ − √ᾱₙ·â₀) / √(1−ᾱₙ);
+           "mmdiffusion": after the update, xₙ₋₁ −= λ·√ᾱₙ·∇_{xₙ} mean ‖xₙ₋₁ − q(xₙ₋₁|x₀)‖² over the known
+                          elements of each example (MM-Diffusion Eq. 12 as its official code runs it: √ᾱₙ where
+                          the paper prints √(1−ᾱₙ), no guidance on the last step);
+           the gradient is taken with respect to the modalities that have unknown parts;
+        4. clip_x0 clamps x̂₀ to [-1, 1] (pixels and waveforms) and re-derives ε̂ from it (as GLIDE);
+        5. the sampler's update from xₙ, x̂₀, ε̂ to xₙ₋₁ (`ddim_update`, `dpmpp_2m_update`).
+        [choice] Guidance enters the multistep DPM-Solver++ through x̂₀: the solver is an integrator of the
+        data prediction, so the guided â₀ is the data prediction it integrates, and its history keeps the
+        guided â₀ (the one the previous step actually took), so that its second-order term extrapolates the
+        trajectory that was followed, not a counterfactual unguided one. Guidance never changes the known part.
         [mmdiffusion] The official sampler also averages over the batch and leaves its fp16 loss scale 2²⁰ in
         the gradient: its classifier_scale 3 at batch 2 is λ = 3·2²⁰/2 here.
-        λ = 0 is plain replacement and never touches autograd. eta_ddim = 0 is deterministic DDIM; > 0 draws
-        σₙ·z (Song et al. 2021, Eq. 16; 1 is DDPM with the posterior variance β̃). clip_x0 clamps x̂₀ to
-        [-1, 1] (pixels and waveforms) and re-derives ε̂ from it. The last step goes to ᾱ = 1, so the result is
-        x̂₀ (diffusers' set_alpha_to_one). Noise is drawn from `generator` in this order: one tensor per
-        modality in MODALITIES order (the generated ones start from it, the condition's ε is it), then per
-        step, if eta_ddim > 0, one per generated modality. Returns {modality: x₀}; the condition is returned
-        as given.
+        λ = 0 never touches autograd. eta_ddim > 0 (DDIM only) draws σₙ·z (Song et al. 2021, Eq. 16; 1 is
+        DDPM with the posterior variance β̃). Noise is drawn from `generator` in this order: one tensor per
+        modality in MODALITIES order (the start of its unknown part and the ε of its known part), then per
+        step, if eta_ddim > 0, one per modality with an unknown part. Returns {modality: x₀}, with the known
+        part exactly as given (a wholly known modality is returned as the given tensor).
         """
-        cond = dict(cond or {})
-        if guidance_form not in GUIDANCE_FORMS:
-            raise ValueError(f"diffusion.py: guidance_form must be one of {GUIDANCE_FORMS}, got {guidance_form!r}")
-        if guidance > 0 and not cond:
+        cfg = dataclasses.replace(cfg or SamplerConfig(), **overrides)
+        known = Known(cond or {}, mask or {})
+        if cfg.guidance > 0 and not known.x0:
             raise ValueError("diffusion.py: guidance needs a condition (cond=None is joint generation; use guidance=0)")
-        if guidance > 0 and torch.is_inference_mode_enabled():
+        if cfg.guidance > 0 and torch.is_inference_mode_enabled():
             raise ValueError("diffusion.py: guidance needs autograd; call sample() outside torch.inference_mode()")
-        if not 0 <= eta_ddim <= 1:
-            raise ValueError(f"diffusion.py: eta_ddim must be in [0, 1], got {eta_ddim}")
-        gen = [k for k in MODALITIES if k in shapes and k not in cond]  # modalities to generate
+        shapes = {k: tuple(known.x0[k].shape) if k in known.x0 else tuple(shapes[k])
+                  for k in MODALITIES if k in known.x0 or k in shapes}
+        gen = [k for k in shapes if k not in known.whole]  # modalities with an unknown part
         if not gen:
-            raise ValueError(f"diffusion.py: nothing to generate: shapes {list(shapes)}, cond {list(cond)}")
-        shapes = {k: tuple(cond[k].shape) if k in cond else tuple(shapes[k]) for k in MODALITIES if k in cond or k in gen}
+            raise ValueError(f"diffusion.py: nothing to generate: shapes {list(shapes)}, all known")
         assert all(len(s) == NDIM[k] for k, s in shapes.items()), f"diffusion.py: bad shapes {shapes}"
         assert len({s[0] for s in shapes.values()}) == 1, f"diffusion.py: batch sizes differ: {shapes}"
         B = next(iter(shapes.values()))[0]
-        if cond:
-            device, dtype = next(iter(cond.values())).device, next(iter(cond.values())).dtype
+        if known.x0:
+            device, dtype = next(iter(known.x0.values())).device, next(iter(known.x0.values())).dtype
         else:
             param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
             device, dtype = (param.device if param is not None else torch.device("cpu")), torch.get_default_dtype()
 
         noise = {k: _randn(shapes[k], generator, device, dtype) for k in shapes}  # εᵥ of Eq. 5 drawn once
+        known.noise = noise
         x = {k: noise[k] for k in gen}
-        ts = self.timesteps(steps)
+        ts = self.timesteps(cfg.steps)
         abar = self.alphas_cumprod.tolist()
-        guided = guidance > 0
-        for i, n in enumerate(tqdm(ts, desc="DDIM", disable=not progress)):
+        guided, update, history = cfg.guidance > 0, UPDATES[cfg.sampler], {k: {} for k in shapes}
+        # the modalities stepped: the generated ones, and the known ones where MM-Diffusion's guidance compares
+        # their step with the forward process
+        step = gen + ([k for k in known.whole] if guided and cfg.guidance_form == "mmdiffusion" else [])
+        for i, n in enumerate(tqdm(ts, desc=cfg.sampler, disable=not progress)):
             ab, ab_prev = abar[n], (abar[ts[i + 1]] if i + 1 < len(ts) else 1.0)
             sa, s1a = math.sqrt(ab), math.sqrt(1 - ab)
-            for k in cond:
-                x[k] = sa * cond[k] + s1a * noise[k]  # vₙ = √ᾱₙ·v₀ + √(1−ᾱₙ)·εᵥ (CMMD Eq. 5)
+            known.replace(x, sa, s1a)  # CMMD Eq. 5
             n_b = torch.full((B,), n, dtype=torch.long, device=device)  # (B,)
             with torch.enable_grad() if guided else nullcontext():
                 x_in = {k: x[k].detach().requires_grad_(guided and k in gen) for k in shapes}
@@ -249,30 +266,132 @@ class Diffusion:
                 for k in shapes:
                     assert out[k].shape == x_in[k].shape, f"model output {k} {tuple(out[k].shape)} != {tuple(x_in[k].shape)}"
                     x0[k], eps[k] = self._x0_eps(x_in[k], out[k], sa, s1a)
-                if guided and guidance_form == "cmmd":
-                    err = sum((cond[k] - x0[k]).pow(2).sum() for k in cond)  # ‖v₀ − v̂₀‖², summed over the batch
-                    grads = _grads(err, [x_in[k] for k in gen])
+                if guided and cfg.guidance_form == "cmmd":
+                    grads = _grads(known.reconstruction_error(x0), [x_in[k] for k in gen])
                     for k, g in zip(gen, grads):
-                        x0[k] = x0[k] - guidance * sa * g  # â₀ = ā₀ − λ·√ᾱₙ·∇_{aₙ}‖v₀ − v̂₀‖² (CMMD Eq. 3)
-                        eps[k] = (x_in[k] - sa * x0[k]) / s1a  # ε̂ₐ = (aₙ − √ᾱₙ·â₀) / √(1−ᾱₙ) (SPEC §5)
-                if clip_x0:
+                        x0[k] = x0[k] - cfg.guidance * sa * g  # â₀ = ā₀ − λ·√ᾱₙ·∇‖x₀ − x̂₀‖² (CMMD Eq. 3)
+                        eps[k] = (x_in[k] - sa * x0[k]) / s1a  # ε̂ = (xₙ − √ᾱₙ·â₀) / √(1−ᾱₙ)
+                if cfg.clip_x0:
                     for k in shapes:
                         x0[k] = x0[k].clamp(-1, 1)
                         eps[k] = (x_in[k] - sa * x0[k]) / s1a  # ε̂ re-derived from the clipped x̂₀ (as GLIDE)
                 # σₙ(η) of DDIM (Song et al. 2021, Eq. 16)
-                sigma = eta_ddim * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
-                step = gen + (list(cond) if guided and guidance_form == "mmdiffusion" else [])
-                c0, c_eps = math.sqrt(ab_prev), math.sqrt(max(1 - ab_prev - sigma**2, 0.0))  # max: rounding at η = 1
-                x_prev = {k: c0 * x0[k] + c_eps * eps[k] for k in step}  # DDIM (Song et al. 2021, Eq. 12)
-                if guided and guidance_form == "mmdiffusion" and i + 1 < len(ts):
-                    sa_p, s1a_p = math.sqrt(ab_prev), math.sqrt(1 - ab_prev)
-                    err = sum((x_prev[k] - (sa_p * cond[k] + s1a_p * noise[k])).pow(2).flatten(1).mean(1).sum()
-                              for k in cond)  # ‖vₙ₋₁ − q(vₙ₋₁|v₀)‖² per element, summed over the batch
-                    grads = _grads(err, [x_in[k] for k in gen])
+                sigma = cfg.eta_ddim * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+                x_prev = {k: update(x_in[k], x0[k], eps[k], ab, ab_prev, sigma, history[k]) for k in step}
+                if guided and cfg.guidance_form == "mmdiffusion" and i + 1 < len(ts):
+                    grads = _grads(known.forward_error(x_prev, math.sqrt(ab_prev), math.sqrt(1 - ab_prev)),
+                                   [x_in[k] for k in gen])
                     for k, g in zip(gen, grads):
-                        x_prev[k] = x_prev[k] - guidance * sa * g  # ã = a − λ·√ᾱₙ·∇ (MM-Diffusion Eq. 12 as coded)
+                        x_prev[k] = x_prev[k] - cfg.guidance * sa * g  # x̃ = x − λ·√ᾱₙ·∇ (MM-Diffusion Eq. 12 as coded)
             for k in gen:
                 x[k] = x_prev[k].detach()
-                if eta_ddim > 0:
+                if cfg.eta_ddim > 0:
                     x[k] = x[k] + sigma * _randn(shapes[k], generator, device, dtype)
-        return {k: cond[k] if k in cond else x[k] for k in shapes}
+        return known.result(x)
+
+
+# ---- the samplers' updates: one signature, (xₙ, x̂₀, ε̂, ᾱₙ, ᾱₙ₋₁, σₙ, history) -> xₙ₋₁ --------------------
+
+def ddim_update(x_n, x0, eps, ab, ab_prev, sigma, history):
+    """DDIM (Song et al. 2021, Eq. 12): xₙ₋₁ = √ᾱₙ₋₁·x̂₀ + √(1−ᾱₙ₋₁−σₙ²)·ε̂; the caller adds σₙ·z."""
+    c0, c_eps = math.sqrt(ab_prev), math.sqrt(max(1 - ab_prev - sigma**2, 0.0))  # max: rounding at η = 1
+    return c0 * x0 + c_eps * eps
+
+
+def dpmpp_2m_update(x_n, x0, eps, ab, ab_prev, sigma, history):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): multistep second order in x̂₀, first order at the ends."""
+    if ab_prev == 1.0:  # to σ = 0: the first-order step is x̂₀ itself (diffusers' final_sigmas_type="zero")
+        return x0
+    lam, lam_prev = 0.5 * math.log(ab / (1 - ab)), 0.5 * math.log(ab_prev / (1 - ab_prev))  # λ = log(α/σ)
+    h = lam_prev - lam  # step in half log-SNR
+    D = x0
+    if "x0" in history:  # D = (1 + 1/2r)·x̂₀ − 1/2r·x̂₀ of the previous step, r = h_prev / h (Lu et al. 2022, Eq. 9)
+        c = 0.5 * h / history["h"]
+        D = (1 + c) * x0 - c * history["x0"]
+    history.update(x0=x0.detach(), h=h)
+    # x_prev = (σₙ₋₁/σₙ)·xₙ − αₙ₋₁·(e^(−h) − 1)·D, with α = √ᾱ, σ = √(1−ᾱ)
+    return math.sqrt((1 - ab_prev) / (1 - ab)) * x_n - math.sqrt(ab_prev) * math.expm1(-h) * D
+
+
+UPDATES = {"ddim": ddim_update, "dpmsolver++": dpmpp_2m_update}
+SAMPLERS = tuple(UPDATES)
+DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 200  # CMMD §3: 200 DDIM steps
+
+
+@dataclass
+class SamplerConfig:
+    """How `Diffusion.sample` samples; the defaults are the paper's (CMMD §3)."""
+    sampler: str = DEFAULT_SAMPLER  # "ddim" (Song et al. 2021) or "dpmsolver++" (Lu et al. 2022, 2M)
+    steps: int = DEFAULT_STEPS  # network evaluations (twice that with guidance: each adds a backward pass)
+    guidance: float = 0.0  # λ (CMMD Eq. 3 or MM-Diffusion Eq. 12); 0: replacement (Eq. 5)
+    guidance_form: str = "cmmd"  # "cmmd" (Eq. 3) or "mmdiffusion" (MM-Diffusion Eq. 12 as its code runs it)
+    eta_ddim: float = 0.0  # DDIM's η: 0 deterministic, 1 DDPM (Song et al. 2021, Eq. 16)
+    clip_x0: bool = False  # clamp x̂₀ to [-1, 1] (for pixel and waveform models)
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"diffusion.py: sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.guidance_form not in GUIDANCE_FORMS:
+            raise ValueError(f"diffusion.py: guidance_form must be one of {GUIDANCE_FORMS}, got {self.guidance_form!r}")
+        if not (isinstance(self.steps, int) and self.steps >= 1):
+            raise ValueError(f"diffusion.py: steps must be a positive integer, got {self.steps!r}")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"diffusion.py: guidance λ must be finite and >= 0, got {self.guidance}")
+        if not 0 <= self.eta_ddim <= 1:
+            raise ValueError(f"diffusion.py: eta_ddim must be in [0, 1], got {self.eta_ddim}")
+        if self.eta_ddim > 0 and self.sampler != "ddim":
+            raise ValueError(f"diffusion.py: eta_ddim > 0 is DDIM's; {self.sampler} is deterministic")
+
+
+class Known:
+    """What the sampler is given (CMMD Eq. 5, along time): per modality the values x₀ (the sample's full
+    shape) and a mask along time, (B, F) for video or (B, T) for audio, True where x₀ is known. A modality
+    without a mask is known whole, the case of video→audio and audio→video. `noise` is ε of Eq. 5, set by
+    the sampler; everything here is written once for every sampler."""
+
+    def __init__(self, x0: dict, mask: dict):
+        if x0:
+            _check(x0, "diffusion.py cond")
+        unknown = set(mask) - set(x0)
+        assert not unknown, f"diffusion.py: mask for {sorted(unknown)} without cond values"
+        self.x0, self.mask, self.noise = dict(x0), {}, {}
+        for k, m in mask.items():
+            t = self.x0[k]
+            want = (t.shape[0], t.shape[TIME_AXIS[k]])
+            assert m.dtype == torch.bool and tuple(m.shape) == want, \
+                f"diffusion.py: mask[{k!r}] must be bool {want} (B, time), got {m.dtype} {tuple(m.shape)}"
+            if not m.all():  # an all-True mask is the whole modality
+                self.mask[k] = m.to(t.device).view(*want, *[1] * (t.ndim - 2)).movedim(1, TIME_AXIS[k])  # broadcastable
+        self.whole = [k for k in MODALITIES if k in self.x0 and k not in self.mask]
+
+    def replace(self, x: dict, sa: float, s1a: float):
+        """xₙ's known part = √ᾱₙ·x₀ + √(1−ᾱₙ)·ε (CMMD Eq. 5), in place in the dict x."""
+        for k in self.x0:
+            q = sa * self.x0[k] + s1a * self.noise[k]
+            x[k] = torch.where(self.mask[k], q, x[k]) if k in self.mask else q
+
+    def reconstruction_error(self, x0_hat: dict) -> torch.Tensor:
+        """‖m ⊙ (x₀ − x̂₀)‖² summed over the known elements of the batch (CMMD Eq. 3)."""
+        err = 0
+        for k in self.x0:
+            e = (self.x0[k] - x0_hat[k]).pow(2)
+            err = err + (torch.where(self.mask[k], e, 0.0) if k in self.mask else e).sum()
+        return err
+
+    def forward_error(self, x_prev: dict, sa_prev: float, s1a_prev: float) -> torch.Tensor:
+        """‖xₙ₋₁ − q(xₙ₋₁|x₀)‖² averaged over each example's known elements, summed over the batch
+        (MM-Diffusion Eq. 12 as its official code runs it)."""
+        err = 0
+        for k in self.x0:
+            e = (x_prev[k] - (sa_prev * self.x0[k] + s1a_prev * self.noise[k])).pow(2)
+            if k in self.mask:
+                m = self.mask[k].expand_as(e).flatten(1)
+                err = err + (e.flatten(1) * m).sum(1).div(m.sum(1).clamp(min=1)).sum()
+            else:
+                err = err + e.flatten(1).mean(1).sum()
+        return err
+
+    def result(self, x: dict) -> dict:
+        """The sample with its known part exactly as given."""
+        return {k: self.x0[k] if k in self.whole else torch.where(self.mask[k], self.x0[k], x[k]) if k in self.mask
+                else x[k] for k in MODALITIES if k in x or k in self.x0}
