@@ -199,14 +199,14 @@ def end_to_end(args, device: torch.device) -> list[Section]:
     import data
     import diffusion
     import melgan
+    import pipeline
     import sample
-    import train
     import vae
     clip = data.ClipConfig(frames=36, size=128)
     model = unet.UNet(unet.preset("paper")).to(device).eval()
     codecs = {"video": vae.SDVAECodec(vae.AutoencoderKL(vae.VAEConfig())).to(device),
-              "audio": train.MelCodec(melgan.Generator(melgan.MelGANConfig()).to(device).eval().vocode)}
-    diff = diffusion.Diffusion(diffusion.DiffusionConfig())
+              "audio": pipeline.MelCodec(melgan.Generator(melgan.MelGANConfig()).to(device).eval().vocode)}
+    pipe = pipeline.Pipeline(model, diffusion.Diffusion(diffusion.DiffusionConfig()), codecs, clip, {})
     item = data.synthetic_clip(0, data.ClipConfig(frames=36, size=512, margin=0), "dance")
     section = Section("End-to-end `sample.py --v2a`, 3.6 s clip at 128 px (batch 1, seconds)",
                       ["stage", *(f"S = {s}" for s in E2E_STEPS)], [])
@@ -218,11 +218,11 @@ def end_to_end(args, device: torch.device) -> list[Section]:
             watch = sample.Stopwatch()
             with watch("decode mp4"):
                 frames = data.read_av(src, frames=clip.frames, size=clip.size).video.float() / 127.5 - 1
-            out = sample.generate(model, diff, codecs, clip, cond={"video": frames[None]}, steps=run,
-                                  generator=torch.Generator(device).manual_seed(0), progress=False, stopwatch=watch)
+            out = sample.generate(pipe, pipe.sampler(sampler="ddim", steps=run), cond={"video": frames[None]},
+                                  generator=torch.Generator(device).manual_seed(0), stopwatch=watch)
             with watch("mux mp4"):
                 data.write_mp4(f"{tmp}/out.mp4", frames, out["audio"][0])
-            t = {k.replace(f" ({run} steps)", ""): v for k, v in watch.seconds.items()}
+            t = {k.replace(f" (ddim, {run} steps)", ""): v for k, v in watch.seconds.items()}
             if run != steps:
                 t["sample"] *= steps / run
             columns[steps] = (t, run != steps)

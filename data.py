@@ -189,7 +189,18 @@ def _crop_resize(rgb: np.ndarray, size: int) -> torch.Tensor:
     return x
 
 
-def _read_video(container, path, start, frames, size, fps, duration) -> torch.Tensor:
+TRUNCATION_SLACK = 0.5  # s: a stream that decodes to this much less than its header's duration is truncated
+ITU_SURROUND = 0.7071  # -3 dB: centre and surround channels in the ITU-R BS.775 downmix; LFE is left out
+
+
+def _stream_end(stream) -> float | None:
+    """Where a stream's header says it ends, in seconds (None where the container does not say)."""
+    if stream.duration is None:
+        return None
+    return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+
+
+def _read_video(container, path, start, frames, size, fps, duration, check) -> torch.Tensor:
     """Frames at start + k / fps, each the decoded frame with the nearest timestamp."""
     n = frames if frames is not None else max(int(math.floor((duration - start) * fps + 1e-6)), 0)
     targets = start + np.arange(n) / fps
@@ -197,9 +208,11 @@ def _read_video(container, path, start, frames, size, fps, duration) -> torch.Te
     best = np.full(n, np.inf)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    last_time, stopped_early = None, False
     for frame in container.decode(stream):
         if frame.time is None:
             continue
+        last_time = frame.time
         d = np.abs(targets - frame.time)
         better = d < best
         if better.any():
@@ -207,32 +220,55 @@ def _read_video(container, path, start, frames, size, fps, duration) -> torch.Te
             for k in np.flatnonzero(better):
                 chosen[k], best[k] = rgb, d[k]
         if n and frame.time > targets[-1] + 1.0 / fps:
+            stopped_early = True
             break
     have = [c for c in chosen if c is not None]
     if not have:
         raise BadInput(f"{path}: no decodable video frames")
+    end = _stream_end(stream)
+    if check and not stopped_early and end is not None and last_time + TRUNCATION_SLACK < end:
+        raise BadInput(f"{path}: truncated (video decodes to {last_time:.2f} s of the {end:.2f} s its header gives)")
     # Past the last decoded frame, repeat it: pad to exactly `frames`.
     last = have[-1]
     out = [c if c is not None else last for c in chosen]
     return torch.stack(out) if out else torch.zeros(0, 3, size, size, dtype=torch.uint8)  # (F, 3, size, size)
 
 
-def _read_audio(container, path, start, samples, sample_rate, duration) -> torch.Tensor:
-    """Mono (mean of the channels) audio resampled to `sample_rate`, from `start`, trimmed or zero-padded."""
+def downmix(a: np.ndarray, channels: list[str]) -> np.ndarray:
+    """(channels, n) float -> (n,) mono: for 5.1 and 7.1 the ITU-R BS.775 stereo downmix (L + 0.7071·C +
+    0.7071·Ls, likewise R; LFE left out), then the mean of its two channels; otherwise the channels' mean."""
+    names = list(channels)
+    if "FL" in names and "FR" in names and "FC" in names and len(names) >= 5:
+        side = [i for i, c in enumerate(names) if c in ("BL", "BR", "SL", "SR")]
+        mono = (a[names.index("FL")] + a[names.index("FR")]) / 2 + ITU_SURROUND * a[names.index("FC")]
+        return mono + ITU_SURROUND * a[side].sum(axis=0) / 2 if side else mono
+    return a.mean(axis=0)
+
+
+def _read_audio(container, path, start, samples, sample_rate, duration, check) -> torch.Tensor:
+    """Mono audio (`downmix`) resampled to `sample_rate`, from `start`, trimmed or zero-padded."""
     import librosa
     stream = container.streams.audio[0]
     chunks, t0, rate = [], None, None
     for frame in container.decode(stream):
         a = frame.to_ndarray()  # (channels, n) planar, or (1, n * channels) packed
+        names = [c.name for c in frame.layout.channels]
         if not frame.format.is_planar:
-            a = a.reshape(-1, len(frame.layout.channels)).T  # (channels, n)
+            a = a.reshape(-1, len(names)).T  # (channels, n)
         if t0 is None:
             t0, rate = (frame.time or 0.0), frame.sample_rate
-        chunks.append(a.astype(np.float32).mean(axis=0) if a.dtype.kind == "f"
-                      else a.astype(np.float32).mean(axis=0) / np.iinfo(a.dtype).max)
+        a = a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.float32) / np.iinfo(a.dtype).max
+        chunks.append(downmix(a, names))
     if not chunks:
         raise BadInput(f"{path}: no decodable audio")
     wav = np.concatenate(chunks)
+    bad = int((~np.isfinite(wav)).sum())
+    if bad:
+        raise BadInput(f"{path}: audio has {bad} non-finite samples")
+    end = _stream_end(stream)
+    if check and end is not None and t0 + len(wav) / rate + TRUNCATION_SLACK < end:
+        raise BadInput(f"{path}: truncated (audio decodes to {t0 + len(wav) / rate:.2f} s of the {end:.2f} s "
+                       f"its header gives)")
     if rate != sample_rate:
         wav = librosa.resample(wav, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
     offset = int(round((start - t0) * sample_rate))  # timestamps align audio to video
@@ -245,10 +281,13 @@ def _read_audio(container, path, start, samples, sample_rate, duration) -> torch
 
 
 def read_av(path, *, start: float = 0.0, frames: int | None = None, size: int = 64, fps: int = FPS,
-            sample_rate: int = SAMPLE_RATE, need_video: bool = True, need_audio: bool = True) -> AV:
+            sample_rate: int = SAMPLE_RATE, need_video: bool = True, need_audio: bool = True,
+            check_complete: bool = True) -> AV:
     """Decode a video (or audio) file: frames at `fps` from `start`, centre-cropped and resized to `size`,
     and mono audio at `sample_rate`. With `frames` given, both are trimmed or padded to exactly `frames`
-    frames and `frames · sample_rate / fps` samples; otherwise they run to the end of the file."""
+    frames and `frames · sample_rate / fps` samples; otherwise they run to the end of the file.
+    check_complete: a stream that decodes to more than TRUNCATION_SLACK less than its header's duration
+    (a file cut short with its index at the front) is a BadInput, not silently padded."""
     import av
     path = Path(path)
     info = probe(path)
@@ -263,8 +302,9 @@ def read_av(path, *, start: float = 0.0, frames: int | None = None, size: int = 
                 out[kind] = None
                 continue
             with av.open(str(path)) as c:  # one pass per stream: seeking in AAC-in-mp4 is unreliable
-                out[kind] = (_read_video(c, path, start, frames, size, fps, info["duration"]) if kind == "video"
-                             else _read_audio(c, path, start, samples, sample_rate, info["duration"]))
+                out[kind] = (_read_video(c, path, start, frames, size, fps, info["duration"], check_complete)
+                             if kind == "video" else
+                             _read_audio(c, path, start, samples, sample_rate, info["duration"], check_complete))
     except av.FFmpegError as e:
         raise BadInput(f"{path}: corrupt or truncated ({type(e).__name__}: {e})".splitlines()[0]) from None
     return AV(out["video"], out["audio"], info["duration"])
@@ -277,13 +317,42 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
     return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+AAC_FRAME = 1024  # samples per AAC frame
+
+
+def _finite_audio(audio: torch.Tensor, path) -> np.ndarray:
+    """(L,) float in [-1, 1] as float32 numpy; non-finite samples are an error, never passed to an encoder."""
+    wav = audio.detach().float().cpu()
+    bad = int((~torch.isfinite(wav)).sum())
+    if bad:
+        raise BadInput(f"{path}: audio has {bad} non-finite samples; nothing written")
+    return wav.clamp(-1, 1).numpy()
+
+
+def _aac_packets(stream, wav: np.ndarray, sample_rate: int) -> list:
+    """Encode mono float audio (L,) into AAC packets of `stream`."""
+    import av
+    packets = []
+    for i in range(0, len(wav), AAC_FRAME):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wav[None, i:i + AAC_FRAME]), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = sample_rate, i
+        packets += stream.encode(frame)
+    return packets + stream.encode()
+
+
 def write_mp4(path, video: torch.Tensor | None, audio: torch.Tensor | None, fps: int = FPS,
               sample_rate: int = SAMPLE_RATE) -> Path:
-    """Write H.264 video (F, 3, H, W) (uint8, or float in [-1, 1]) and AAC mono audio (L,) in [-1, 1]."""
+    """Write H.264 video (F, 3, H, W) (uint8, or float in [-1, 1]) and AAC mono audio (L,) in [-1, 1],
+    atomically (checkpoint.atomic_path)."""
     import av
+
+    import checkpoint
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
+    wav = None if audio is None else _finite_audio(audio, path)
+    if audio is not None:
+        assert audio.ndim == 1, f"audio must be (L,), got {tuple(audio.shape)}"
+    with checkpoint.atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as c:
         if video is not None:
             assert video.ndim == 4 and video.shape[1] == 3, f"video must be (F, 3, H, W), got {tuple(video.shape)}"
             frames = to_uint8(video.cpu()).permute(0, 2, 3, 1).numpy()  # (F, H, W, 3)
@@ -291,32 +360,79 @@ def write_mp4(path, video: torch.Tensor | None, audio: torch.Tensor | None, fps:
             vs.height, vs.width = frames.shape[1:3]
             vs.pix_fmt = "yuv420p"
             vs.options = {"crf": "18"}
-        if audio is not None:
-            assert audio.ndim == 1, f"audio must be (L,), got {tuple(audio.shape)}"
+        if wav is not None:
             aus = c.add_stream("aac", rate=sample_rate, layout="mono")
         if video is not None:
             for rgb in frames:
                 c.mux(vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
             c.mux(vs.encode())
-        if audio is not None:
-            wav = audio.detach().float().cpu().clamp(-1, 1).numpy()[None]  # (1, L)
-            block = 1024  # the AAC frame size
-            for i in range(0, wav.shape[1], block):
-                chunk = np.ascontiguousarray(wav[:, i:i + block])
-                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = sample_rate, i
-                c.mux(aus.encode(frame))
-            c.mux(aus.encode())
+        if wav is not None:
+            c.mux(_aac_packets(aus, wav, sample_rate))
     return path
 
 
+def write_soundtrack(src, dst, audio: torch.Tensor, sample_rate: int = SAMPLE_RATE, keep_audio: bool = False) -> str:
+    """The video of `src` with `audio` (L,) as its soundtrack, written to the mp4 `dst` atomically: the video
+    stream is copied packet for packet (its resolution, frame rate, timestamps and rotation untouched), the
+    audio encoded as AAC at `sample_rate`, mono, starting at time 0 (the time the model's audio starts at,
+    see read_av). keep_audio: the source's first audio track follows as a second, non-default track
+    (copied, or re-encoded as AAC where mp4 cannot hold its codec). Returns what was done, in words."""
+    import av
+
+    import checkpoint
+    src, dst = Path(src), Path(dst)
+    wav = _finite_audio(audio, dst)
+    done = ["video copied"]
+    with av.open(str(src)) as inp, checkpoint.atomic_path(dst) as tmp:
+        vin = inp.streams.video[0]
+        ain = inp.streams.audio[0] if keep_audio and inp.streams.audio else None
+        with av.open(str(tmp), "w", format="mp4") as out:
+            vout = out.add_stream_from_template(vin)
+            aout = out.add_stream("aac", rate=sample_rate, layout="mono")
+            aout.disposition = av.stream.Disposition.default
+            packets = _aac_packets(aout, wav, sample_rate)
+            kept, kept_packets = None, []
+            if ain is not None:
+                if out.format.name == "mp4" and ain.codec_context.name in ("aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"):
+                    kept = out.add_stream_from_template(ain)
+                    done.append("original audio copied as track 2")
+                else:
+                    kept = out.add_stream("aac", rate=ain.codec_context.sample_rate, layout="stereo")
+                    done.append(f"original audio ({ain.codec_context.name}) re-encoded as AAC for track 2")
+                kept.disposition = av.stream.Disposition(0)
+            # interleave by time: the generated audio before each video packet that comes after it
+            queue = sorted(packets, key=lambda p: float(p.pts * p.time_base))
+            streams = [vin] + ([ain] if ain is not None else [])
+            for p in inp.demux(*streams):
+                if p.dts is None:
+                    continue
+                if p.stream is ain and kept is not None and ain.codec_context.name not in ("aac", "mp3", "opus", "ac3",
+                                                                                            "eac3", "alac", "flac"):
+                    for frame in p.decode():
+                        frame.pts = None
+                        kept_packets += kept.encode(frame)
+                    continue
+                t = float(p.dts * p.time_base)
+                while queue and float(queue[0].pts * queue[0].time_base) <= t:
+                    out.mux(queue.pop(0))
+                p.stream = vout if p.stream is vin else kept
+                out.mux(p)
+            out.mux(queue)
+            if kept_packets or (kept is not None and "re-encoded" in done[-1]):
+                out.mux(kept_packets + kept.encode())
+    return ", ".join(done)
+
+
 def write_wav(path, audio: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> Path:
-    """16-bit PCM mono WAV, written with the standard library only."""
+    """16-bit PCM mono WAV, written with the standard library only, atomically."""
     import wave
-    pcm = (audio.detach().float().cpu().clamp(-1, 1).numpy() * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(sample_rate)
-        w.writeframes(pcm.tobytes())
+
+    import checkpoint
+    pcm = (_finite_audio(audio, path) * 32767).astype("<i2")
+    with checkpoint.atomic_path(path) as tmp:
+        with wave.open(str(tmp), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(sample_rate)
+            w.writeframes(pcm.tobytes())
     return Path(path)
 
 

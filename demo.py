@@ -17,6 +17,7 @@ import torch
 
 import data
 import metrics
+import pipeline
 import sample
 import train
 
@@ -55,25 +56,27 @@ def pooled(rows: list[dict]) -> dict:
     return out
 
 
-def guidance_weights(model, codecs, clip, guidance: dict) -> dict:
+def guidance_weights(pipe, guidance: dict) -> dict:
     """λ per direction for this model. MM-Diffusion's guidance form takes the mean squared error over the
     condition's elements where CMMD's sums it, so its λ is multiplied by that element count: the same weight
     on the same error."""
-    if getattr(model, "sample_defaults", {}).get("guidance_form") != "mmdiffusion":
+    if pipe.sampler().guidance_form != "mmdiffusion":
         return dict(guidance)
+    clip, codecs = pipe.clip, pipe.codecs
     side = clip.size // codecs["video"].factor
     n = {"v2a": clip.frames * codecs["video"].channels * side * side,  # elements of the video condition
          "a2v": codecs["audio"].channels * codecs["audio"].steps(clip.samples)}  # of the audio condition
     return {d: lam * n[d] for d, lam in guidance.items()}
 
 
-def evaluate(model, diff, codecs, clip, items, out: Path, steps: int, seed: int = 0, save_first: int = 4,
+def evaluate(pipe, items, out: Path, sampler: dict, seed: int = 0, save_first: int = 4,
              batch: int = 16, guidance: dict | None = None) -> dict:
     """Video→audio and audio→video on held-out windows, scored at ±100 ms against the true event times,
     next to the same scores of the ground truth, the ground truth shifted by 400 ms, and another clip's.
     Samples `batch` clips at a time, from one generator seeded with `seed`, with guidance λ per direction
     ({"v2a": λ, "a2v": λ}; None: GUIDANCE)."""
-    lam = guidance_weights(model, codecs, clip, GUIDANCE if guidance is None else guidance)
+    lam = guidance_weights(pipe, GUIDANCE if guidance is None else guidance)
+    clip = pipe.clip
     m, ms, shift_f, shift_s = clip.margin, clip.margin_samples, round(SHIFT_S * clip.fps), round(SHIFT_S * clip.sample_rate)
     refs = ("ground truth", "shifted 400 ms", "other clip")
     audio = {"ground truth": [it["audio"][ms:ms + clip.samples] for it in items],
@@ -82,22 +85,20 @@ def evaluate(model, diff, codecs, clip, items, out: Path, steps: int, seed: int 
              "shifted 400 ms": [it["video"][m + shift_f:m + shift_f + clip.frames] for it in items]}
     for signal in (audio, video):
         signal["other clip"] = signal["ground truth"][1:] + signal["ground truth"][:1]  # the next clip's
-    device = next(model.parameters()).device
+    device = pipe.device
     g = torch.Generator(device).manual_seed(seed)
     audio["model"], video["model"] = [], []
     for start in range(0, len(items), batch):
         sl = slice(start, start + batch)
         v = torch.stack(video["ground truth"][sl]).float().to(device) / 127.5 - 1  # (b, F, 3, H, W)
         a = torch.stack(audio["ground truth"][sl]).to(device)  # (b, L)
-        v2a = sample.generate(model, diff, codecs, clip, cond={"video": v}, steps=steps, guidance=lam["v2a"],
-                              generator=g, progress=False)
-        a2v = sample.generate(model, diff, codecs, clip, cond={"audio": a}, steps=steps, guidance=lam["a2v"],
-                              generator=g, progress=False)
+        v2a = sample.generate(pipe, pipe.sampler(**sampler, guidance=lam["v2a"]), cond={"video": v}, generator=g)
+        a2v = sample.generate(pipe, pipe.sampler(**sampler, guidance=lam["a2v"]), cond={"audio": a}, generator=g)
         audio["model"] += list(v2a["audio"].cpu())
         video["model"] += list(data.to_uint8(a2v["video"].cpu()))
         for i in range(max(0, min(save_first - start, len(v)))):  # the first clips as files to look at
-            sample.save(out / f"clip{start + i}_v2a", v2a, i, reference={"audio": a}, clip=clip)
-            sample.save(out / f"clip{start + i}_a2v", a2v, i, reference={"audio": a}, clip=clip)
+            sample.save(out / f"clip{start + i}_v2a", v2a, i, clip, reference=a[i])
+            sample.save(out / f"clip{start + i}_a2v", a2v, i, clip, reference=a[i])
             data.write_mp4(out / f"clip{start + i}_truth.mp4", video["ground truth"][start + i], a[i].cpu(), clip.fps,
                            clip.sample_rate)
     rows = {}
@@ -145,13 +146,13 @@ def main(argv=None):
               f"(resumes if {cfg.out} has a checkpoint)", file=sys.stderr)
     ckpt = train.latest_checkpoint(out / "model") if a.eval_only else train.train(cfg)
     t_train = time.time() - t0
-    model, diff, codecs, clip, _ = train.load_model(ckpt)
+    pipe = pipeline.load(ckpt)
     guidance = {"v2a": a.guidance_v2a, "a2v": a.guidance_a2v}
     print(f"2/2 sampling {a.clips} {a.split} clips both ways ({a.sample_steps} DDIM steps each, guidance λ "
           f"v2a {a.guidance_v2a:g}, a2v {a.guidance_a2v:g})", file=sys.stderr)
-    test = data.SyntheticDataset(clip, a.split, num_clips=a.clips, seed=a.seed)
+    test = data.SyntheticDataset(pipe.clip, a.split, num_clips=a.clips, seed=a.seed)
     samples = out / ("samples" if a.split == "test" else f"samples-{a.split}")
-    scores = evaluate(model, diff, codecs, clip, [test[i] for i in range(len(test))], samples, a.sample_steps,
+    scores = evaluate(pipe, [test[i] for i in range(len(test))], samples, {"sampler": "ddim", "steps": a.sample_steps},
                       a.seed, guidance=guidance)
     (out / f"scores-{a.split}.json").write_text(json.dumps({"guidance": guidance, "checkpoint": ckpt.name, **scores}, indent=1))
     done = f"scored {ckpt}" if a.eval_only else f"trained {ckpt.name} in {t_train / 60:.1f} min"

@@ -16,7 +16,7 @@ at the same step n as the positive. A list of negatives is summed (one draw per 
 import dataclasses
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -321,12 +321,15 @@ DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 200  # CMMD §3: 200 DDIM steps
 @dataclass
 class SamplerConfig:
     """How `Diffusion.sample` samples; the defaults are the paper's (CMMD §3)."""
-    sampler: str = DEFAULT_SAMPLER  # "ddim" (Song et al. 2021) or "dpmsolver++" (Lu et al. 2022, 2M)
-    steps: int = DEFAULT_STEPS  # network evaluations (twice that with guidance: each adds a backward pass)
-    guidance: float = 0.0  # λ (CMMD Eq. 3 or MM-Diffusion Eq. 12); 0: replacement (Eq. 5)
-    guidance_form: str = "cmmd"  # "cmmd" (Eq. 3) or "mmdiffusion" (MM-Diffusion Eq. 12 as its code runs it)
-    eta_ddim: float = 0.0  # DDIM's η: 0 deterministic, 1 DDPM (Song et al. 2021, Eq. 16)
-    clip_x0: bool = False  # clamp x̂₀ to [-1, 1] (for pixel and waveform models)
+    sampler: str = field(default=DEFAULT_SAMPLER, metadata={
+        "help": "ddim (Song et al. 2021) or dpmsolver++ (Lu et al. 2022, multistep 2M)", "choices": list(UPDATES)})
+    steps: int = field(default=DEFAULT_STEPS, metadata={
+        "help": "sampling steps, one network evaluation each (guidance adds a backward pass to each)"})
+    guidance: float = field(default=0.0, metadata={"help": "λ of the guidance (CMMD Eq. 3); 0: replacement (Eq. 5)"})
+    guidance_form: str = field(default="cmmd", metadata={
+        "help": "cmmd (Eq. 3) or mmdiffusion (MM-Diffusion Eq. 12 as its code runs it)", "choices": list(GUIDANCE_FORMS)})
+    eta_ddim: float = field(default=0.0, metadata={"help": "DDIM's η: 0 deterministic, 1 DDPM (Song et al. 2021, Eq. 16)"})
+    clip_x0: bool = field(default=False, metadata={"help": "clamp x̂₀ to [-1, 1] (pixel and waveform models)"})
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:

@@ -1,27 +1,41 @@
-"""Sampling from a trained checkpoint: video→audio, audio→video and joint generation by guided DDIM
-(CMMD §2.1, Eq. 3 and 5; SPEC §5).
+"""Sampling from a checkpoint: video→audio, audio→video, continuation and joint generation, of any length
+(CMMD §2.1, Eq. 3 and 5; the continuation tasks of MM-LDM), by DDIM or DPM-Solver++.
 
-    python sample.py --ckpt runs/cmmd/ckpt-00010000.safetensors --v2a clip.mp4
-    python sample.py --ckpt CKPT --a2v song.wav --guidance 1
-    python sample.py --ckpt CKPT --joint 4
+    python sample.py --v2a clip.mp4                     # your video back, with a generated soundtrack
+    python sample.py --a2v song.wav                     # a video for the audio, as long as the audio
+    python sample.py --v2a clip.mp4 --prefix 2          # audio continuation: keep the first 2 s of its sound
+    python sample.py --a2v clip.mp4 --prefix 2          # video continuation: keep the first 2 s of its frames
+    python sample.py --continue clip.mp4 --prefix 2 --seconds 10   # sounding-video continuation
+    python sample.py --joint 4 --seconds 12             # long joint generation
 
-Every input is converted by data.py (any length, fps, size or channel count): the clip runs from --start
-for --frames frames (36 by default, twice the training length, as in the paper), or to the file's end if
-that comes first. Outputs are mp4s with sound, wavs and mel-spectrogram PNGs in --out.
+Every input is as long as it is: the model sees it as it was trained (10 fps, centre crop, its frame size)
+in windows of --window frames that overlap by --overlap; each window after the first treats the overlap
+already generated as known, through the same replacement and guidance as the condition (temporal
+inpainting, `diffusion.Known`), and the windows join at the overlap. With no --ckpt, the newest checkpoint
+under runs/ (e.g. the demo's) is used. A folder among the inputs means every media file in it.
 """
 import argparse
 import contextlib
+import math
 import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+import checkpoint
+import cli
 import data
-import train
-import vae
+import diffusion
+import pipeline
 
-MODES = ("v2a", "a2v", "joint")
+MODES = ("v2a", "a2v", "continue", "joint")
+# The cheapest sampler setting that matched 200 DDIM steps on held-out clips (README, "Sampling speed")
+DEFAULT_SAMPLER = {"sampler": "dpmsolver++", "steps": 25}
+DEFAULT_WINDOW = 36  # frames per window: twice the training length, as the paper samples (CMMD §3)
+DEFAULT_OVERLAP = 12  # frames each window shares with the one before (1.2 s)
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
 
 
 class Stopwatch:
@@ -40,151 +54,308 @@ class Stopwatch:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
-def generate(model, diff, codecs, clip, *, cond: dict | None = None, batch: int = 1, frames: int = 36,
-             steps: int = 200, guidance: float = 0.0, generator=None, progress: bool = True,
+# ---- generation of any length --------------------------------------------------------------------------
+
+def block_frames(clip: data.ClipConfig, codec) -> int:
+    """The fewest frames whose audio is a whole number of the audio codec's steps (4 for the mel's hop of
+    256 at 1 600 samples per frame): windows start on multiples of it, so both streams cut at one instant."""
+    spf = clip.sample_rate // clip.fps
+    return next(f for f in range(1, codec.samples_per_step + 1) if (f * spf) % codec.samples_per_step == 0)
+
+
+def windows(frames: int, window: int, overlap: int, block: int) -> list[tuple[int, int]]:
+    """Frame ranges [f0, f1) covering 0…frames: starts on multiples of `block`, each window `window` long and
+    overlapping the one before by at least `overlap`; the last one ends at `frames` (up to block − 1 longer)."""
+    if frames <= window:
+        return [(0, frames)]
+    hop = max(block, (window - overlap) // block * block)
+    last = (frames - window) // block * block
+    return [(s, s + window) for s in range(0, last, hop)] + [(last, frames)]
+
+
+def generate(pipe: pipeline.Pipeline, cfg: diffusion.SamplerConfig, *, cond: dict | None = None,
+             known: dict | None = None, frames: int | None = None, batch: int = 1, window: int = DEFAULT_WINDOW,
+             overlap: int = DEFAULT_OVERLAP, generator=None, progress: bool = False,
              stopwatch: Stopwatch | None = None) -> dict:
-    """Sample with one of the three modes and decode: cond None (joint), {"video": frames (B, F, 3, H, W) in
-    [-1, 1]} (video→audio) or {"audio": wav (B, L)} (audio→video). Returns {"video": (B, F, 3, H, W) in
-    [-1, 1], "audio": (B, L)}, the given modality passed through. `stopwatch` times the stages."""
-    watch = stopwatch or Stopwatch()
-    device = next(model.parameters()).device
+    """Generate and decode. cond: signals {"video": (B, F, 3, H, W) in [-1, 1], "audio": (B, L)} with
+    L = F · samples per frame; known: {modality: (B, F) bool}, the frames of cond[modality] that are known
+    (a modality of cond without an entry is known whole). cond=None is joint generation of `frames` frames.
+    Examples: {"video": v} is video→audio; {"video": v, "audio": a} with known {"audio": first P frames} is
+    audio continuation. Returns {"video": (B, F, 3, H, W), "audio": (B, L), "mel": (B, M, T) of the audio,
+    "windows": [(f0, f1), ...]}, the known part of each signal exactly as given."""
+    watch, clip, codecs, net = stopwatch or Stopwatch(), pipe.clip, pipe.codecs, pipe.net
+    cond, known = dict(cond or {}), dict(known or {})
+    device, spf = pipe.device, clip.sample_rate // clip.fps
     if cond:
         batch = next(iter(cond.values())).shape[0]
-        frames = cond["video"].shape[1] if "video" in cond else cond["audio"].shape[1] * clip.fps // clip.sample_rate
-    samples = frames * clip.sample_rate // clip.fps
-    latent = clip.size // codecs["video"].factor
-    shapes = {"video": (batch, frames, codecs["video"].channels, latent, latent),  # (B, F, c, h, w)
-              "audio": (batch, codecs["audio"].channels, codecs["audio"].steps(samples))}  # (B, M, T)
+        frames = cond["video"].shape[1] if "video" in cond else cond["audio"].shape[1] // spf
+    L = frames * spf
+    assert all(cond["audio"].shape[1] == L for _ in [0] if "audio" in cond), f"audio must have {L} samples"
+    side = clip.size // codecs["video"].factor
+    T = codecs["audio"].steps(L)
+    full = {"video": (batch, frames, codecs["video"].channels, side, side), "audio": (batch, codecs["audio"].channels, T)}
+    frame_known = {k: known.get(k, torch.ones(batch, frames, dtype=torch.bool)).to(device) for k in cond}
     with torch.no_grad(), watch("encode"):
-        encoded = {k: codecs[k].encode(x.to(device)) for k, x in (cond or {}).items()}
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    with autocast, watch(f"sample ({steps} steps)"):
-        x0 = diff.sample(model, shapes, cond=encoded, steps=steps, guidance=guidance, generator=generator,
-                         progress=progress, **getattr(model, "sample_defaults", {}))
-    out = {k: cond[k].to(device) for k in (cond or {})}
-    for k in ("video", "audio"):
-        if k not in out:
-            with torch.no_grad(), watch(f"decode {k}"):
-                out[k] = codecs[k].decode(x0[k].float())
-    out["audio"] = torch.nn.functional.pad(out["audio"], (0, samples - out["audio"].shape[1]))[:, :samples]  # (B, L)
-    out["mel"] = data.wav_to_mel(out["audio"])  # (B, M, T): what the PNGs show
+        # clone: the pixel codec's encode is the identity, and x is written into below
+        x = {k: codecs[k].encode(cond[k].to(device).float()).clone() if k in cond else torch.zeros(full[k], device=device)
+             for k in diffusion.MODALITIES}
+    have = {"video": frame_known["video"].clone() if "video" in cond else torch.zeros(batch, frames, dtype=torch.bool, device=device),
+            "audio": (codecs["audio"].known_steps(frame_known["audio"].repeat_interleave(spf, 1)) if "audio" in cond
+                      else torch.zeros(batch, T, dtype=torch.bool, device=device))}
+    spans = windows(frames, window, overlap, block_frames(clip, codecs["audio"]))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    for f0, f1 in tqdm(spans, desc="windows", disable=not progress or len(spans) == 1, leave=False):
+        t1 = T if f1 == frames else codecs["audio"].steps(f1 * spf)
+        span = {"video": (f0, f1 - f0), "audio": (codecs["audio"].steps(f0 * spf), t1 - codecs["audio"].steps(f0 * spf))}
+        w_cond, w_mask = {}, {}
+        for k in diffusion.MODALITIES:
+            h = have[k].narrow(1, *span[k]).clone()  # (B, window length); copies: x and have change below
+            if h.any():
+                w_cond[k] = x[k].narrow(diffusion.TIME_AXIS[k], *span[k]).clone()
+                if not h.all():
+                    w_mask[k] = h
+        shapes = {k: full[k][:diffusion.TIME_AXIS[k]] + (span[k][1],) + full[k][diffusion.TIME_AXIS[k] + 1:]
+                  for k in diffusion.MODALITIES}
+        with autocast, watch(f"sample ({cfg.sampler}, {cfg.steps} steps)"):
+            out = pipe.diffusion.sample(net, shapes, cfg, cond=w_cond, mask=w_mask, generator=generator,
+                                        progress=progress and len(spans) == 1)
+        for k in diffusion.MODALITIES:
+            x[k].narrow(diffusion.TIME_AXIS[k], *span[k]).copy_(out[k].float())
+            have[k].narrow(1, *span[k]).fill_(True)
+    result = {"windows": spans}
+    for k in diffusion.MODALITIES:
+        if k in cond and k not in known:  # known whole: the given signal itself
+            result[k] = cond[k].to(device).float()
+            continue
+        with torch.no_grad(), watch(f"decode {k}"):
+            decoded = codecs[k].decode(x[k]).float()
+        if k == "audio":
+            decoded = torch.nn.functional.pad(decoded, (0, L - decoded.shape[1]))[:, :L]  # (B, L)
+        if k in cond:  # the known frames exactly as given
+            m = frame_known[k].repeat_interleave(spf, 1) if k == "audio" else frame_known[k].view(batch, frames, 1, 1, 1)
+            decoded = torch.where(m, cond[k].to(device).float(), decoded)
+        result[k] = decoded
+    for k in diffusion.MODALITIES:
+        bad = int((~torch.isfinite(result[k])).sum())
+        if bad:
+            raise data.BadInput(f"{pipe.path}: generated {k} has {bad} non-finite values (a diverged checkpoint?)")
+    result["mel"] = data.wav_to_mel(result["audio"])  # (B, M, T): what the figures show
+    return result
+
+
+# ---- inputs and outputs --------------------------------------------------------------------------------
+
+def expand_inputs(paths: list, mode: str) -> list[Path]:
+    """The files named, a folder meaning every media file in it (sorted)."""
+    exts = data.VIDEO_EXTENSIONS + (AUDIO_EXTENSIONS if mode == "a2v" else ())
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in exts and f.is_file())
+            if not found:
+                raise data.BadInput(f"{p}: a folder with no media files ({', '.join(exts)})")
+            out += found
+        else:
+            out.append(p)
     return out
 
 
-def save(stem: Path, result: dict, i: int, reference: dict | None = None, clip=None) -> list[Path]:
-    """Write example i as STEM.mp4 (video with sound), STEM.wav and STEM_mel.png (generated above, the
-    reference below when given)."""
+def output_stems(files: list[Path], mode: str) -> list[str]:
+    """One output name per input, unique: STEM_MODE, with the parent folders' names prepended on a clash."""
+    def name(p: Path, depth: int) -> str:
+        parts = [*p.parent.parts[-depth:], p.stem] if depth else [p.stem]
+        return "_".join(parts) + f"_{mode}"
+    stems = []
+    for p in files:
+        depth = 0
+        while depth < len(p.resolve().parts) and sum(
+                name(q, depth) == name(p, depth) for q in files) > (files.count(p)):
+            depth += 1
+        stems.append(name(p.resolve(), depth) if depth else name(p, 0))
+    seen: dict[str, int] = {}
+    for i, s in enumerate(stems):  # the same file given twice
+        seen[s] = seen.get(s, 0) + 1
+        if seen[s] > 1:
+            stems[i] = f"{s}{seen[s]}"
+    return stems
+
+
+def read_input(path: Path, mode: str, clip: data.ClipConfig, prefix: float, seconds: float | None) -> dict:
+    """The condition of one input, whole: {"video", "audio", "known", "duration"}; checks before any work."""
+    info = data.probe(path)
+    need = {"v2a": {"video"} | ({"audio"} if prefix else set()), "a2v": {"audio"} | ({"video"} if prefix else set()),
+            "continue": {"video", "audio"}}[mode]
+    for kind in sorted(need):
+        if not info[kind]:
+            why = "its first --prefix seconds are kept" if (mode, kind) in (("v2a", "audio"), ("a2v", "video")) else f"--{mode} needs one"
+            raise data.BadInput(f"{path}: no {kind} stream ({why})")
+    duration = info["duration"] if mode != "continue" else (seconds or info["duration"])
+    if prefix and prefix >= min(duration, info["duration"]):
+        raise data.BadInput(f"{path}: --prefix {prefix:g} s is not shorter than the input ({info['duration']:.2f} s)")
+    frames = math.ceil(duration * clip.fps - 1e-6)  # the generated signal covers the whole duration
+    if frames < 1:
+        raise data.BadInput(f"{path}: too short ({duration:.2f} s)")
+    av = data.read_av(path, frames=frames, size=clip.size, fps=clip.fps, sample_rate=clip.sample_rate,
+                      need_video="video" in need, need_audio="audio" in need, check_complete=True)
+    cond = {k: v for k, v in (("video", av.video), ("audio", av.audio)) if v is not None}
+    if "video" in cond:
+        cond["video"] = cond["video"].float() / 127.5 - 1  # (F, 3, H, W) in [-1, 1]
+    keep = round(prefix * clip.fps)
+    gen = {"v2a": ["audio"], "a2v": ["video"], "continue": ["video", "audio"]}[mode]
+    known = {k: torch.arange(frames) < keep for k in gen if k in cond}  # (F,): the prefix
+    return {"cond": cond, "known": known, "frames": frames, "duration": duration}
+
+
+def save(stem, result: dict, i: int, clip: data.ClipConfig, *, duration: float | None = None, soundtrack_of=None,
+         keep_audio: bool = False, reference: torch.Tensor | None = None) -> list[str]:
+    """Example i of a result as STEM.mp4, STEM.wav and STEM_mel.png (generated, and `reference` audio (L,)
+    below it when given). soundtrack_of: a video file whose own video stream STEM.mp4 carries, with the
+    generated audio (v2a); else STEM.mp4 is the result's video at the model's size. Returns lines to print."""
+    stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    fps, sr = (clip.fps, clip.sample_rate) if clip else (data.FPS, data.SAMPLE_RATE)
-    paths = [data.write_mp4(f"{stem}.mp4", result["video"][i], result["audio"][i], fps, sr),
-             data.write_wav(f"{stem}.wav", result["audio"][i], sr)]
+    n = round((duration if duration is not None else result["audio"].shape[1] / clip.sample_rate) * clip.sample_rate)
+    wav = result["audio"][i, :n].cpu()
+    if soundtrack_of is not None:
+        how = data.write_soundtrack(soundtrack_of, f"{stem}.mp4", wav, clip.sample_rate, keep_audio=keep_audio)
+    else:
+        data.write_mp4(f"{stem}.mp4", result["video"][i].cpu(), wav, clip.fps, clip.sample_rate)
+        how = f"video at the model's {clip.size}×{clip.size} px, {clip.fps} fps"
+    data.write_wav(f"{stem}.wav", wav, clip.sample_rate)
     mels = {"generated": result["mel"][i]}
     if reference is not None:
-        mels["reference"] = data.wav_to_mel(reference["audio"][i:i + 1].to(result["mel"].device))[0]
-    paths.append(data.mel_png(f"{stem}_mel.png", mels))
-    return paths
+        mels["reference"] = data.wav_to_mel(reference[None, :n].to(result["mel"].device))[0]
+    data.mel_png(f"{stem}_mel.png", mels)
+    return [f"{stem}.mp4 ({how})", f"{stem}_mel.png"]
 
 
-def conditional_pair(model, diff, codecs, clip, item: dict, stem: Path, steps: int, device, guidance: float = 0.0,
-                     seed: int = 0) -> dict:
-    """Video→audio and audio→video from one dataset window's positive clip: STEM_v2a.* and STEM_a2v.*."""
-    m, ms = clip.margin, clip.margin_samples
-    ref = {"video": item["video"][None, m:m + clip.frames].to(device).float() / 127.5 - 1,  # (1, F, 3, H, W)
-           "audio": item["audio"][None, ms:ms + clip.samples].to(device)}  # (1, L)
-    results = {}
-    for mode, known in (("v2a", "video"), ("a2v", "audio")):
-        g = torch.Generator(device).manual_seed(seed)
-        results[mode] = generate(model, diff, codecs, clip, cond={known: ref[known]}, steps=steps, guidance=guidance,
-                                 generator=g, progress=False)
-        save(Path(f"{stem}_{mode}"), results[mode], 0, reference=ref, clip=clip)
-    return results
+# ---- the command ---------------------------------------------------------------------------------------
 
-
-def load_input(path, mode: str, clip, start: float, frames: int) -> dict:
-    """The condition of `mode` from a file, converted by data.py; refuses inputs shorter than one clip."""
-    need_video = mode == "v2a"
-    info = data.probe(path)
-    kind = "video" if need_video else "audio"
-    if not info[kind]:
-        raise data.BadInput(f"{path}: no {kind} stream (--{mode} needs one)")
-    available = int((info["duration"] - start) * clip.fps + 1e-6)
-    if available < clip.frames:
-        raise data.BadInput(f"{path}: shorter than one clip ({max(info['duration'] - start, 0):.2f} s from "
-                            f"--start {start} < {clip.duration:.1f} s)")
-    n = min(frames, available)
-    av = data.read_av(path, start=start, frames=n, size=clip.size, fps=clip.fps, sample_rate=clip.sample_rate,
-                      need_video=need_video, need_audio=True if not need_video else info["audio"])
-    return {"video": None if av.video is None else av.video.float() / 127.5 - 1, "audio": av.audio}  # audio may be None
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a train.py checkpoint (ckpt-STEP.safetensors)")
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--v2a", nargs="+", metavar="VIDEO", help="generate audio for these videos")
+    mode.add_argument("--v2a", nargs="+", metavar="VIDEO", help="generate a soundtrack for these videos (or folders)")
     mode.add_argument("--a2v", nargs="+", metavar="AUDIO", help="generate video for these audio files (wav, flac, mp3, or a video's sound)")
+    mode.add_argument("--continue", dest="cont", nargs="+", metavar="VIDEO", help="continue both streams after --prefix")
     mode.add_argument("--joint", type=int, metavar="N", help="generate N sounding videos from noise")
-    p.add_argument("--steps", type=int, default=200, help="DDIM steps (200 in the paper)")
-    p.add_argument("--guidance", type=float, default=0.0, help="λ of the reconstruction guidance (Eq. 3); 0: replacement")
-    p.add_argument("--frames", type=int, default=36, help="video frames to generate (36 = 2× training length, as the paper)")
-    p.add_argument("--start", type=float, default=0.0, help="seconds into each input where the clip starts")
+    p.add_argument("--ckpt", default=None, help="a checkpoint file, a Hugging Face Hub repo id (org/name), or none: "
+                                                "the newest under runs/")
+    cli.add_dataclass_args(p, diffusion.SamplerConfig, unset=True)
+    p.add_argument("--prefix", type=float, default=0.0, help="seconds at the start of each input that are kept "
+                   "(v2a: its audio, a2v: its video, continue: both) and continued")
+    p.add_argument("--seconds", type=float, default=None, help="length of --joint and --continue outputs "
+                   "(default: --window frames for joint, the input's length for continue)")
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="frames the model sees at once")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="frames each window shares with the one before")
     p.add_argument("--samples", type=int, default=1, help="generations per input (the paper's protocol: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed; the same seed and --batch give the same output")
     p.add_argument("--batch", type=int, default=4, help="examples sampled together")
+    p.add_argument("--keep-audio", action="store_true", help="v2a: add the input's own sound as a second, non-default track")
     p.add_argument("--out", default="samples", help="output directory")
     p.add_argument("--vocoder", default=None, help="a melgan.py checkpoint; without one, Griffin-Lim")
     p.add_argument("--vae-path", default=None, help="SD-VAE directory or hub id (default: the checkpoint's)")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    a = p.parse_args(argv)
-    try:
-        run(a)
-    except (data.BadInput, train.CheckpointError, vae.CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return p.parse_args(argv)
+
+
+def check_args(a) -> torch.device:
+    """Every flag's range, the device and the output folder, before any work."""
+    for name in ("window", "samples", "batch"):
+        if getattr(a, name) < 1:
+            raise data.BadInput(f"--{name} must be at least 1, got {getattr(a, name)}")
+    if a.joint is not None and a.joint < 1:
+        raise data.BadInput(f"--joint must be at least 1, got {a.joint}")
+    if not 0 <= a.overlap < a.window:
+        raise data.BadInput(f"--overlap must be in 0..--window − 1 ({a.window - 1}), got {a.overlap}")
+    for name in ("prefix", "seconds"):
+        v = getattr(a, name)
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise data.BadInput(f"--{name} must be a finite number >= 0, got {v}")
+    if a.seconds is not None and a.seconds <= 0:
+        raise data.BadInput(f"--seconds must be positive, got {a.seconds}")
+    if a.joint is not None and a.prefix:
+        raise data.BadInput("--prefix needs an input to keep; --joint starts from noise (use --continue FILE)")
+    if a.cont is not None and not a.prefix:
+        raise data.BadInput("--continue needs --prefix SECONDS, the part of the input that is kept")
+    diffusion.SamplerConfig(**{k: v for k, v in cli.dataclass_fields(a, diffusion.SamplerConfig).items() if v is not None})
+    device = cli.device(a.device)
+    out = Path(a.out)
+    cli.check_writable_dir(out)
+    return device
+
+
+def main(argv=None):
+    cli.run(run, parse_args(argv))
 
 
 def run(a):
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
+    device = check_args(a)
     torch.manual_seed(a.seed)  # Griffin-Lim's initial phases
-    if a.steps < 1 or a.frames < 1 or a.samples < 1 or a.batch < 1:
-        raise data.BadInput("--steps, --frames, --samples and --batch must be positive")
+    mode = "joint" if a.joint is not None else "continue" if a.cont is not None else "v2a" if a.v2a else "a2v"
+    path, how = checkpoint.resolve(a.ckpt)
+    if how:
+        print(how, file=sys.stderr)
+    meta, _ = checkpoint.read(path)
+    clip = pipeline.build(meta, a.vae_path, path=path).clip  # checks the config before any input is read
+    files = [] if mode == "joint" else expand_inputs(a.cont if mode == "continue" else getattr(a, mode), mode)
+    stems = output_stems(files, mode)
+    # Read every input before the model: a single bad file fails in a second; among many it is skipped.
+    inputs, failed = [], []
+    for f, stem in zip(files, stems):
+        try:
+            inputs.append((f, stem, read_input(f, mode, clip, a.prefix, a.seconds)))
+        except data.BadInput as e:
+            if len(files) == 1:
+                raise
+            print(f"error: {e} (skipped)", file=sys.stderr)
+            failed.append(f)
     vocoder = None
     if a.vocoder:
         import melgan
         vocoder = melgan.Vocoder(a.vocoder)
-    mode = next(m for m in MODES if getattr(a, m) is not None)
-    # Read every input before the model, so that a bad file fails in a second, not after loading.
-    model_meta = train.read_checkpoint(a.ckpt)[0]
-    clip = data.ClipConfig(**model_meta["clip"])
-    inputs = [] if mode == "joint" else [(Path(f), load_input(f, mode, clip, a.start, a.frames)) for f in getattr(a, mode)]
-    model, diff, codecs, clip, _ = train.load_model(a.ckpt, device, a.weights, a.vae_path, vocoder)
+    pipe = pipeline.load(path, device, a.weights, a.vae_path, vocoder)
+    cfg = pipe.sampler(**{**DEFAULT_SAMPLER, **{k: v for k, v in cli.dataclass_fields(a, diffusion.SamplerConfig).items()
+                                                if v is not None}})
     out, g = Path(a.out), torch.Generator(device).manual_seed(a.seed)
-    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    options = dict(window=a.window, overlap=a.overlap, generator=g, progress=True)
+    written = 0
     if mode == "joint":
-        for lo in range(0, a.joint, a.batch):
+        frames = math.ceil((a.seconds or a.window / clip.fps) * clip.fps - 1e-6)
+        for lo in tqdm(range(0, a.joint, a.batch), desc="batches", disable=a.joint <= a.batch):
             n = min(a.batch, a.joint - lo)
-            result = generate(model, diff, codecs, clip, batch=n, frames=a.frames, steps=a.steps, generator=g)
+            result = generate(pipe, cfg, frames=frames, batch=n, **options)
             for i in range(n):
-                written += save(out / f"joint_{lo + i:03d}", result, i, clip=clip)
-    else:
-        known = "video" if mode == "v2a" else "audio"
-        jobs = [(path, x, k) for path, x in inputs for k in range(a.samples)]
-        for lo in range(0, len(jobs), a.batch):
-            chunk = jobs[lo:lo + a.batch]
-            by_len = {}  # inputs of different lengths are sampled in separate batches
-            for job in chunk:
-                by_len.setdefault(job[1][known].shape[0], []).append(job)
-            for group in by_len.values():
-                cond = {known: torch.stack([x[known] for _, x, _ in group])}
-                result = generate(model, diff, codecs, clip, cond=cond, steps=a.steps, guidance=a.guidance, generator=g)
-                has_audio = mode == "v2a" and all(x["audio"] is not None for _, x, _ in group)
-                ref = {"audio": torch.stack([x["audio"] for _, x, _ in group])} if has_audio else None
-                for i, (path, _, k) in enumerate(group):
-                    suffix = f"_{k}" if a.samples > 1 else ""
-                    written += save(out / f"{path.stem}_{mode}{suffix}", result, i, reference=ref, clip=clip)
-    for path in written:
-        if path.suffix in (".mp4", ".png"):
-            print(path)
+                for line in save(out / f"joint_{lo + i:03d}", result, i, clip):
+                    print(line)
+                written += 1
+    for f, stem, x in tqdm(inputs, desc="files", disable=len(inputs) < 2):
+        try:
+            for lo in range(0, a.samples, a.batch):
+                n = min(a.batch, a.samples - lo)
+                cond = {k: v[None].expand(n, *v.shape) for k, v in x["cond"].items()}
+                known = {k: m[None].expand(n, -1) for k, m in x["known"].items()}
+                if mode == "v2a" and not a.prefix:
+                    cond.pop("audio", None)
+                result = generate(pipe, cfg, cond=cond, known=known, **options)
+                ref = x["cond"].get("audio") if mode == "v2a" else None
+                for i in range(n):
+                    suffix = f"_{lo + i}" if a.samples > 1 else ""
+                    for line in save(out / f"{stem}{suffix}", result, i, clip, duration=x["duration"],
+                                     soundtrack_of=f if mode == "v2a" else None, keep_audio=a.keep_audio, reference=ref):
+                        print(line)
+                    written += 1
+        except data.BadInput as e:
+            if len(inputs) == 1 and not failed:
+                raise
+            print(f"error: {e} (skipped)", file=sys.stderr)
+            failed.append(f)
+    if files:
+        print(f"{len(files) - len(failed)} of {len(files)} inputs done, {written} outputs in {out}"
+              + (f"; failed: {', '.join(map(str, failed))}" if failed else ""), file=sys.stderr)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

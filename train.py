@@ -10,24 +10,24 @@ A checkpoint is `ckpt-STEP.safetensors` (raw and EMA weights, the whole run conf
 written to temporary names and renamed, the state first: a checkpoint exists once its .safetensors does.
 """
 import argparse
-import copy
 import dataclasses
+import copy
 import json
-import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import checkpoint
+import cli
 import data
-import diffusion
 import negatives
-import unet
+import pipeline
 import vae
 
 # The paper's optimiser (CMMD App. B.2): Adam at 1e-4, ×0.8 every 80 k steps, down to 2e-5.
@@ -65,7 +65,8 @@ class TrainConfig:
     ckpt_every: int = field(default=5000, metadata={"help": "steps between checkpoints"})
     keep: int = field(default=3, metadata={"help": "checkpoints kept in --out"})
     preview_every: int = field(default=5000, metadata={"help": "steps between preview samples (0: off)"})
-    preview_steps: int = field(default=25, metadata={"help": "DDIM steps of a preview"})
+    preview_steps: int = field(default=25, metadata={"help": "sampling steps of a preview"})
+    preview_sampler: str = field(default="dpmsolver++", metadata={"help": "sampler of a preview", "choices": ["ddim", "dpmsolver++"]})
     log_every: int = field(default=50, metadata={"help": "steps between JSONL log lines"})
     time_limit: float = field(default=0.0, metadata={"help": "stop (and save) after this many minutes (0: none)"})
     seed: int = field(default=0, metadata={"help": "seed of data order, noise, steps and negatives"})
@@ -73,151 +74,27 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=()):
-    """One flag per dataclass field, with its default and help; booleans get --x/--no-x."""
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag, helptext = "--" + f.name.replace("_", "-"), f.metadata.get("help", f.name)
-        default = f.default
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helptext)
-        else:
-            kind = type(default) if default is not None else str
-            parser.add_argument(flag, type=kind, default=default, choices=f.metadata.get("choices"),
-                                help=f"{helptext} (default: {default})")
-
-
 # ----------------------------------------------------------------------------------------------------
-# Codecs, models and checkpoints: everything `sample.py` rebuilds from a checkpoint's config
-class MelCodec(torch.nn.Module):
-    """Audio as normalised log-mel (SPEC §1): encode with data.py's front end, decode with a vocoder."""
-    channels, steps_per_second = data.N_MELS, data.SAMPLE_RATE / data.HOP
-
-    def __init__(self, vocoder=None):
-        super().__init__()
-        self.vocoder = vocoder
-
-    def encode(self, wav: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, M, L // 256)
-        return data.wav_to_mel(wav)
-
-    def steps(self, samples: int) -> int:  # T for L samples
-        return samples // data.HOP
-
-    def decode(self, mel: torch.Tensor) -> torch.Tensor:  # (B, M, T) -> (B, 256·T)
-        if self.vocoder is None:
-            import melgan
-            self.vocoder = melgan.Vocoder(None)
-        return self.vocoder(mel)
-
-
-class WaveCodec(torch.nn.Module):
-    """Audio as the raw waveform (MM-Diffusion): (B, L) <-> (B, 1, L)."""
-    channels, steps_per_second = 1, data.SAMPLE_RATE
-
-    def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        return wav[:, None]  # (B, 1, L)
-
-    def steps(self, samples: int) -> int:
-        return samples
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, 0].clamp(-1, 1)  # (B, L)
-
-
-def run_config(cfg: TrainConfig, init_meta: dict | None = None) -> dict:
-    """The self-describing config stored in every checkpoint: run, clip, network, diffusion, mel scale."""
-    clip = data.ClipConfig(frames=cfg.frames, size=cfg.size)
-    if init_meta is not None:  # a fine-tune keeps the network, codec and clip geometry of its parent
-        return {**init_meta, "train": asdict(cfg)}
-    if cfg.model == "cmmd":
-        video_channels = 4 if cfg.vae == "sd" else 3
-        net = asdict(unet.preset(cfg.preset, video_channels=video_channels, fusion=cfg.fusion))
-        diff = asdict(diffusion.DiffusionConfig())
-    elif cfg.model == "mmdiffusion":
-        import mmdiffusion
-        if cfg.vae != "pixel":
-            raise ValueError("--model mmdiffusion works on pixels and waveforms: use --vae pixel")
-        name = {"paper": "official"}.get(cfg.preset, cfg.preset)  # the baseline's full size is its official one
-        net = asdict(mmdiffusion.preset(name, frames=clip.frames, image_size=clip.size, audio_samples=clip.samples))
-        diff = asdict(mmdiffusion.diffusion_config())
-    else:
-        raise ValueError(f"--model {cfg.model!r}: choose cmmd or mmdiffusion")
-    return {"format": "cmmd-1", "model": cfg.model, "net": net, "diffusion": diff, "clip": asdict(clip),
-            "codec": {"video": cfg.vae, "audio": "mel" if cfg.model == "cmmd" else "wave"},
-            "mel": {"log_min": data.LOG_MEL_MIN, "log_max": data.LOG_MEL_MAX}, "train": asdict(cfg)}
-
-
-def build(meta: dict, vae_path: str | None = None, vocoder=None):
-    """(network, Diffusion, {modality: codec}, ClipConfig) from a run config."""
-    if meta["model"] == "cmmd":
-        net = unet.UNet(unet.UNetConfig(**meta["net"]))
-    else:
-        import mmdiffusion
-        net = mmdiffusion.MMDiffusion(mmdiffusion.MMDiffusionConfig(**meta["net"]))
-    codecs = {"video": vae.make_codec(meta["codec"]["video"], vae_path or meta["train"]["vae_path"]),
-              "audio": MelCodec(vocoder) if meta["codec"]["audio"] == "mel" else WaveCodec()}
-    return net, diffusion.Diffusion(diffusion.DiffusionConfig(**meta["diffusion"])), codecs, data.ClipConfig(**meta["clip"])
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing or not ours; one line naming the file."""
-
-
-def read_checkpoint(path) -> tuple[dict, dict]:
-    """(run config, tensors) of a `ckpt-STEP.safetensors`."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = (f.metadata() or {}).get("cmmd")
-        if meta is None:
-            raise CheckpointError(f"{path}: not a cmmd checkpoint (no 'cmmd' config in its metadata)")
-        return json.loads(meta), load_file(str(path))
-    except (SafetensorError, OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__})") from None
-
-
-def load_weights(module: torch.nn.Module, tensors: dict, prefix: str, path):
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    missing, unexpected = module.state_dict().keys() - state.keys(), state.keys() - module.state_dict().keys()
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the network ({len(missing)} missing, e.g. "
-                              f"{sorted(missing)[:2]}; {len(unexpected)} unexpected, e.g. {sorted(unexpected)[:2]})")
-    module.load_state_dict(state, strict=True)
-
-
-def load_model(path, device="cpu", weights="ema", vae_path=None, vocoder=None):
-    """Everything sampling needs from one checkpoint: (network in eval mode, Diffusion, codecs, clip, config)."""
-    meta, tensors = read_checkpoint(path)
-    net, diff, codecs, clip = build(meta, vae_path, vocoder)
-    load_weights(net, tensors, f"{weights}.", path)
-    return net.to(device).eval(), diff, {k: c.to(device) for k, c in codecs.items()}, clip, meta
-
-
+# Checkpoints: weights and config in checkpoint.py's format, the resume state beside them
 def save_checkpoint(out: Path, step: int, meta: dict, model, ema, opt, gen: torch.Generator, keep: int) -> Path:
-    from safetensors.torch import save_file
+    """ckpt-STEP.pt (resume state), then ckpt-STEP.safetensors (raw and EMA weights, the config), each
+    written atomically: a checkpoint exists once its .safetensors does. Keeps the newest `keep`."""
     stem = out / f"ckpt-{step:08d}"
     state = {"step": step, "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    torch.save(state, f"{stem}.pt.tmp")
-    os.replace(f"{stem}.pt.tmp", f"{stem}.pt")
-    tensors = {**{f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-               **{f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}}
-    save_file(tensors, f"{stem}.safetensors.tmp", metadata={"cmmd": json.dumps(meta), "step": str(step)})
-    os.replace(f"{stem}.safetensors.tmp", f"{stem}.safetensors")
-    for old in sorted(out.glob("ckpt-*.safetensors"))[:-keep]:
+    checkpoint.torch_save(state, f"{stem}.pt")
+    tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
+               **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
+    path = checkpoint.save(f"{stem}.safetensors", tensors, meta, step=step)
+    for old in sorted(out.glob(checkpoint.PATTERN))[:-keep]:
         old.unlink()
         old.with_suffix(".pt").unlink(missing_ok=True)
-    return Path(f"{stem}.safetensors")
+    return path
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    done = [p for p in sorted(out.glob("ckpt-*.safetensors")) if p.with_suffix(".pt").exists()]
-    return done[-1] if done else None
+    """The newest complete checkpoint of a run (its resume state beside it)."""
+    return checkpoint.latest(out, complete=lambda p: p.with_suffix(".pt").exists())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -261,7 +138,7 @@ def encode_batch(batch: dict, codecs: dict, device) -> dict:
 
 def negatives_config(clip: data.ClipConfig, codecs: dict, per_modality: int) -> negatives.NegativesConfig:
     """SPEC §4's shifts in the audio codec's own steps (mel steps or samples), checked against the windows."""
-    if isinstance(codecs["audio"], WaveCodec):
+    if isinstance(codecs["audio"], pipeline.WaveCodec):
         cfg = negatives.NegativesConfig.waveform(clip.samples // clip.frames, num_per_modality=per_modality)
     else:
         cfg = negatives.NegativesConfig(num_per_modality=per_modality)
@@ -294,9 +171,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     init_meta = init_tensors = None
     if cfg.init:
-        init_meta, init_tensors = read_checkpoint(cfg.init)
-    meta = run_config(cfg, init_meta)
-    model, diff, codecs, clip = build(meta)
+        init_meta, init_tensors = checkpoint.read(cfg.init)
+    meta = pipeline.run_config(cfg, init_meta)
+    pipe = pipeline.build(meta, path=cfg.init)
+    model, diff, codecs, clip = pipe.net, pipe.diffusion, pipe.codecs, pipe.clip
     model.to(device)
     codecs = {k: c.to(device) for k, c in codecs.items()}
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -304,9 +182,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     gen = torch.Generator(device).manual_seed(cfg.seed + 7919 * rank)  # n, noise, negatives
     start, resume = 0, latest_checkpoint(out)
     if resume is not None:
-        _, tensors = read_checkpoint(resume)
-        load_weights(model, tensors, "model.", resume)
-        load_weights(ema, tensors, "ema.", resume)
+        _, tensors = checkpoint.read(resume)
+        checkpoint.load_strict(model, tensors, "model.", resume)
+        checkpoint.load_strict(ema, tensors, "ema.", resume)
         state = torch.load(resume.with_suffix(".pt"), map_location="cpu", weights_only=False)
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
@@ -317,8 +195,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if rank == 0:
             print(f"resuming from {resume} at step {start}", file=sys.stderr)
     elif init_tensors is not None:
-        load_weights(model, init_tensors, "model.", cfg.init)
-        load_weights(ema, init_tensors, "model.", cfg.init)
+        checkpoint.load_strict(model, init_tensors, "model.", cfg.init)
+        checkpoint.load_strict(ema, init_tensors, "model.", cfg.init)
     if start >= cfg.steps:
         print(f"{out}: already trained to step {start} (--steps {cfg.steps})", file=sys.stderr)
         return resume
@@ -382,7 +260,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
             last_ckpt = save_checkpoint(out, step, meta, model, ema, opt, gen, cfg.keep)
         if cfg.preview_every and (step % cfg.preview_every == 0 or step == cfg.steps):
-            preview(ema, diff, codecs, clip, cfg, out / "previews" / f"step-{step:08d}", device)
+            preview(dataclasses.replace(pipe, net=ema), cfg, out / "previews" / f"step-{step:08d}")
         if out_of_time:
             print(f"time limit of {cfg.time_limit} min reached at step {step}", file=sys.stderr)
             break
@@ -393,28 +271,34 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     return last_ckpt
 
 
-def preview(model, diff, codecs, clip, cfg: TrainConfig, stem: Path, device):
-    """Video→audio and audio→video on the first validation clip: mp4s and a mel PNG to look at."""
+def preview(pipe: pipeline.Pipeline, cfg: TrainConfig, stem: Path):
+    """Video→audio and audio→video on the first validation clip: STEM_v2a.* and STEM_a2v.* (mp4s, mel PNGs)."""
     import sample
+    clip, device = pipe.clip, pipe.device
     val = data.build_dataset(cfg.data, "val", clip, root=cfg.data_root, num_clips=1, seed=cfg.seed)[0]
-    model.eval()
+    m, ms = clip.margin, clip.margin_samples
+    truth = {"video": val["video"][None, m:m + clip.frames].to(device).float() / 127.5 - 1,  # (1, F, 3, H, W)
+             "audio": val["audio"][None, ms:ms + clip.samples].to(device)}  # (1, L)
+    sampler = pipe.sampler(sampler=cfg.preview_sampler, steps=cfg.preview_steps)
+    pipe.net.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        sample.conditional_pair(model, diff, codecs, clip, val, stem, steps=cfg.preview_steps, device=device)
-    model.train()
+        for mode, known in (("v2a", "video"), ("a2v", "audio")):
+            result = sample.generate(pipe, sampler, cond={known: truth[known]}, generator=torch.Generator(device).manual_seed(0))
+            sample.save(f"{stem}_{mode}", result, 0, clip, reference=truth["audio"][0])
+    pipe.net.train()
 
 
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_dataclass_args(p, TrainConfig)
-    a = p.parse_args(argv)
-    return TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
+    cli.add_dataclass_args(p, TrainConfig)
+    return TrainConfig(**cli.dataclass_fields(p.parse_args(argv), TrainConfig))
 
 
 def main(argv=None):
     cfg = parse_args(argv)
     try:
         train(cfg)
-    except (data.BadInput, CheckpointError, vae.CheckpointError, ValueError) as e:
+    except (data.BadInput, checkpoint.CheckpointError, vae.CheckpointError, ValueError) as e:
         sys.exit(f"error: {e}")
 
 

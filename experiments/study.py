@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import data  # noqa: E402
 import demo  # noqa: E402
+import pipeline  # noqa: E402
 import train  # noqa: E402
 
 LARGE_ETA = 5e-3  # the "larger η": 100× the paper's, where the negative terms are visible in the loss
@@ -143,8 +144,8 @@ def main(argv=None):
             ckpts[name] = train.train(cfg, progress=not a.smoke)
             if name in scores:
                 continue
-            model, diff, codecs, clip_, _ = train.load_model(ckpts[name])
-            result = demo.evaluate(model, diff, codecs, clip_, items, run_dir / "samples", a.sample_steps, seed, save_first=2,
+            result = demo.evaluate(pipeline.load(ckpts[name]), items, run_dir / "samples",
+                                   {"sampler": "ddim", "steps": a.sample_steps}, seed, save_first=2,
                                    guidance={"v2a": a.guidance_v2a, "a2v": a.guidance_a2v})
             scores[name] = {"v2a": result["v2a model"], "a2v": result["a2v model"]}
             for ref in ("ground truth", "shifted 400 ms", "other clip"):  # the reference rows, once per seed

@@ -1,0 +1,79 @@
+"""What the command-line scripts share: flags generated from a dataclass config (STYLE item 2), and
+the one-line error on stderr with a non-zero exit for every problem a user can cause (STYLE item 13)."""
+import argparse
+import dataclasses
+import sys
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=(), unset: bool = False):
+    """One flag per field of dataclass `cls`, with its help (field metadata "help") and default; booleans
+    get --x/--no-x. unset=True: every flag defaults to None ("not given"), so that a value stored elsewhere
+    (a checkpoint's) can stand unless the user gives one; the help still shows the dataclass default."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag, helptext = "--" + f.name.replace("_", "-"), f.metadata.get("help", f.name)
+        default = f.default
+        shown = f" (default: {default})" if not unset else f" (default: the checkpoint's, else {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None if unset else default,
+                                help=helptext + (shown if unset else ""))
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, type=kind, default=None if unset else default, choices=f.metadata.get("choices"),
+                                help=helptext + shown)
+
+
+def dataclass_fields(args: argparse.Namespace, cls, skip=()) -> dict:
+    """The values of `cls`'s fields in parsed `args` (None where a flag with unset=True was not given)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip}
+
+
+def errors() -> tuple:
+    """The exception types that carry a one-line message for the user."""
+    import checkpoint
+    import data
+    import vae
+    return data.BadInput, checkpoint.CheckpointError, vae.CheckpointError, ValueError
+
+
+def run(main, *args):
+    """Call main(*args); a user's problem ends the process with `error: MESSAGE` on stderr and exit 1."""
+    try:
+        return main(*args)
+    except errors() as e:
+        sys.exit(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
+
+
+def device(name: str):
+    """--device as a torch.device: auto (CUDA if there is one), cpu, cuda or cuda:N, checked before any work."""
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r}: not a device; choose auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+    return dev
+
+
+def check_writable_dir(path) -> None:
+    """An output folder that exists and is writable, or can be made; one line otherwise, before any work."""
+    import os
+    from pathlib import Path
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: exists and is not a directory (--out must be a folder)")
+    parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ValueError(f"{parent}: not a directory, so {path} cannot be made")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{parent}: not writable (--out {path})")

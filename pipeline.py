@@ -1,0 +1,157 @@
+"""A trained model as the scripts use it: a checkpoint's config becomes the network, its diffusion, its
+codecs, its clip geometry and its sampler settings (CMMD §3, App. B; STYLE item 8).
+
+The config (`run_config`, stored whole in every checkpoint by train.py and mmdiffusion.py's converter):
+  {"format": "cmmd-1", "model": "cmmd" | "mmdiffusion", "net": network config, "diffusion": DiffusionConfig,
+   "clip": ClipConfig, "codec": {"video": "sd" | "pixel", "audio": "mel" | "wave"}, "mel": the mel scale,
+   "sampler": SamplerConfig fields the model needs (MM-Diffusion: its guidance form, clip_x0), "train": the run}
+The codecs share one interface: `encode`, `decode`, `channels`, and for video `factor` (vae.py), for
+audio `steps(samples)` and `samples_per_step` (here). train.py, sample.py, demo.py and bench.py build
+models only through this module.
+"""
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import checkpoint
+import data
+import diffusion
+import unet
+import vae
+
+FORMAT = "cmmd-1"
+
+
+class MelCodec(torch.nn.Module):
+    """Audio as normalised log-mel (CMMD §3): encode with data.py's front end, decode with a vocoder."""
+    channels, samples_per_step = data.N_MELS, data.HOP
+
+    def __init__(self, vocoder=None):
+        super().__init__()
+        self.vocoder = vocoder
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, M, L // 256)
+        return data.wav_to_mel(wav)
+
+    def steps(self, samples: int) -> int:  # T for L samples
+        return samples // data.HOP
+
+    def known_steps(self, known: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool of known samples -> (B, T) bool of mel steps whose whole STFT window is known: step j
+        reads samples 256·j − 128 … 256·j + 383 (data.mel_magnitude's reflect padding and 512 window)."""
+        pad = (data.N_FFT - data.HOP) // 2
+        unknown = F.max_pool1d(F.pad((~known).float()[:, None], (pad, pad)), data.N_FFT, data.HOP)[:, 0]  # (B, T)
+        return unknown[:, :self.steps(known.shape[1])] == 0
+
+    def decode(self, mel: torch.Tensor) -> torch.Tensor:  # (B, M, T) -> (B, 256·T)
+        if self.vocoder is None:
+            import melgan
+            self.vocoder = melgan.Vocoder(None)
+        return self.vocoder(mel)
+
+
+class WaveCodec(torch.nn.Module):
+    """Audio as the raw waveform (MM-Diffusion): (B, L) <-> (B, 1, L)."""
+    channels, samples_per_step = 1, 1
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        return wav[:, None]  # (B, 1, L)
+
+    def steps(self, samples: int) -> int:
+        return samples
+
+    def known_steps(self, known: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L): one step per sample
+        return known
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0].clamp(-1, 1)  # (B, L)
+
+
+def run_config(cfg, init_meta: dict | None = None) -> dict:
+    """The self-describing config of a train.py run (`cfg` a train.TrainConfig); a fine-tune (`init_meta`,
+    its parent's config) keeps the parent's network, codecs and clip geometry."""
+    if init_meta is not None:
+        return {**init_meta, "train": asdict(cfg)}
+    clip = data.ClipConfig(frames=cfg.frames, size=cfg.size)
+    sampler = {}
+    if cfg.model == "cmmd":
+        net = asdict(unet.preset(cfg.preset, video_channels=4 if cfg.vae == "sd" else 3, fusion=cfg.fusion))
+        diff = asdict(diffusion.DiffusionConfig())
+    elif cfg.model == "mmdiffusion":
+        import mmdiffusion
+        if cfg.vae != "pixel":
+            raise ValueError("--model mmdiffusion works on pixels and waveforms: use --vae pixel")
+        name = {"paper": "official"}.get(cfg.preset, cfg.preset)  # the baseline's full size is its official one
+        net = asdict(mmdiffusion.preset(name, frames=clip.frames, image_size=clip.size, audio_samples=clip.samples))
+        diff = asdict(mmdiffusion.diffusion_config())
+        sampler = dict(MMDIFFUSION_SAMPLER)
+    else:
+        raise ValueError(f"--model {cfg.model!r}: choose cmmd or mmdiffusion")
+    return {"format": FORMAT, "model": cfg.model, "net": net, "diffusion": diff, "clip": asdict(clip),
+            "codec": {"video": cfg.vae, "audio": "mel" if cfg.model == "cmmd" else "wave"},
+            "mel": {"log_min": data.LOG_MEL_MIN, "log_max": data.LOG_MEL_MAX}, "sampler": sampler, "train": asdict(cfg)}
+
+
+# MM-Diffusion's own sampling (its official code): gradient guidance in its form, x̂₀ clipped to [-1, 1]
+MMDIFFUSION_SAMPLER = {"guidance_form": "mmdiffusion", "clip_x0": True}
+
+
+@dataclass
+class Pipeline:
+    """Everything sampling needs from one checkpoint."""
+    net: torch.nn.Module
+    diffusion: diffusion.Diffusion
+    codecs: dict  # {"video": vae codec, "audio": MelCodec | WaveCodec}
+    clip: data.ClipConfig
+    config: dict  # the checkpoint's whole config
+    path: Path | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def sampler(self, **overrides) -> diffusion.SamplerConfig:
+        """The model's sampler settings from its config, with the caller's on top (None: keep)."""
+        fields = {**self.config.get("sampler", {}), **{k: v for k, v in overrides.items() if v is not None}}
+        return diffusion.SamplerConfig(**fields)
+
+
+def build(meta: dict, vae_path: str | None = None, vocoder=None, path=None) -> Pipeline:
+    """The untrained Pipeline a config describes; a config that lacks a field or has a wrong one is a
+    CheckpointError naming `path`."""
+    if meta.get("model") == "mmdiffusion" and "sampler" not in meta:  # written before configs had "sampler"
+        meta = {**meta, "sampler": dict(MMDIFFUSION_SAMPLER)}
+    try:
+        if meta.get("format") != FORMAT:
+            raise KeyError("format")
+        if meta["model"] == "cmmd":
+            net = unet.UNet(unet.UNetConfig(**meta["net"]))
+        elif meta["model"] == "mmdiffusion":
+            import mmdiffusion
+            net = mmdiffusion.MMDiffusion(mmdiffusion.MMDiffusionConfig(**meta["net"]))
+        else:
+            raise KeyError("model")
+        codecs = {"video": vae.make_codec(meta["codec"]["video"], vae_path or meta["train"]["vae_path"]),
+                  "audio": {"mel": MelCodec, "wave": WaveCodec}[meta["codec"]["audio"]]()}
+        if vocoder is not None and isinstance(codecs["audio"], MelCodec):
+            codecs["audio"].vocoder = vocoder
+        diff = diffusion.Diffusion(diffusion.DiffusionConfig(**meta["diffusion"]))
+        clip = data.ClipConfig(**meta["clip"])
+        diffusion.SamplerConfig(**meta.get("sampler", {}))
+    except KeyError as e:
+        raise checkpoint.CheckpointError(f"{path}: its config lacks or has a wrong field {e} (not a {FORMAT} config)") from None
+    except TypeError as e:  # a dataclass given a field it does not have
+        raise checkpoint.CheckpointError(f"{path}: its config does not fit this code ({e})") from None
+    return Pipeline(net, diff, codecs, clip, meta, Path(path) if path else None)
+
+
+def load(path, device="cpu", weights: str = "ema", vae_path: str | None = None, vocoder=None) -> Pipeline:
+    """A trained Pipeline from a checkpoint, in eval mode on `device`: "ema" or "model" (raw) weights."""
+    meta, tensors = checkpoint.read(path)
+    pipe = build(meta, vae_path, vocoder, path)
+    checkpoint.load_strict(pipe.net, tensors, f"{weights}.", path)
+    pipe.net.to(device).eval()
+    pipe.codecs = {k: c.to(device) for k, c in pipe.codecs.items()}
+    return pipe
