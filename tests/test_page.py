@@ -120,7 +120,7 @@ class Chromium:
 
 
 # Waits for every video's metadata or error and every image's load, then plays every video for a moment
-# (so frames and sound are decoded, not only the container parsed), rewinds, and reports.
+# (so frames and sound are decoded, not only the container parsed), rewinds to the first frame, and reports.
 CHECK_MEDIA = """
 (async (timeoutMs) => {
   const sleep = ms => new Promise(r => setTimeout(r, ms));
@@ -131,8 +131,9 @@ CHECK_MEDIA = """
   const ok = videos.filter(v => v.readyState >= 1 && !v.error);
   await Promise.all(ok.map(v => v.play().catch(() => null)));
   while (ok.some(v => v.currentTime < 0.3 && !v.ended && !v.error) && !late()) await sleep(50);
-  for (const v of ok) { v.pause(); v.currentTime = 0; }
-  await sleep(200);
+  for (const v of ok) { v.pause(); v.currentTime = 0; }  // the first frame, for the screenshot
+  while (ok.some(v => v.seeking || v.readyState < 2) && !late()) await sleep(50);
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));  // painted
   return JSON.stringify({
     videos: videos.map(v => ({src: v.currentSrc, readyState: v.readyState, duration: v.duration,
       error: v.error && `${v.error.code} ${v.error.message}`, frames: v.getVideoPlaybackQuality().totalVideoFrames,
