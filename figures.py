@@ -13,9 +13,10 @@ Every file is written atomically (a temporary name in the same folder, then `os.
 never sees half a PNG or half a page. Figures are drawn on matplotlib `Figure` objects with the Agg
 renderer, never through pyplot: no window opens and a user's interactive backend is left alone.
 
-Browsers: the mp4s of `data.write_mp4` (H.264 High profile + AAC-LC) play in Debian's Chromium, which is
-built with the proprietary codecs (checked by tests/test_page.py, which decodes frames and sound), as in
-Chrome, Firefox, Safari and Edge; so the page links them directly, with no WebM copy.
+Browsers: the page links the mp4s of `data.write_mp4` (H.264 High profile + AAC-LC, the most widely
+played web format) directly. Debian's Chromium, the one CI has, is built with these codecs: it decodes
+their frames and sound (tests/test_page.py checks both), so no WebM copy is written. Should a browser
+ever need one, PyAV's bundled ffmpeg encodes VP8/VP9 (libvpx) with Opus or Vorbis.
 """
 import contextlib
 import html
@@ -23,14 +24,15 @@ import os
 import secrets
 import urllib.parse
 from pathlib import Path
-from typing import Sequence, TypedDict
+from collections.abc import Sequence
+from typing import TypedDict
 
 import numpy as np
 import torch
 
 import data
 
-DPI = 100  # figure resolution: 6 in wide -> 600 px PNGs of a few tens of kB
+DPI = 100  # figure resolution: mel figures 600 px wide (about 80 kB), frame strips about 10 kB
 MEL_WIDTH_IN, MEL_PANEL_IN = 6.0, 1.7  # figure width and height per panel, inches
 EVENT_COLOUR = "#00d5ff"  # cyan: visible on magma's dark purple and on the white of a frame strip
 FRAME_MIN_PX = 32  # frames are drawn at least this large (a 16 px frame: 2×2 pixels per source pixel)
@@ -172,15 +174,15 @@ class Direction(TypedDict):
     Paths are files on disk (absolute, or relative to the working directory, as Python opens them); the
     page links them relative to its own folder, so a run folder can be moved or copied whole."""
     title: str  # e.g. "video → audio"
-    videos: list  # [(label, path to an mp4 with sound)], e.g. [("generated", …), ("truth", …)]
-    images: list  # [(label, path to a PNG)], e.g. [("mel spectrograms", …)]
+    videos: list[tuple[str, str | os.PathLike]]  # [(label, mp4 with sound)]: [("generated", …), ("truth", …)]
+    images: list[tuple[str, str | os.PathLike]]  # [(label, PNG)], e.g. [("mel spectrograms", …)]
 
 
 class Clip(TypedDict):
     """One clip's section of the page."""
     name: str  # the heading, e.g. "clip 0: bounce"
     caption: str  # one line under the heading, e.g. the true event times
-    directions: list  # [Direction], e.g. video → audio, then audio → video
+    directions: list[Direction]  # e.g. video → audio, then audio → video
 
 
 _CSS = f"""
@@ -246,7 +248,8 @@ def _direction(d: Direction, page_dir: Path, page: Path) -> str:
             f'<div class="images">\n{images}\n</div>\n</div>')
 
 
-def write_page(path, *, title: str, intro: str = "", table: Sequence[Sequence] = (), clips: Sequence[Clip] = ()) -> Path:
+def write_page(path, *, title: str, intro: str = "", table: Sequence[Sequence] = (),
+               clips: Sequence[Clip] = ()) -> Path:
     """Write a self-contained HTML page (inline CSS, no scripts, no external resources; it opens from
     disk): a heading, `intro` (plain text, blank lines separate paragraphs), the score `table` (rows of
     cells, the first row the header), then a section per clip (see `Clip` and `Direction`). All text is
@@ -255,7 +258,8 @@ def write_page(path, *, title: str, intro: str = "", table: Sequence[Sequence] =
     page_dir = path.parent
     sections = []
     for c in clips:
-        assert set(c) == set(Clip.__annotations__), f"a clip has the keys {sorted(Clip.__annotations__)}, got {sorted(c)}"
+        assert set(c) == set(Clip.__annotations__), \
+            f"a clip has the keys {sorted(Clip.__annotations__)}, got {sorted(c)}"
         dirs = "\n".join(_direction(d, page_dir, path) for d in c["directions"])
         caption = f'<p class="caption">{html.escape(c["caption"])}</p>\n' if c["caption"] else ""
         sections.append(f'<section class="clip">\n<h2>{html.escape(c["name"])}</h2>\n{caption}{dirs}\n</section>')

@@ -61,7 +61,8 @@ def test_frame_strip_upscales_with_nearest(tmp_path):
     interpolated between its neighbours."""
     red = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2  # (H, W), 1 on the red squares
     frame = torch.stack([red * 255, torch.zeros(16, 16, dtype=torch.long), (1 - red) * 255])  # (3, H, W)
-    img = matplotlib.image.imread(figures.frame_strip(tmp_path / "s.png", {"x": frame.to(torch.uint8).expand(2, 3, 16, 16)}))
+    video = frame.to(torch.uint8).expand(2, 3, 16, 16)  # (F, 3, H, W)
+    img = matplotlib.image.imread(figures.frame_strip(tmp_path / "s.png", {"x": video}))
     rgb = (img[..., :3] * 255).round().astype(int)  # (h, w, 3)
     board = (rgb == (255, 0, 0)).all(-1) | (rgb == (0, 0, 255)).all(-1)
     rows, cols = np.nonzero(board)

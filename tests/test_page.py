@@ -152,7 +152,8 @@ def open_page(binary: str, page: Path, user_dir: Path, screenshot: Path, width: 
         session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         browser.send("Page.enable", session=session)
         browser.send("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
-        browser.wait_for(lambda m: m.get("method") == "Page.loadEventFired" and m.get("sessionId") == session, TIMEOUT_S)
+        browser.wait_for(lambda m: m.get("method") == "Page.loadEventFired" and m.get("sessionId") == session,
+                         TIMEOUT_S)
         reply = browser.send("Runtime.evaluate", {"expression": f"{CHECK_MEDIA}({int(TIMEOUT_S * 1000)})",
                                                   "awaitPromise": True, "returnByValue": True},
                              session=session, timeout=TIMEOUT_S + 5)
@@ -173,7 +174,8 @@ def open_page(binary: str, page: Path, user_dir: Path, screenshot: Path, width: 
 def demo_run(root: Path, clips: int = 2) -> tuple[Path, float]:
     """A run folder shaped like the demo's: samples/ with each clip's v2a, a2v and true mp4s, a mel figure
     and a frame strip, and index.html at the top. The "generated" streams are the truth moved by 200 ms
-    (half the margin: bounces recur every 400 ms or more), so generated and true differ visibly. Returns the page and the clips' duration in s."""
+    (half the margin: bounces recur every 400 ms or more), so generated and true differ visibly.
+    Returns the page and the clips' duration in s."""
     ds = data.SyntheticDataset(CLIP, "test", num_clips=clips)
     m, ms = CLIP.margin, CLIP.margin_samples
     shift, shift_samples = m // 2, ms // 2  # 200 ms, inside the margin of real content
