@@ -23,8 +23,8 @@ import html
 import os
 import secrets
 import urllib.parse
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TypedDict
 
 import numpy as np
