@@ -14,9 +14,7 @@ import hashlib
 import json
 import math
 import os
-import struct
 import sys
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -434,44 +432,6 @@ def write_wav(path, audio: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> Path
             w.setnchannels(1), w.setsampwidth(2), w.setframerate(sample_rate)
             w.writeframes(pcm.tobytes())
     return Path(path)
-
-
-def write_png(path, image: np.ndarray) -> Path:
-    """An RGB PNG from (H, W, 3) uint8, with zlib only (no imaging dependency)."""
-    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, "image must be (H, W, 3) uint8"
-    h, w, _ = image.shape
-    raw = b"".join(b"\x00" + image[y].tobytes() for y in range(h))
-
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-    Path(path).write_bytes(png)
-    return Path(path)
-
-
-# Anchor colours of a dark-to-bright colour map (close to matplotlib's "magma").
-_CMAP = np.array([[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], dtype=np.float32)
-
-
-def colorize(x: np.ndarray, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
-    """(H, W) float -> (H, W, 3) uint8 through the colour map."""
-    t = np.clip((x - lo) / (hi - lo), 0, 1) * (len(_CMAP) - 1)
-    i = np.minimum(t.astype(int), len(_CMAP) - 2)
-    f = (t - i)[..., None]
-    return ((1 - f) * _CMAP[i] + f * _CMAP[i + 1]).round().astype(np.uint8)
-
-
-def mel_png(path, mels: dict, scale: int = 3) -> Path:
-    """Normalised mels {name: (M, T)} stacked top to bottom (low frequencies at the bottom of each), with
-    white separators; names are listed in the order drawn. Each mel pixel is scale×scale."""
-    rows = []
-    for m in mels.values():
-        img = colorize(m.detach().float().cpu().numpy()[::-1])  # (M, T, 3), high bins on top
-        rows += [img.repeat(scale, 0).repeat(scale, 1), np.full((scale * 2, img.shape[1] * scale, 3), 255, np.uint8)]
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    return write_png(path, np.concatenate(rows[:-1]))
 
 
 # ----------------------------------------------------------------------------------------------------

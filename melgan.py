@@ -52,6 +52,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from tqdm.auto import tqdm
 
 import data
+import figures
 
 # ----------------------------------------------------------------------------------------------------
 # Constants with their source
@@ -548,7 +549,8 @@ def train(name: str, out, cfg: MelGANConfig, run: TrainRun, root=None, progress:
             data.write_wav(folder / f"{i}-vocoded.wav", wav_hat[i])
             if not (out / "samples" / f"{i}-ground-truth.wav").exists():
                 data.write_wav(out / "samples" / f"{i}-ground-truth.wav", val_wav[i])
-            data.mel_png(folder / f"{i}-mel.png", {"ground truth": mel[i], "vocoded": mel_hat[i]})
+            figures.mel_figure(folder / f"{i}-mel.png", {"ground truth": mel[i], "vocoded": mel_hat[i]},
+                               title=f"validation clip {i}, step {step}")
         log({"step": step, "val_mel_l1": l1})
         return l1
 

@@ -185,18 +185,6 @@ def test_shards_resume_after_interruption(tmp_path):
         assert all(torch.equal(resumed[i][k], fresh[i][k]) for k in ("video", "audio", "mel", "latents"))
 
 
-def test_png_writer(tmp_path):
-    img = np.zeros((4, 5, 3), np.uint8)
-    img[1, 2] = (255, 0, 0)
-    path = data.mel_png(tmp_path / "m.png", {"a": torch.zeros(80, 10), "b": torch.ones(80, 10)})
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    raw = data.write_png(tmp_path / "x.png", img).read_bytes()
-    import zlib
-    idat = raw[raw.index(b"IDAT") + 4:raw.index(b"IEND") - 8]
-    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(4, 1 + 5 * 3)
-    assert (rows[:, 1:].reshape(4, 5, 3) == img).all()
-
-
 def test_prepared_shards_refuse_another_clip_config(tmp_path):
     clip = data.ClipConfig(frames=6, size=16, margin=2)
     data.prepare("synthetic", tmp_path, clip=clip, num_clips={"train": 2}, progress=False)
