@@ -2,8 +2,8 @@
 
 - `atomic_path` / `write_text`: every output the project writes (mp4, wav, png, html, json, shard,
   checkpoint) is first written under a temporary name in its own folder, then renamed over the target,
-  so an interrupted or failed write leaves the previous file as it was. The temporary file is created by
-  its writer with an ordinary open(), so it gets the user's umask, as the final file does.
+  so an interrupted or failed write leaves the previous file as it was. The file gets the permissions
+  the user's umask gives a new file, whatever its writer chose.
 - `save` / `read`: a checkpoint is one safetensors file whose metadata key "cmmd" holds its whole config
   as JSON. `load_strict` loads a module's weights from it by prefix with strict=True and names the keys
   that do not fit. `latest` finds the newest in a run folder; `resolve` turns `--ckpt` into a file (a
@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 from pathlib import Path
 
 import torch
@@ -33,9 +34,14 @@ class CheckpointError(ValueError):
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block finishes."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a name of our own, not mkstemp's: the file gets the user's umask, not 0600
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # some writers (safetensors) create 0600 files whatever the umask
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

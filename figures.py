@@ -18,10 +18,8 @@ played web format) directly. Debian's Chromium, the one CI has, is built with th
 their frames and sound (tests/test_page.py checks both), so no WebM copy is written. Should a browser
 ever need one, PyAV's bundled ffmpeg encodes VP8/VP9 (libvpx) with Opus or Vorbis.
 """
-import contextlib
 import html
 import os
-import secrets
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import TypedDict
 import numpy as np
 import torch
 
+import checkpoint
 import data
 
 DPI = 100  # figure resolution: mel figures 600 px wide (about 80 kB), frame strips about 10 kB
@@ -40,27 +39,9 @@ VIDEO_WIDTH_PX = 256  # display width of a video on the page; 16 px clips are up
 DB_PER_LOG10 = 20.0  # the front end's log10 is of a magnitude (power 1), so 20·log10 is dB
 
 
-# ----------------------------------------------------------------------------------------------------
-# Atomic writes. [choice] a private helper for now; it belongs with the project's one atomic-write
-# helper (data.py's shards use the same pattern) once there is one.
-@contextlib.contextmanager
-def _atomic_path(path):
-    """Yield a temporary path beside `path`; when the block ends without an exception, rename it to
-    `path` (os.replace, atomic on one file system), else delete it and leave `path` as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A name of our own rather than mkstemp's: the file gets the usual permissions (umask), not 0600.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # after a successful replace there is nothing left to remove
-
-
 def _save(fig, path) -> Path:
     """Write a matplotlib Figure as a PNG, atomically."""
-    with _atomic_path(path) as tmp:
+    with checkpoint.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
     return Path(path)
 
@@ -269,6 +250,6 @@ def write_page(path, *, title: str, intro: str = "", table: Sequence[Sequence] =
            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
            f"<h1>{html.escape(title)}</h1>\n{paragraphs}\n{_table(table)}\n" + "\n".join(sections)
            + "\n</main>\n</body>\n</html>\n")
-    with _atomic_path(path) as tmp:
+    with checkpoint.atomic_path(path) as tmp:
         tmp.write_text(doc, encoding="utf-8")
     return path

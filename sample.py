@@ -28,6 +28,7 @@ import checkpoint
 import cli
 import data
 import diffusion
+import figures
 import pipeline
 
 MODES = ("v2a", "a2v", "continue", "joint")
@@ -207,10 +208,11 @@ def read_input(path: Path, mode: str, clip: data.ClipConfig, prefix: float, seco
 
 
 def save(stem, result: dict, i: int, clip: data.ClipConfig, *, duration: float | None = None, soundtrack_of=None,
-         keep_audio: bool = False, reference: torch.Tensor | None = None) -> list[str]:
-    """Example i of a result as STEM.mp4, STEM.wav and STEM_mel.png (generated, and `reference` audio (L,)
-    below it when given). soundtrack_of: a video file whose own video stream STEM.mp4 carries, with the
-    generated audio (v2a); else STEM.mp4 is the result's video at the model's size. Returns lines to print."""
+         keep_audio: bool = False, reference: torch.Tensor | None = None, events=None, title: str = "") -> list[str]:
+    """Example i of a result as STEM.mp4, STEM.wav and STEM_mel.png (the generated mel, and the `reference`
+    audio's (L,) below it when given, with the `events` times marked). soundtrack_of: a video file whose own
+    video stream STEM.mp4 carries, with the generated audio (v2a); else STEM.mp4 is the result's video at
+    the model's size. Returns lines to print."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     n = round((duration if duration is not None else result["audio"].shape[1] / clip.sample_rate) * clip.sample_rate)
@@ -221,10 +223,10 @@ def save(stem, result: dict, i: int, clip: data.ClipConfig, *, duration: float |
         data.write_mp4(f"{stem}.mp4", result["video"][i].cpu(), wav, clip.fps, clip.sample_rate)
         how = f"video at the model's {clip.size}×{clip.size} px, {clip.fps} fps"
     data.write_wav(f"{stem}.wav", wav, clip.sample_rate)
-    mels = {"generated": result["mel"][i]}
+    mels = {"generated": result["mel"][i, :, :n // data.HOP]}
     if reference is not None:
-        mels["reference"] = data.wav_to_mel(reference[None, :n].to(result["mel"].device))[0]
-    data.mel_png(f"{stem}_mel.png", mels)
+        mels["truth" if events is not None else "input"] = data.wav_to_mel(reference[None, :n].to(result["mel"].device))[0]
+    figures.mel_figure(f"{stem}_mel.png", mels, events=events, title=title or stem.name)
     return [f"{stem}.mp4 ({how})", f"{stem}_mel.png"]
 
 

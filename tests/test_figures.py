@@ -98,17 +98,6 @@ def test_write_page_names_a_missing_file(tmp_path):
     assert not (tmp_path / "index.html").exists() and leftovers(tmp_path) == []
 
 
-def test_atomic_write_keeps_the_old_file_when_a_write_fails(tmp_path):
-    target = tmp_path / "a.png"
-    target.write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="disk full"):
-        with figures._atomic_path(target) as tmp:
-            assert tmp.parent == target.parent  # same folder: os.replace is a rename
-            tmp.write_bytes(b"half a fi")
-            raise RuntimeError("disk full")
-    assert target.read_bytes() == b"old" and leftovers(tmp_path) == []
-
-
 def test_a_figure_that_fails_mid_write_leaves_the_old_png(tmp_path, monkeypatch, item):
     target = tmp_path / "mel.png"
     target.write_bytes(b"old")
