@@ -1,5 +1,5 @@
 """The MM-Diffusion baseline: coupled video-audio U-Net with random-shift multi-modal attention
-(Ruan et al. 2023, MM-Diffusion §3.2–3.4, Fig. 3, Eq. 7–12; CMMD's baseline, SPEC §10).
+(Ruan et al. 2023, MM-Diffusion §3.2–3.4, Fig. 3, Eq. 7–12; the baseline of CMMD's Table 3).
 
 ε-prediction (Eq. 7) with DDPM's linear β schedule over 1000 steps (§4.1). The diffusion maths is not
 repeated here: it is diffusion.py's, with `diffusion_config()` = DiffusionConfig(schedule="linear",
@@ -11,7 +11,7 @@ guidance_form="mmdiffusion" (Eq. 12 as the official code runs it, see diffusion.
     Diffusion(model.diffusion_config).sample(model, shapes, cond={"video": v0}, guidance=λ, steps=S,
                                              **model.sample_defaults)
 
-Model call convention (CONTRACTS.md): model({"video": (B, F, 3, H, W) pixels in [-1, 1],
+Model call convention (the same as unet.UNet's, checked by unet.check_inputs): model({"video": (B, F, 3, H, W) pixels in [-1, 1],
 "audio": (B, 1, L) waveform}, n (B,)) -> {"video": ε̂ᵥ, "audio": ε̂ₐ} of the same shapes.
 
 Architecture, at the released AIST++/Landscape flags of the official code (researchmm/MM-Diffusion,
@@ -36,7 +36,7 @@ mm_diffusion/multimodal_unet.py and ssh_scripts/multimodal_train.sh), written an
   channels 64.
 This has 133.68 M parameters, the official count (tests/test_mmdiffusion.py); the paper says 115 M.
 
-RS-MMA, as the official code computes it (SPEC §10): pure cross-attention, each modality GroupNorm'd with
+RS-MMA, as the official code computes it (multimodal_unet.py CrossAttentionBlock): pure cross-attention, each modality GroupNorm'd with
 its own 1×1 projection to q, k, v and its own zero-initialised output projection plus residual. Audio of
 length L at a level is cut into F contiguous segments of ⌊L/F⌋ samples, the remainder going to the last
 one. With window S and shift R, queries of unit i (video frame i, or audio segment i) attend to the
@@ -66,7 +66,7 @@ from unet import check_inputs, timestep_embedding, zero_
 
 MODALITIES = ("video", "audio")
 OTHER = {"video": "audio", "audio": "video"}
-OFFICIAL_PARAMS = 133.68e6  # the released AIST++ model's parameter count (SPEC §10)
+OFFICIAL_PARAMS = 133.68e6  # MultimodalUNet at the released AIST++ flags (tests/test_mmdiffusion.py)
 # λ of diffusion.py's "mmdiffusion" guidance equal to the official classifier_scale 3.0
 # (ssh_scripts/video2audio_sample.sh, batch 2, fp16 loss scale 2²⁰ left in the gradient; diffusion.py)
 OFFICIAL_GUIDANCE = 3.0 * 2 ** 20 / 2
@@ -84,10 +84,14 @@ class MMDiffusionConfig:
     channel_mult: tuple[int, ...] = (1, 2, 3, 4)  # the official default for 64 px
     num_res_blocks: int = 2  # --num_res_blocks
     attention_rates: tuple[int, ...] = (2, 4, 8)  # downsample rates with video self-attention
+    audio_attention_rates: tuple[int, ...] = ()  # ... with audio self-attention (--audio_attention_resolutions -1)
     cross_rates: tuple[int, ...] = (2, 4, 8)  # downsample rates with RS-MMA (--cross_attention_resolutions)
     cross_windows: tuple[int, ...] = (1, 4, 8)  # RS-MMA window S in frames at each of cross_rates (§4.1)
+    middle_rs_mma: bool = True  # [choice] full cross-attention in the middle block (official: iff windows 1, 4, 8)
+    official_windows: bool = False  # [choice] RS-MMA windows cut as the official index arithmetic (docstring)
     head_channels: int = 64  # RS-MMA: heads = channels // 64 (--num_head_channels)
     self_attention_heads: int = 4  # video/audio self-attention heads at any width (official num_heads)
+    scale_shift_norm: bool = True  # FiLM (1 + scale)·norm(h) + shift (--use_scale_shift_norm); False: norm(h + emb)
     audio_rate: int = 4  # audio down/upsampling factor per level (official Downsample/Upsample, 1-D)
     dilation_cycle: int = 10  # audio dilation 2^(k mod 10) (official max_dila)
     random_shift: bool = True  # draw R in training (--cross_attention_shift); False: R = 0 always
@@ -97,7 +101,7 @@ class MMDiffusionConfig:
 
     def __post_init__(self):
         # JSON round trips give lists; keep tuples so configs compare equal.
-        for name in ("channel_mult", "attention_rates", "cross_rates", "cross_windows"):
+        for name in ("channel_mult", "attention_rates", "audio_attention_rates", "cross_rates", "cross_windows"):
             setattr(self, name, tuple(getattr(self, name)))
         if len(self.cross_rates) != len(self.cross_windows):
             raise ValueError(f"mmdiffusion.py: cross_rates {self.cross_rates} and cross_windows "
@@ -149,12 +153,52 @@ def segment_of(F_: int, L: int) -> torch.Tensor:
     return (torch.arange(L) // (L // F_)).clamp_(max=F_ - 1)
 
 
-def window_units(F_: int, window: int, shift: int) -> torch.Tensor:
+def window_units(F_: int, window: int, shift: int, repeat: bool = False) -> torch.Tensor:
     """Key units (G, S) of each query unit: (i+R), …, (i+R+S−1) mod F (§3.3 Step II). A window of F or more
-    is full cross-attention: G = 1 group holding all F units, whatever the shift."""
-    if window >= F_:
+    is full cross-attention: G = 1 group holding all F units, whatever the shift; with `repeat` (the
+    official arithmetic) a window of S > F units keeps its S units mod F, repeats included."""
+    if window == F_ or (window > F_ and not repeat):
         return torch.arange(F_)[None]  # (1, F)
     return (torch.arange(F_)[:, None] + shift + torch.arange(window)[None]) % F_  # (F, S)
+
+
+def window_samples(F_: int, L: int, window: int, shift: int) -> torch.Tensor | None:
+    """The official video→audio windows: frame i sees the S·⌊L/F⌋ consecutive audio positions from
+    (i+R)·⌊L/F⌋, mod L (multimodal_unet.py, CrossAttentionBlock.attention_index), as (F, S·⌊L/F⌋); None
+    where that is every position once (S = F and F | L), i.e. full cross-attention."""
+    p = L // F_
+    if window == F_ and L == F_ * p:
+        return None
+    return ((torch.arange(F_)[:, None] + shift) * p + torch.arange(window * p)[None]) % L  # (F, S·p)
+
+
+def audio_grid(F_: int, L: int, device=None) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Audio positions laid out per segment: (slot (L,) of each position in an (F, n_max) grid, n_max,
+    valid (F·n_max,) bool of the slots that hold a position); n_max is the last (longest) segment."""
+    p = L // F_
+    seg = segment_of(F_, L).to(device)  # (L,)
+    n_max = L - (F_ - 1) * p
+    slot = seg * n_max + torch.arange(L, device=device) - seg * p  # (L,)
+    valid = torch.zeros(F_ * n_max, dtype=torch.bool, device=device).index_fill_(0, slot, True)  # (F·n_max,)
+    return slot, n_max, valid
+
+
+def rs_mma_keys(F_: int, HW: int, L: int, window: int, shift: int, official: bool = False, device=None) -> dict:
+    """The keys of each query group: {m: (index (G, K), valid (G, K) bool or None)}. Queries of modality m
+    come in G groups (G = F: unit i's tokens; G = 1: all of them, full cross-attention); index points into
+    the other modality's tokens, video (F·H·W) in (F, H, W) order, audio the (F·n_max) grid of `audio_grid`.
+    `official`: the official windows (`window_units` with repeats, `window_samples`), see the module docstring."""
+    slot, n_max, grid_valid = audio_grid(F_, L, device)
+    units = window_units(F_, window, shift, repeat=official).to(device)  # (G, S)
+    frame_tokens = (units[..., None] * HW + torch.arange(HW, device=device)).flatten(1)  # (G, S·H·W)
+    keys = {"audio": (frame_tokens, None)}  # audio segment i → the H·W tokens of its window's frames
+    samples = window_samples(F_, L, window, shift) if official else None
+    if samples is not None:
+        keys["video"] = (slot[samples.to(device)], None)  # (F, S·⌊L/F⌋) grid slots, every one a position
+    else:
+        grid = (units[..., None] * n_max + torch.arange(n_max, device=device)).flatten(1)  # (G, S·n_max)
+        keys["video"] = (grid, None if n_max == L // F_ else grid_valid[grid])
+    return keys
 
 
 def rs_mma_mask(F_: int, L: int, window: int, shift: int) -> dict[str, torch.Tensor]:
@@ -177,25 +221,23 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask=N
     return y.transpose(1, 2).reshape(N, Lq, C)
 
 
-def rs_mma_attention(q: dict, k: dict, v: dict, valid: dict, window: int, shift: int, heads: int) -> dict:
-    """Cross-attention of each modality's query units to the other's window of key units (Eq. 8).
+def rs_mma_attention(q: dict, k: dict, v: dict, keys: dict, heads: int) -> dict:
+    """Cross-attention of each modality's query groups to the other's keys of `rs_mma_keys` (Eq. 8).
 
-    q, k, v[m]: (B, F, N_m, C) tokens per unit (video: a frame's H·W pixels; audio: a segment, padded to
-    N_a); valid[m]: (F, N_m) bool of the real (unpadded) tokens, or None if all are. Returns
-    {m: (B, F, N_m, C)}; equals dense SDPA with `rs_mma_mask` (tests/test_mmdiffusion.py).
+    q, k, v[m]: (B, N_m, C) tokens, video (F·H·W) and audio in the padded (F·n_max) grid. Returns
+    {m: (B, N_m, C)}; with the default windows it equals dense SDPA with `rs_mma_mask`
+    (tests/test_mmdiffusion.py), with the official ones the official code (tests/test_mmdiffusion_official.py).
     """
-    B, F_, _, C = q["video"].shape
-    win = window_units(F_, window, shift).to(q["video"].device)  # (G, S)
-    G = win.shape[0]
+    B, _, C = q["video"].shape
     out = {}
     for m in MODALITIES:
         o = OTHER[m]
-        qm = q[m].reshape(B * G, -1, C)  # (B·G, F/G·N_m, C): the query units of each group
-        ko, vo = (t[:, win.flatten()].reshape(B * G, -1, C) for t in (k[o], v[o]))  # (B·G, S·N_o, C)
-        mask = None
-        if valid[o] is not None:
-            mask = valid[o][win.flatten()].reshape(1, G, -1).expand(B, -1, -1).reshape(B * G, -1)  # (B·G, S·N_o)
-        out[m] = attend(qm, ko, vo, heads, mask).reshape(B, F_, -1, C)  # (B, F, N_m, C)
+        index, valid = keys[m]
+        G, K = index.shape
+        qm = q[m].reshape(B * G, -1, C)  # (B·G, N_m/G, C): the queries of each group
+        ko, vo = (t[:, index.flatten()].reshape(B * G, K, C) for t in (k[o], v[o]))  # (B·G, K, C)
+        mask = None if valid is None else valid.repeat(B, 1)  # (B·G, K)
+        out[m] = attend(qm, ko, vo, heads, mask).reshape(B, -1, C)  # (B, N_m, C)
     return out
 
 
@@ -205,7 +247,10 @@ class RSMMA(nn.Module):
 
     def __init__(self, channels: int, window: int | None, cfg: MMDiffusionConfig):
         super().__init__()
-        self.window = window  # None: F, full cross-attention (the middle block)
+        self.window = window  # None: the middle block's full cross-attention, never shifted
+        # the official middle window is the configured clip length (video_size[0]), not the input's F
+        self.full_window = cfg.frames if cfg.official_windows else None
+        self.official = cfg.official_windows
         self.heads = channels // cfg.head_channels
         self.norm = nn.ModuleDict({m: nn.GroupNorm(cfg.norm_groups, channels) for m in MODALITIES})
         self.qkv = nn.ModuleDict({m: nn.Linear(channels, 3 * channels) for m in MODALITIES})
@@ -215,25 +260,20 @@ class RSMMA(nn.Module):
         v, a = h["video"], h["audio"]
         B, C, F_, H, W = v.shape
         L = a.shape[2]
-        seg = segment_of(F_, L).to(a.device)  # (L,)
-        n_max = L - (F_ - 1) * (L // F_)  # the last (longest) segment
-        # audio position → (segment, offset) in a (F, n_max) grid padded at the end of each segment
-        slot = seg * n_max + torch.arange(L, device=a.device) - seg * (L // F_)  # (L,)
-        valid = torch.zeros(F_ * n_max, dtype=torch.bool, device=a.device).index_fill_(0, slot, True)
-        valid = {"video": None, "audio": None if n_max == L // F_ else valid.view(F_, n_max)}
+        slot, n_max, _ = audio_grid(F_, L, a.device)
+        window = self.window if self.window is not None else (self.full_window or F_)
+        keys = rs_mma_keys(F_, H * W, L, window, shift, self.official, a.device)
 
         x = {m: self.norm[m](h[m]) for m in MODALITIES}
-        x["video"] = x["video"].permute(0, 2, 3, 4, 1).reshape(B, F_, H * W, C)  # (B, F, H·W, C)
-        x["audio"] = x["audio"].new_zeros(B, F_ * n_max, C).index_copy_(1, slot, x["audio"].transpose(1, 2))
-        x["audio"] = x["audio"].view(B, F_, n_max, C)  # (B, F, n_max, C)
+        x["video"] = x["video"].permute(0, 2, 3, 4, 1).reshape(B, F_ * H * W, C)  # (B, F·H·W, C)
+        x["audio"] = x["audio"].new_zeros(B, F_ * n_max, C).index_copy_(1, slot, x["audio"].transpose(1, 2))  # (B, F·n_max, C)
         q, k, vv = {}, {}, {}
         for m in MODALITIES:
-            q[m], k[m], vv[m] = self.qkv[m](x[m]).chunk(3, dim=-1)  # 3 × (B, F, N_m, C)
-        window = F_ if self.window is None else self.window
-        y = rs_mma_attention(q, k, vv, valid, window, shift, self.heads)
+            q[m], k[m], vv[m] = self.qkv[m](x[m]).chunk(3, dim=-1)  # 3 × (B, N_m, C)
+        y = rs_mma_attention(q, k, vv, keys, self.heads)
         y = {m: self.proj[m](y[m]) for m in MODALITIES}
         y_v = y["video"].view(B, F_, H, W, C).permute(0, 4, 1, 2, 3)  # (B, C, F, H, W)
-        y_a = y["audio"].reshape(B, F_ * n_max, C).index_select(1, slot).transpose(1, 2)  # (B, C, L)
+        y_a = y["audio"].index_select(1, slot).transpose(1, 2)  # (B, C, L): the grid's padding dropped
         return {"video": v + y_v, "audio": a + y_a}
 
 
@@ -267,11 +307,12 @@ class Resample(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """One path's residual block with scale-shift norm; the (scale, shift) comes from the MM-Block."""
+    """One path's residual block, conditioned on the MM-Block's projection of the timestep embedding."""
 
     def __init__(self, modality: str, c_in: int, c_out: int, cfg: MMDiffusionConfig, dilation: int,
                  resample: str | None):
         super().__init__()
+        self.scale_shift = cfg.scale_shift_norm
         self.in_layers = nn.Sequential(nn.GroupNorm(cfg.norm_groups, c_in), nn.SiLU(),
                                        conv3(modality, c_in, c_out, dilation))
         self.resample = nn.Identity() if resample is None else Resample(modality, resample == "down", cfg.audio_rate)
@@ -279,11 +320,16 @@ class ResBlock(nn.Module):
         self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(cfg.dropout), zero_(conv1(modality, c_out, c_out)))
         self.skip = nn.Identity() if c_in == c_out else conv1(modality, c_in, c_out)
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """x (B, C_in, *S), emb (B, 2·C_out) with scale-shift norm, else (B, C_out)."""
         h = self.resample(self.in_layers(x))  # (B, C_out, *S) at the block's output resolution
         x = self.resample(x)
-        view = (*scale.shape, *[1] * (h.ndim - 2))  # (B, C_out, 1, …)
-        h = self.out_norm(h) * (1 + scale.view(view)) + shift.view(view)  # scale-shift norm (FiLM)
+        emb = emb.view(*emb.shape, *[1] * (h.ndim - 2))  # (B, 2·C_out or C_out, 1, …)
+        if self.scale_shift:
+            scale, shift = emb.chunk(2, dim=1)  # 2 × (B, C_out, 1, …)
+            h = self.out_norm(h) * (1 + scale) + shift  # scale-shift norm (FiLM, improved-diffusion)
+        else:
+            h = self.out_norm(h + emb)
         return self.skip(x) + self.out_layers(h)
 
 
@@ -292,13 +338,13 @@ class MMResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, cfg: MMDiffusionConfig, dilation: int, resample: str | None = None):
         super().__init__()
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(cfg.base_channels, 2 * c_out))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(cfg.base_channels, (2 if cfg.scale_shift_norm else 1) * c_out))
         self.res = nn.ModuleDict({m: ResBlock(m, c_in, c_out, cfg, dilation if m == "audio" else 1, resample)
                                   for m in MODALITIES})
 
     def forward(self, h: dict, emb: torch.Tensor) -> dict:
-        scale, shift = self.emb(emb).chunk(2, dim=1)  # 2 × (B, C_out)
-        return {m: self.res[m](h[m], scale, shift) for m in MODALITIES}
+        e = self.emb(emb)  # (B, 2·C_out) or (B, C_out)
+        return {m: self.res[m](h[m], e) for m in MODALITIES}
 
 
 class SelfAttention(nn.Module):
@@ -354,11 +400,14 @@ class MMDiffusion(nn.Module):
         base = cfg.base_channels
         in_channels = {"video": cfg.video_channels, "audio": cfg.audio_channels}
         self.time_embed = nn.Sequential(nn.Linear(base, base), nn.SiLU(), nn.Linear(base, base))
-        self.inp = nn.ModuleDict({m: conv3(m, in_channels[m], base) for m in MODALITIES})
+        ch = base * cfg.channel_mult[0]  # the official input width (model_channels · channel_mult[0])
+        self.inp = nn.ModuleDict({m: conv3(m, in_channels[m], ch) for m in MODALITIES})
 
         def extras(ch: int, rate: int) -> list:
             """The attention layers after a residual block at this downsample rate."""
-            layers = [PathAttention(ch, cfg, ("video",))] if rate in cfg.attention_rates else []
+            paths = tuple(m for m, rates in (("video", cfg.attention_rates), ("audio", cfg.audio_attention_rates))
+                          if rate in rates)
+            layers = [PathAttention(ch, cfg, paths)] if paths else []
             if rate in cfg.cross_rates:
                 layers.append(RSMMA(ch, cfg.cross_windows[cfg.cross_rates.index(rate)], cfg))
             return layers
@@ -366,7 +415,7 @@ class MMDiffusion(nn.Module):
         def dilation(k: int) -> int:
             return 2 ** (k % cfg.dilation_cycle)  # dilation doubling (§3.3), cycling as the official max_dila
 
-        k, ch, skips = 1, base, [base]  # k: audio residual block counter (official `dilation`)
+        k, skips = 1, [ch]  # k: audio residual block counter (official `dilation`)
         self.encoder = nn.ModuleList()
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
@@ -380,7 +429,7 @@ class MMDiffusion(nn.Module):
                 skips.append(ch)
 
         self.middle = nn.ModuleList([MMResBlock(ch, ch, cfg, dilation(k)), PathAttention(ch, cfg, MODALITIES),
-                                     RSMMA(ch, None, cfg),
+                                     *([RSMMA(ch, None, cfg)] if cfg.middle_rs_mma else []),
                                      MMResBlock(ch, ch, cfg, dilation(k)), PathAttention(ch, cfg, MODALITIES)])
 
         self.decoder = nn.ModuleList()
