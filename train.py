@@ -198,17 +198,24 @@ def load_model(path, device="cpu", weights="ema", vae_path=None, vocoder=None):
     return net.to(device).eval(), diff, {k: c.to(device) for k, c in codecs.items()}, clip, meta
 
 
-def save_checkpoint(out: Path, step: int, meta: dict, model, ema, opt, gen: torch.Generator, keep: int) -> Path:
+def write_weights(path: Path, meta: dict, step: int, model: dict, ema: dict) -> Path:
+    """The .safetensors half of a checkpoint: raw and EMA state dicts under `model.`/`ema.`, the run config
+    in metadata "cmmd"; written to a temporary name and renamed."""
     from safetensors.torch import save_file
+    tensors = {**{f"model.{k}": v.detach().contiguous().cpu() for k, v in model.items()},
+               **{f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.items()}}
+    save_file(tensors, f"{path}.tmp", metadata={"cmmd": json.dumps(meta), "step": str(step)})
+    os.replace(f"{path}.tmp", path)
+    return Path(path)
+
+
+def save_checkpoint(out: Path, step: int, meta: dict, model, ema, opt, gen: torch.Generator, keep: int) -> Path:
     stem = out / f"ckpt-{step:08d}"
     state = {"step": step, "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch.save(state, f"{stem}.pt.tmp")
     os.replace(f"{stem}.pt.tmp", f"{stem}.pt")
-    tensors = {**{f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-               **{f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}}
-    save_file(tensors, f"{stem}.safetensors.tmp", metadata={"cmmd": json.dumps(meta), "step": str(step)})
-    os.replace(f"{stem}.safetensors.tmp", f"{stem}.safetensors")
+    write_weights(Path(f"{stem}.safetensors"), meta, step, model.state_dict(), ema.state_dict())
     for old in sorted(out.glob("ckpt-*.safetensors"))[:-keep]:
         old.unlink()
         old.with_suffix(".pt").unlink(missing_ok=True)
