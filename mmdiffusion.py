@@ -11,8 +11,8 @@ guidance_form="mmdiffusion" (Eq. 12 as the official code runs it, see diffusion.
     Diffusion(model.diffusion_config).sample(model, shapes, cond={"video": v0}, guidance=λ, steps=S,
                                              **model.sample_defaults)
 
-Model call convention (the same as unet.UNet's, checked by unet.check_inputs): model({"video": (B, F, 3, H, W) pixels in [-1, 1],
-"audio": (B, 1, L) waveform}, n (B,)) -> {"video": ε̂ᵥ, "audio": ε̂ₐ} of the same shapes.
+Model call convention (unet.UNet's, checked by unet.check_inputs): model({"video": (B, F, 3, H, W) pixels
+in [-1, 1], "audio": (B, 1, L) waveform}, n (B,)) -> {"video": ε̂ᵥ, "audio": ε̂ₐ} of the same shapes.
 
 Architecture, at the released AIST++/Landscape flags of the official code (researchmm/MM-Diffusion,
 mm_diffusion/multimodal_unet.py and ssh_scripts/multimodal_train.sh), written anew:
@@ -35,25 +35,47 @@ mm_diffusion/multimodal_unet.py and ssh_scripts/multimodal_train.sh), written an
   1, 4, 8, and in the middle block with a window of F and no shift (full cross-attention); head
   channels 64.
 This has 133.68 M parameters, the official count (tests/test_mmdiffusion.py); the paper says 115 M.
+The other official flags are config fields too (audio self-attention rates, scale-shift norm off, an input
+width of base·channel_mult[0]), so that `convert` below takes any MultimodalUNet with resblock_updown.
 
-RS-MMA, as the official code computes it (multimodal_unet.py CrossAttentionBlock): pure cross-attention, each modality GroupNorm'd with
-its own 1×1 projection to q, k, v and its own zero-initialised output projection plus residual. Audio of
-length L at a level is cut into F contiguous segments of ⌊L/F⌋ samples, the remainder going to the last
-one. With window S and shift R, queries of unit i (video frame i, or audio segment i) attend to the
-other modality's units (i+R), …, (i+R+S−1) mod F, one R for both directions. `rs_mma_mask` is this
-definition as a boolean (queries, keys) mask; the module computes exactly that attention, but on the
-gathered windows (SDPA per query unit over S key units) instead of the dense masked F·H·W × L product,
-which would cost F/S times as much (16× at window 1, 32×32 px) — the point of RS-MMA (§3.3).
+RS-MMA, as the official code computes it (multimodal_unet.py CrossAttentionBlock): pure cross-attention,
+each modality GroupNorm'd with its own 1×1 projection to q, k, v and its own zero-initialised output
+projection plus residual. Audio of length L at a level is cut into F contiguous segments of ⌊L/F⌋
+samples, the remainder going to the last one. With window S and shift R, queries of unit i (video frame
+i, or audio segment i) attend to the other modality's units (i+R), …, (i+R+S−1) mod F, one R for both
+directions. `rs_mma_mask` is this definition as a boolean (queries, keys) mask; the module computes
+exactly that attention, but on the gathered windows (SDPA per query unit over S key units) instead of the
+dense masked F·H·W × L product, which would cost F/S times as much (16× at window 1, 32×32 px) — the
+point of RS-MMA (§3.3).
 
 [choice] R ∈ {0, …, F−S} (the paper's range) is drawn per RS-MMA layer and per call in training, from
-`model.shift_generator` if set, else torch's global CPU RNG (so torch.manual_seed makes it repeatable);
-in eval mode (sampling) R = 0, for determinism. `shift_in_eval=True` restores the official behaviour of
-redrawing at every call, in sampling too; `random_shift=False` is the "w/o RS" ablation (Table 4).
-A window larger than F becomes full cross-attention.
+`model.shift_generator` if set, else torch's global CPU RNG (so torch.manual_seed makes it repeatable;
+the official code draws from Python's `random`); in eval mode (sampling) R = 0, for determinism.
+`shift_in_eval=True` restores the official behaviour of redrawing at every call, in sampling too;
+`random_shift=False` is the "w/o RS" ablation (Table 4).
+
+[choice] The windows above are the paper's segments (Step I-II). The official code cuts them by index
+arithmetic instead, which gives the same windows at the released shapes (every level's L a multiple of
+F, S ≤ F, F = `frames`), but elsewhere: a video frame sees the S·⌊L/F⌋ consecutive samples from
+(i+R)·⌊L/F⌋ mod L (a remainder belongs to no frame's window; `window_samples`), a window of S > F repeats
+units (keys counted twice in the softmax) where ours is full cross-attention, and the middle block's
+window is the configured `frames` rather than the input's F. `official_windows=True` restores all three.
+[choice] The official middle block has RS-MMA only when the windows are exactly [1, 4, 8] (a list
+comparison in MultimodalUNet); ours has it unless `middle_rs_mma=False`.
+
+Official behaviours not reproduced, being bugs: CrossAttentionBlock caches its window indices on the first
+call (keyed on nothing: a later call with other shapes, or on another device, uses them); its forced
+gradient checkpointing redraws R in the backward pass, so the gradient is of another window than the
+loss; GroupNorm32 normalises the wrong axis of a (B, F, C, H, W) video when F equals C; with
+resblock_updown=False (its create_model default) the decoder never upsamples and the forward fails.
 
 [choice] Dropout 0.1 as the released training flags (the code's default is 0). Lengths: H, W must be
 divisible by 2^(levels−1) and L by 4^(levels−1), with at least F samples per level for the segments;
 the same weights take any F, H, W, L that fit.
+
+The released checkpoints (AIST++.pt, Landscape.pt, linked from the official README) convert into a
+checkpoint of train.py that sample.py runs (tests/test_mmdiffusion_official.py checks the outputs equal):
+    python mmdiffusion.py convert AIST++.pt --out mmdiff-aist.safetensors
 """
 import argparse
 import sys
@@ -269,7 +291,8 @@ class RSMMA(nn.Module):
 
         x = {m: self.norm[m](h[m]) for m in MODALITIES}
         x["video"] = x["video"].permute(0, 2, 3, 4, 1).reshape(B, F_ * H * W, C)  # (B, F·H·W, C)
-        x["audio"] = x["audio"].new_zeros(B, F_ * n_max, C).index_copy_(1, slot, x["audio"].transpose(1, 2))  # (B, F·n_max, C)
+        grid = x["audio"].new_zeros(B, F_ * n_max, C)
+        x["audio"] = grid.index_copy_(1, slot, x["audio"].transpose(1, 2))  # (B, F·n_max, C)
         q, k, vv = {}, {}, {}
         for m in MODALITIES:
             q[m], k[m], vv[m] = self.qkv[m](x[m]).chunk(3, dim=-1)  # 3 × (B, N_m, C)
@@ -723,8 +746,8 @@ def convert_file(path, out, **flags) -> Path:
     cfg, tensors = convert_state_dict(load_official(path), path.name, **flags)
     clip = data.ClipConfig(frames=cfg.frames, size=cfg.image_size)
     if clip.samples != cfg.audio_samples:
-        raise ConversionError(f"{path}: audio_samples {cfg.audio_samples} is not frames {cfg.frames} at "
-                              f"{clip.fps} fps of {clip.sample_rate} Hz audio ({clip.samples}), as data.ClipConfig needs")
+        raise ConversionError(f"{path}: audio_samples {cfg.audio_samples} is not {cfg.frames} frames at {clip.fps} fps "
+                              f"of {clip.sample_rate} Hz audio ({clip.samples}), as data.ClipConfig needs")
     run = train.TrainConfig(model="mmdiffusion", preset="paper", vae="pixel", frames=cfg.frames, size=cfg.image_size,
                             init=str(path))
     meta = {**train.run_config(run), "net": asdict(cfg), "converted_from": path.name}
@@ -767,7 +790,7 @@ def main(argv=None):
                                         "official_windows", "dropout")}
     try:
         out = convert_file(a.checkpoint, a.out, **flags)
-    except ValueError as e:  # ConversionError, train.CheckpointError, a config that does not validate
+    except (ValueError, OSError) as e:  # ConversionError, a config that does not validate, an unwritable --out
         sys.exit(f"error: {e}")
     print(out)
 

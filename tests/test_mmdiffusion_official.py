@@ -26,8 +26,9 @@ RELEASED = dict(video_size=[16, 3, 64, 64], audio_size=[1, 25600], model_channel
                 audio_attention_resolutions=[-1], video_type="2d+1d", audio_type="1d", dropout=0.0,
                 channel_mult=(1, 2, 3, 4), num_classes=None, use_checkpoint=False, use_fp16=False, num_heads=4,
                 num_head_channels=64, num_heads_upsample=-1, use_scale_shift_norm=True, resblock_updown=True)
-COMMON = {k: RELEASED[k] for k in ("video_out_channels", "audio_out_channels", "video_type", "audio_type", "dropout",
-                                   "num_classes", "use_checkpoint", "use_fp16", "num_heads_upsample", "resblock_updown")}
+COMMON = {k: RELEASED[k] for k in ("video_out_channels", "audio_out_channels", "video_type", "audio_type",
+                                   "dropout", "num_classes", "use_checkpoint", "use_fp16", "num_heads_upsample",
+                                   "resblock_updown")}
 # Small official configurations, each with the flags that `convert` cannot read from the tensors.
 SMALL = {
     # every feature of the released model: resblock_updown, scale-shift norm, video attention and RS-MMA at
@@ -84,12 +85,14 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            x = torch.randn(p.shape, generator=g)
+            x = torch.where(x == 0, 1.0, x)  # among 134 M draws a few are exactly 0
             if "GroupNorm" in name:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn(p.shape, generator=g))
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * x)
             elif p.ndim > 1:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+                p.copy_(x / math.sqrt(p[0].numel()))
             else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+                p.copy_(0.1 * x)
     assert all(p.ne(0).all() for p in model.parameters())
     return model
 
@@ -174,8 +177,8 @@ def test_shifted_windows_equal_official(MultimodalUNet, monkeypatch):
 
 @pytest.mark.slow
 def test_released_aist_config_equals_official(MultimodalUNet, monkeypatch):
-    """The released AIST++ network itself (133.68 M), batch 1, with the official random shifts; about 2 min
-    on one CPU thread."""
+    """The released AIST++ network itself (133.68 M), batch 1, with the official random shifts; 70 s on one
+    thread of this project's CPU (3 GB)."""
     official = randomize_(MultimodalUNet(**RELEASED)).eval()
     total = sum(p.numel() for p in official.parameters())
     ours = converted(official)  # the default flags are the released ones
