@@ -128,6 +128,8 @@ class MMDiffusionConfig:
         # JSON round trips give lists; keep tuples so configs compare equal.
         for name in ("channel_mult", "attention_rates", "audio_attention_rates", "cross_rates", "cross_windows"):
             setattr(self, name, tuple(getattr(self, name)))
+        if self.head_channels < 1:  # the official num_head_channels=-1 (a fixed head count) has no equivalent
+            raise ValueError(f"mmdiffusion.py: head_channels must be positive, got {self.head_channels}")
         if len(self.cross_rates) != len(self.cross_windows):
             raise ValueError(f"mmdiffusion.py: cross_rates {self.cross_rates} and cross_windows "
                              f"{self.cross_windows} differ in length")
@@ -636,7 +638,7 @@ def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusio
     if blocks % levels or per_level < 2 or ups != [per_level * (n + 1) - 1 for n in range(levels - 1)]:
         raise ConversionError(f"{source}: output_blocks do not form a U-Net decoder with resblock_updown "
                               f"({blocks} blocks, upsampling in {ups})")
-    mult, rates = [0] * levels, {"video": set(), "audio": set(), "cross": set()}
+    widths, rates = [set() for _ in range(levels)], {"video": set(), "audio": set(), "cross": set()}
     scale_shift = set()
     for i in range(blocks):
         level = levels - 1 - i // per_level
@@ -644,7 +646,7 @@ def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusio
         if width % base:
             raise ConversionError(f"{source}: output_blocks.{i} has {width} channels, not a multiple of "
                                   f"model_channels {base}")
-        mult[level] = width // base
+        widths[level].add(width)
         emb = shape(f"output_blocks.{i}.0.emb_layers.1.weight")[0]
         scale_shift.add(emb == 2 * width)
         for kind, key in (("video", f"output_blocks.{i}.0.spatial_attention_block.qkv.weight"),
@@ -654,6 +656,10 @@ def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusio
                 rates[kind].add(2 ** level)
     if len(scale_shift) != 1:
         raise ConversionError(f"{source}: some blocks use scale-shift norm and others not")
+    if any(len(w) > 1 for w in widths):  # resblock_updown=False: no upsampling ResBlocks between the levels
+        raise ConversionError(f"{source}: output_blocks change width without upsampling blocks between the levels "
+                              f"(resblock_updown=False, whose decoder never upsamples, is not supported)")
+    mult = [w.pop() // base for w in widths]
     cfg = asdict(preset("official"))
     cfg.update(flags)
     window_of = dict(zip(cfg["cross_rates"], cfg["cross_windows"]))

@@ -256,6 +256,9 @@ def test_convert_bad_input_one_line(MultimodalUNet, tmp_path, capsys):
     torch.save({**state, "label_emb.weight": torch.zeros(10, 32)}, tmp_path / "classes.pt")
     torch.save({**state, "time_embed.2.bias": torch.zeros(33)}, tmp_path / "shape.pt")
     torch.save({k: v for k, v in state.items() if "middle_blocks.0.audio_attention" not in k}, tmp_path / "short.pt")
+    torch.save(MultimodalUNet(**{**kwargs, "resblock_updown": False}).state_dict(), tmp_path / "no-updown.pt")
+    torch.save(MultimodalUNet(**{**kwargs, "video_out_channels": 6, "audio_out_channels": 2}).state_dict(),
+               tmp_path / "sigma.pt")  # learn_sigma
     cases = [("missing.pt", "missing.pt: no such file"),
              ("notes.pt", "notes.pt: not a PyTorch checkpoint"),
              ("list.pt", "list.pt: not a state dict (a dict of named tensors), but a list"),
@@ -263,7 +266,10 @@ def test_convert_bad_input_one_line(MultimodalUNet, tmp_path, capsys):
              ("classes.pt", "classes.pt: 1 tensors map to nothing in MMDiffusion, e.g. 'label_emb.weight'"),
              ("shape.pt", "shape.pt: 'time_embed.2.bias' has shape (33,), expected (32,)"),
              ("short.pt", "short.pt: 6 weights of the inferred network are missing, e.g. "
-                          "'middle_blocks.0.audio_attention_block.norm.GroupNorm.bias'")]
+                          "'middle_blocks.0.audio_attention_block.norm.GroupNorm.bias'"),
+             ("no-updown.pt", "no-updown.pt: output_blocks change width without upsampling blocks"),
+             ("sigma.pt", "sigma.pt: 'video_out.2.video_conv.weight' has shape (6, 32, 3, 3, 3), "
+                          "expected (3, 32, 3, 3, 3)")]
     for name, message in cases:
         with pytest.raises(SystemExit) as e:
             M.main(["convert", str(tmp_path / name), "--out", str(tmp_path / "x.safetensors"), *flags])
