@@ -177,8 +177,8 @@ def test_shifted_windows_equal_official(MultimodalUNet, monkeypatch):
 
 @pytest.mark.slow
 def test_released_aist_config_equals_official(MultimodalUNet, monkeypatch):
-    """The released AIST++ network itself (133.68 M), batch 1, with the official random shifts; 70 s on one
-    thread of this project's CPU (3 GB)."""
+    """The released AIST++ network itself (133.68 M), batch 1, with the official random shifts; about a
+    minute on one thread of this project's CPU (53-67 s measured, 3 GB)."""
     official = randomize_(MultimodalUNet(**RELEASED)).eval()
     total = sum(p.numel() for p in official.parameters())
     ours = converted(official)  # the default flags are the released ones
