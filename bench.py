@@ -3,7 +3,9 @@
 Times one forward pass of each network at batch 1, in one process, under torch.inference_mode:
 - CMMD, paper preset (unet.preset("paper")), at 16×16 SD-VAE latents (128 px): 18 frames + 80×112 mel;
 - CMMD, the same network at 64×64 latents (512 px);
-- MM-Diffusion at its official configuration (mmdiffusion.preset("official")): 16×3×64×64 px + 1×25 600.
+- MM-Diffusion at its official configuration (mmdiffusion.preset("official")): 16×3×64×64 px + 1×25 600;
+- the same network as the official code computes it (researchmm/MM-Diffusion's MultimodalUNet, imported from
+  ../shared/reference/mm-diffusion when that folder and einops are there), to show what the implementation costs;
 and reports parameters, GFLOP per evaluation (torch's FlopCounterMode on a meta-device copy: matmuls,
 convolutions and attention) and ms per evaluation as median/min/max over N runs after warm-up, then the
 ratio MM-Diffusion / CMMD next to the paper's (RTX Titan: 136, 299 and 721 ms, so 5.3× and 2.4×).
@@ -18,12 +20,14 @@ unless --tf32 (the paper's RTX Titan has no TF32); --compile adds torch.compile'
 """
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -38,6 +42,10 @@ STEP_N = 500  # the diffusion step fed to the networks; the cost does not depend
 QUICK = dict(warmup=1, runs=3, budget=60.0)  # --quick: at most `budget` s of timed runs per model on a CPU
 E2E_STEPS = (200, 25)  # sampler steps of the end-to-end table: the paper's, and a fast setting
 FULL = {"cuda": dict(warmup=5, runs=20, budget=0.0), "cpu": dict(warmup=1, runs=5, budget=0.0)}
+# The official MM-Diffusion code, a test reference outside the repository (see its SOURCE.txt).
+SHARED = Path(os.environ.get("CMMD_SHARED", Path(__file__).resolve().parent.parent / "shared"))
+OFFICIAL_CODE = SHARED / "reference" / "mm-diffusion"
+OFFICIAL_NAME = "MM-Diffusion (official code)"
 
 
 @dataclass
@@ -48,8 +56,32 @@ class Network:
     shapes: dict
 
 
+class OfficialForward(torch.nn.Module):
+    """The official MultimodalUNet behind our call convention: model({"video", "audio"}, n) -> dict."""
+
+    def __init__(self, cfg: mmdiffusion.MMDiffusionConfig):
+        super().__init__()
+        import sys
+        sys.path.insert(0, str(OFFICIAL_CODE))
+        from mm_diffusion.multimodal_unet import MultimodalUNet
+        self.net = MultimodalUNet(**mmdiffusion.official_kwargs(cfg))
+
+    def forward(self, x: dict, n: torch.Tensor) -> dict:
+        video, audio = self.net(x["video"], x["audio"], n)
+        return {"video": video, "audio": audio}
+
+
+def official_available() -> bool:
+    import importlib.util
+    code = OFFICIAL_CODE / "mm_diffusion" / "multimodal_unet.py"
+    return code.is_file() and importlib.util.find_spec("einops") is not None
+
+
 def networks() -> list[Network]:
     mmd = mmdiffusion.preset("official")
+    official = [Network(OFFICIAL_NAME, lambda: OfficialForward(mmd),
+                        {"video": (1, mmd.frames, mmd.video_channels, mmd.image_size, mmd.image_size),
+                         "audio": (1, mmd.audio_channels, mmd.audio_samples)})] if official_available() else []
     return [
         Network("CMMD 16×16", lambda: unet.UNet(unet.preset("paper")),
                 {"video": (1, CMMD_FRAMES, LATENT_CHANNELS, 16, 16), "audio": (1, MEL_BINS, MEL_STEPS)}),
@@ -58,6 +90,7 @@ def networks() -> list[Network]:
         Network("MM-Diffusion", lambda: mmdiffusion.MMDiffusion(mmd),
                 {"video": (1, mmd.frames, mmd.video_channels, mmd.image_size, mmd.image_size),
                  "audio": (1, mmd.audio_channels, mmd.audio_samples)}),
+        *official,
     ]
 
 
@@ -171,6 +204,12 @@ def function_evaluation(args, device: torch.device) -> list[Section]:
                 "GFLOP/FE: torch.utils.flop_counter (matmuls, convolutions, attention), multiply-add = 2 FLOP.",
                 "Absolute times mean something only on a GPU; on a CPU only the ratios do. On a shared CPU the wall "
                 "time also counts other jobs; CPU ms/FE (this process's CPU time) does not."]
+    for label in dict.fromkeys(r["mode"] for r in fe.records):
+        if (label, OFFICIAL_NAME) in stats:  # the same network and weights count, another implementation
+            ratio = stats[label, OFFICIAL_NAME]["wall"] / stats[label, "MM-Diffusion"]["wall"]
+            fe.notes.append(f"{label}: the official code takes {ratio:.2f}× the time of mmdiffusion.py.")
+    if not official_available():
+        fe.notes.append(f"no {OFFICIAL_NAME} row: {OFFICIAL_CODE} (or einops) is absent.")
 
     refs = ("CMMD 16×16", "CMMD 64×64")
     ratio = Section("MM-Diffusion / CMMD", ["measure", *(f"vs {r}" for r in refs)], [])

@@ -1,18 +1,18 @@
 """The MM-Diffusion baseline: coupled video-audio U-Net with random-shift multi-modal attention
-(Ruan et al. 2023, MM-Diffusion §3.2–3.4, Fig. 3, Eq. 7–12; CMMD's baseline, SPEC §10).
+(Ruan et al. 2023, MM-Diffusion §3.2–3.4, Fig. 3, Eq. 7–12; the baseline of CMMD's Table 3).
 
 ε-prediction (Eq. 7) with DDPM's linear β schedule over 1000 steps (§4.1). The diffusion maths is not
 repeated here: it is diffusion.py's, with `diffusion_config()` = DiffusionConfig(schedule="linear",
 prediction="eps"). Zero-shot conditional generation (§3.4) is diffusion.py's one DDIM sampler:
 replacement (λ = 0, Eq. 11) or gradient guidance (λ > 0, Eq. 12), at any number of steps; the official
-code runs it only with 1000-step DDPM. `MMDiffusion.sample_defaults` picks diffusion.py's
-guidance_form="mmdiffusion" (Eq. 12 as the official code runs it, see diffusion.py) and clip_x0=True
-(the official clip_denoised) for this model:
+code runs it only with 1000-step DDPM, and DPM-Solver++ with any sampler. Its checkpoints' config
+(pipeline.MMDIFFUSION_SAMPLER) picks diffusion.py's guidance_form="mmdiffusion" (Eq. 12 as the official
+code runs it, see diffusion.py) and clip_x0=True (the official clip_denoised) for this model:
     Diffusion(model.diffusion_config).sample(model, shapes, cond={"video": v0}, guidance=λ, steps=S,
-                                             **model.sample_defaults)
+                                             **pipeline.MMDIFFUSION_SAMPLER)
 
-Model call convention (CONTRACTS.md): model({"video": (B, F, 3, H, W) pixels in [-1, 1],
-"audio": (B, 1, L) waveform}, n (B,)) -> {"video": ε̂ᵥ, "audio": ε̂ₐ} of the same shapes.
+Model call convention (unet.UNet's, checked by unet.check_inputs): model({"video": (B, F, 3, H, W) pixels
+in [-1, 1], "audio": (B, 1, L) waveform}, n (B,)) -> {"video": ε̂ᵥ, "audio": ε̂ₐ} of the same shapes.
 
 Architecture, at the released AIST++/Landscape flags of the official code (researchmm/MM-Diffusion,
 mm_diffusion/multimodal_unet.py and ssh_scripts/multimodal_train.sh), written anew:
@@ -35,27 +35,52 @@ mm_diffusion/multimodal_unet.py and ssh_scripts/multimodal_train.sh), written an
   1, 4, 8, and in the middle block with a window of F and no shift (full cross-attention); head
   channels 64.
 This has 133.68 M parameters, the official count (tests/test_mmdiffusion.py); the paper says 115 M.
+The other official flags are config fields too (audio self-attention rates, scale-shift norm off, an input
+width of base·channel_mult[0]), so that `convert` below takes any MultimodalUNet with resblock_updown.
 
-RS-MMA, as the official code computes it (SPEC §10): pure cross-attention, each modality GroupNorm'd with
-its own 1×1 projection to q, k, v and its own zero-initialised output projection plus residual. Audio of
-length L at a level is cut into F contiguous segments of ⌊L/F⌋ samples, the remainder going to the last
-one. With window S and shift R, queries of unit i (video frame i, or audio segment i) attend to the
-other modality's units (i+R), …, (i+R+S−1) mod F, one R for both directions. `rs_mma_mask` is this
-definition as a boolean (queries, keys) mask; the module computes exactly that attention, but on the
-gathered windows (SDPA per query unit over S key units) instead of the dense masked F·H·W × L product,
-which would cost F/S times as much (16× at window 1, 32×32 px) — the point of RS-MMA (§3.3).
+RS-MMA, as the official code computes it (multimodal_unet.py CrossAttentionBlock): pure cross-attention,
+each modality GroupNorm'd with its own 1×1 projection to q, k, v and its own zero-initialised output
+projection plus residual. Audio of length L at a level is cut into F contiguous segments of ⌊L/F⌋
+samples, the remainder going to the last one. With window S and shift R, queries of unit i (video frame
+i, or audio segment i) attend to the other modality's units (i+R), …, (i+R+S−1) mod F, one R for both
+directions. `rs_mma_mask` is this definition as a boolean (queries, keys) mask; the module computes
+exactly that attention, but on the gathered windows (SDPA per query unit over S key units) instead of the
+dense masked F·H·W × L product, which would cost F/S times as much (16× at window 1, 32×32 px) — the
+point of RS-MMA (§3.3).
 
 [choice] R ∈ {0, …, F−S} (the paper's range) is drawn per RS-MMA layer and per call in training, from
-`model.shift_generator` if set, else torch's global CPU RNG (so torch.manual_seed makes it repeatable);
-in eval mode (sampling) R = 0, for determinism. `shift_in_eval=True` restores the official behaviour of
-redrawing at every call, in sampling too; `random_shift=False` is the "w/o RS" ablation (Table 4).
-A window larger than F becomes full cross-attention.
+`model.shift_generator` if set, else torch's global CPU RNG (so torch.manual_seed makes it repeatable;
+the official code draws from Python's `random`); in eval mode (sampling) R = 0, for determinism.
+`shift_in_eval=True` restores the official behaviour of redrawing at every call, in sampling too;
+`random_shift=False` is the "w/o RS" ablation (Table 4).
+
+[choice] The windows above are the paper's segments (Step I-II). The official code cuts them by index
+arithmetic instead, which gives the same windows at the released shapes (every level's L a multiple of
+F, S ≤ F, F = `frames`), but elsewhere: a video frame sees the S·⌊L/F⌋ consecutive samples from
+(i+R)·⌊L/F⌋ mod L (a remainder belongs to no frame's window; `window_samples`), a window of S > F repeats
+units (keys counted twice in the softmax) where ours is full cross-attention, and the middle block's
+window is the configured `frames` rather than the input's F. `official_windows=True` restores all three.
+[choice] The official middle block has RS-MMA only when the windows are exactly [1, 4, 8] (a list
+comparison in MultimodalUNet); ours has it unless `middle_rs_mma=False`.
+
+Official behaviours not reproduced, being bugs: CrossAttentionBlock caches its window indices on the first
+call (keyed on nothing: a later call with other shapes, or on another device, uses them); its forced
+gradient checkpointing redraws R in the backward pass, so the gradient is of another window than the
+loss; GroupNorm32 normalises the wrong axis of a (B, F, C, H, W) video when F equals C; with
+resblock_updown=False (its create_model default) the decoder never upsamples and the forward fails.
 
 [choice] Dropout 0.1 as the released training flags (the code's default is 0). Lengths: H, W must be
 divisible by 2^(levels−1) and L by 4^(levels−1), with at least F samples per level for the segments;
 the same weights take any F, H, W, L that fit.
+
+The released checkpoints (AIST++.pt, Landscape.pt, linked from the official README) convert into a
+checkpoint of train.py that sample.py runs (tests/test_mmdiffusion_official.py checks the outputs equal):
+    python mmdiffusion.py convert AIST++.pt --out mmdiff-aist.safetensors
 """
-from dataclasses import dataclass
+import argparse
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -66,7 +91,7 @@ from unet import check_inputs, timestep_embedding, zero_
 
 MODALITIES = ("video", "audio")
 OTHER = {"video": "audio", "audio": "video"}
-OFFICIAL_PARAMS = 133.68e6  # the released AIST++ model's parameter count (SPEC §10)
+OFFICIAL_PARAMS = 133.68e6  # MultimodalUNet at the released AIST++ flags (tests/test_mmdiffusion.py)
 # λ of diffusion.py's "mmdiffusion" guidance equal to the official classifier_scale 3.0
 # (ssh_scripts/video2audio_sample.sh, batch 2, fp16 loss scale 2²⁰ left in the gradient; diffusion.py)
 OFFICIAL_GUIDANCE = 3.0 * 2 ** 20 / 2
@@ -84,10 +109,14 @@ class MMDiffusionConfig:
     channel_mult: tuple[int, ...] = (1, 2, 3, 4)  # the official default for 64 px
     num_res_blocks: int = 2  # --num_res_blocks
     attention_rates: tuple[int, ...] = (2, 4, 8)  # downsample rates with video self-attention
+    audio_attention_rates: tuple[int, ...] = ()  # ... with audio self-attention (--audio_attention_resolutions -1)
     cross_rates: tuple[int, ...] = (2, 4, 8)  # downsample rates with RS-MMA (--cross_attention_resolutions)
     cross_windows: tuple[int, ...] = (1, 4, 8)  # RS-MMA window S in frames at each of cross_rates (§4.1)
+    middle_rs_mma: bool = True  # [choice] full cross-attention in the middle block (official: iff windows 1, 4, 8)
+    official_windows: bool = False  # [choice] RS-MMA windows cut as the official index arithmetic (docstring)
     head_channels: int = 64  # RS-MMA: heads = channels // 64 (--num_head_channels)
     self_attention_heads: int = 4  # video/audio self-attention heads at any width (official num_heads)
+    scale_shift_norm: bool = True  # FiLM (1 + scale)·norm(h) + shift (--use_scale_shift_norm); False: norm(h + emb)
     audio_rate: int = 4  # audio down/upsampling factor per level (official Downsample/Upsample, 1-D)
     dilation_cycle: int = 10  # audio dilation 2^(k mod 10) (official max_dila)
     random_shift: bool = True  # draw R in training (--cross_attention_shift); False: R = 0 always
@@ -97,8 +126,10 @@ class MMDiffusionConfig:
 
     def __post_init__(self):
         # JSON round trips give lists; keep tuples so configs compare equal.
-        for name in ("channel_mult", "attention_rates", "cross_rates", "cross_windows"):
+        for name in ("channel_mult", "attention_rates", "audio_attention_rates", "cross_rates", "cross_windows"):
             setattr(self, name, tuple(getattr(self, name)))
+        if self.head_channels < 1:  # the official num_head_channels=-1 (a fixed head count) has no equivalent
+            raise ValueError(f"mmdiffusion.py: head_channels must be positive, got {self.head_channels}")
         if len(self.cross_rates) != len(self.cross_windows):
             raise ValueError(f"mmdiffusion.py: cross_rates {self.cross_rates} and cross_windows "
                              f"{self.cross_windows} differ in length")
@@ -149,12 +180,52 @@ def segment_of(F_: int, L: int) -> torch.Tensor:
     return (torch.arange(L) // (L // F_)).clamp_(max=F_ - 1)
 
 
-def window_units(F_: int, window: int, shift: int) -> torch.Tensor:
+def window_units(F_: int, window: int, shift: int, repeat: bool = False) -> torch.Tensor:
     """Key units (G, S) of each query unit: (i+R), …, (i+R+S−1) mod F (§3.3 Step II). A window of F or more
-    is full cross-attention: G = 1 group holding all F units, whatever the shift."""
-    if window >= F_:
+    is full cross-attention: G = 1 group holding all F units, whatever the shift; with `repeat` (the
+    official arithmetic) a window of S > F units keeps its S units mod F, repeats included."""
+    if window == F_ or (window > F_ and not repeat):
         return torch.arange(F_)[None]  # (1, F)
     return (torch.arange(F_)[:, None] + shift + torch.arange(window)[None]) % F_  # (F, S)
+
+
+def window_samples(F_: int, L: int, window: int, shift: int) -> torch.Tensor | None:
+    """The official video→audio windows: frame i sees the S·⌊L/F⌋ consecutive audio positions from
+    (i+R)·⌊L/F⌋, mod L (multimodal_unet.py, CrossAttentionBlock.attention_index), as (F, S·⌊L/F⌋); None
+    where that is every position once (S = F and F | L), i.e. full cross-attention."""
+    p = L // F_
+    if window == F_ and L == F_ * p:
+        return None
+    return ((torch.arange(F_)[:, None] + shift) * p + torch.arange(window * p)[None]) % L  # (F, S·p)
+
+
+def audio_grid(F_: int, L: int, device=None) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Audio positions laid out per segment: (slot (L,) of each position in an (F, n_max) grid, n_max,
+    valid (F·n_max,) bool of the slots that hold a position); n_max is the last (longest) segment."""
+    p = L // F_
+    seg = segment_of(F_, L).to(device)  # (L,)
+    n_max = L - (F_ - 1) * p
+    slot = seg * n_max + torch.arange(L, device=device) - seg * p  # (L,)
+    valid = torch.zeros(F_ * n_max, dtype=torch.bool, device=device).index_fill_(0, slot, True)  # (F·n_max,)
+    return slot, n_max, valid
+
+
+def rs_mma_keys(F_: int, HW: int, L: int, window: int, shift: int, official: bool = False, device=None) -> dict:
+    """The keys of each query group: {m: (index (G, K), valid (G, K) bool or None)}. Queries of modality m
+    come in G groups (G = F: unit i's tokens; G = 1: all of them, full cross-attention); index points into
+    the other modality's tokens, video (F·H·W) in (F, H, W) order, audio the (F·n_max) grid of `audio_grid`.
+    `official`: the official windows (`window_units` with repeats, `window_samples`), see the module docstring."""
+    slot, n_max, grid_valid = audio_grid(F_, L, device)
+    units = window_units(F_, window, shift, repeat=official).to(device)  # (G, S)
+    frame_tokens = (units[..., None] * HW + torch.arange(HW, device=device)).flatten(1)  # (G, S·H·W)
+    keys = {"audio": (frame_tokens, None)}  # audio segment i → the H·W tokens of its window's frames
+    samples = window_samples(F_, L, window, shift) if official else None
+    if samples is not None:
+        keys["video"] = (slot[samples.to(device)], None)  # (F, S·⌊L/F⌋) grid slots, every one a position
+    else:
+        grid = (units[..., None] * n_max + torch.arange(n_max, device=device)).flatten(1)  # (G, S·n_max)
+        keys["video"] = (grid, None if n_max == L // F_ else grid_valid[grid])
+    return keys
 
 
 def rs_mma_mask(F_: int, L: int, window: int, shift: int) -> dict[str, torch.Tensor]:
@@ -177,25 +248,23 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask=N
     return y.transpose(1, 2).reshape(N, Lq, C)
 
 
-def rs_mma_attention(q: dict, k: dict, v: dict, valid: dict, window: int, shift: int, heads: int) -> dict:
-    """Cross-attention of each modality's query units to the other's window of key units (Eq. 8).
+def rs_mma_attention(q: dict, k: dict, v: dict, keys: dict, heads: int) -> dict:
+    """Cross-attention of each modality's query groups to the other's keys of `rs_mma_keys` (Eq. 8).
 
-    q, k, v[m]: (B, F, N_m, C) tokens per unit (video: a frame's H·W pixels; audio: a segment, padded to
-    N_a); valid[m]: (F, N_m) bool of the real (unpadded) tokens, or None if all are. Returns
-    {m: (B, F, N_m, C)}; equals dense SDPA with `rs_mma_mask` (tests/test_mmdiffusion.py).
+    q, k, v[m]: (B, N_m, C) tokens, video (F·H·W) and audio in the padded (F·n_max) grid. Returns
+    {m: (B, N_m, C)}; with the default windows it equals dense SDPA with `rs_mma_mask`
+    (tests/test_mmdiffusion.py), with the official ones the official code (tests/test_mmdiffusion_official.py).
     """
-    B, F_, _, C = q["video"].shape
-    win = window_units(F_, window, shift).to(q["video"].device)  # (G, S)
-    G = win.shape[0]
+    B, _, C = q["video"].shape
     out = {}
     for m in MODALITIES:
         o = OTHER[m]
-        qm = q[m].reshape(B * G, -1, C)  # (B·G, F/G·N_m, C): the query units of each group
-        ko, vo = (t[:, win.flatten()].reshape(B * G, -1, C) for t in (k[o], v[o]))  # (B·G, S·N_o, C)
-        mask = None
-        if valid[o] is not None:
-            mask = valid[o][win.flatten()].reshape(1, G, -1).expand(B, -1, -1).reshape(B * G, -1)  # (B·G, S·N_o)
-        out[m] = attend(qm, ko, vo, heads, mask).reshape(B, F_, -1, C)  # (B, F, N_m, C)
+        index, valid = keys[m]
+        G, K = index.shape
+        qm = q[m].reshape(B * G, -1, C)  # (B·G, N_m/G, C): the queries of each group
+        ko, vo = (t[:, index.flatten()].reshape(B * G, K, C) for t in (k[o], v[o]))  # (B·G, K, C)
+        mask = None if valid is None else valid.repeat(B, 1)  # (B·G, K)
+        out[m] = attend(qm, ko, vo, heads, mask).reshape(B, -1, C)  # (B, N_m, C)
     return out
 
 
@@ -205,7 +274,10 @@ class RSMMA(nn.Module):
 
     def __init__(self, channels: int, window: int | None, cfg: MMDiffusionConfig):
         super().__init__()
-        self.window = window  # None: F, full cross-attention (the middle block)
+        self.window = window  # None: the middle block's full cross-attention, never shifted
+        # the official middle window is the configured clip length (video_size[0]), not the input's F
+        self.full_window = cfg.frames if cfg.official_windows else None
+        self.official = cfg.official_windows
         self.heads = channels // cfg.head_channels
         self.norm = nn.ModuleDict({m: nn.GroupNorm(cfg.norm_groups, channels) for m in MODALITIES})
         self.qkv = nn.ModuleDict({m: nn.Linear(channels, 3 * channels) for m in MODALITIES})
@@ -215,25 +287,21 @@ class RSMMA(nn.Module):
         v, a = h["video"], h["audio"]
         B, C, F_, H, W = v.shape
         L = a.shape[2]
-        seg = segment_of(F_, L).to(a.device)  # (L,)
-        n_max = L - (F_ - 1) * (L // F_)  # the last (longest) segment
-        # audio position → (segment, offset) in a (F, n_max) grid padded at the end of each segment
-        slot = seg * n_max + torch.arange(L, device=a.device) - seg * (L // F_)  # (L,)
-        valid = torch.zeros(F_ * n_max, dtype=torch.bool, device=a.device).index_fill_(0, slot, True)
-        valid = {"video": None, "audio": None if n_max == L // F_ else valid.view(F_, n_max)}
+        slot, n_max, _ = audio_grid(F_, L, a.device)
+        window = self.window if self.window is not None else (self.full_window or F_)
+        keys = rs_mma_keys(F_, H * W, L, window, shift, self.official, a.device)
 
         x = {m: self.norm[m](h[m]) for m in MODALITIES}
-        x["video"] = x["video"].permute(0, 2, 3, 4, 1).reshape(B, F_, H * W, C)  # (B, F, H·W, C)
-        x["audio"] = x["audio"].new_zeros(B, F_ * n_max, C).index_copy_(1, slot, x["audio"].transpose(1, 2))
-        x["audio"] = x["audio"].view(B, F_, n_max, C)  # (B, F, n_max, C)
+        x["video"] = x["video"].permute(0, 2, 3, 4, 1).reshape(B, F_ * H * W, C)  # (B, F·H·W, C)
+        grid = x["audio"].new_zeros(B, F_ * n_max, C)
+        x["audio"] = grid.index_copy_(1, slot, x["audio"].transpose(1, 2))  # (B, F·n_max, C)
         q, k, vv = {}, {}, {}
         for m in MODALITIES:
-            q[m], k[m], vv[m] = self.qkv[m](x[m]).chunk(3, dim=-1)  # 3 × (B, F, N_m, C)
-        window = F_ if self.window is None else self.window
-        y = rs_mma_attention(q, k, vv, valid, window, shift, self.heads)
+            q[m], k[m], vv[m] = self.qkv[m](x[m]).chunk(3, dim=-1)  # 3 × (B, N_m, C)
+        y = rs_mma_attention(q, k, vv, keys, self.heads)
         y = {m: self.proj[m](y[m]) for m in MODALITIES}
         y_v = y["video"].view(B, F_, H, W, C).permute(0, 4, 1, 2, 3)  # (B, C, F, H, W)
-        y_a = y["audio"].reshape(B, F_ * n_max, C).index_select(1, slot).transpose(1, 2)  # (B, C, L)
+        y_a = y["audio"].index_select(1, slot).transpose(1, 2)  # (B, C, L): the grid's padding dropped
         return {"video": v + y_v, "audio": a + y_a}
 
 
@@ -267,11 +335,12 @@ class Resample(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """One path's residual block with scale-shift norm; the (scale, shift) comes from the MM-Block."""
+    """One path's residual block, conditioned on the MM-Block's projection of the timestep embedding."""
 
     def __init__(self, modality: str, c_in: int, c_out: int, cfg: MMDiffusionConfig, dilation: int,
                  resample: str | None):
         super().__init__()
+        self.scale_shift = cfg.scale_shift_norm
         self.in_layers = nn.Sequential(nn.GroupNorm(cfg.norm_groups, c_in), nn.SiLU(),
                                        conv3(modality, c_in, c_out, dilation))
         self.resample = nn.Identity() if resample is None else Resample(modality, resample == "down", cfg.audio_rate)
@@ -279,11 +348,16 @@ class ResBlock(nn.Module):
         self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(cfg.dropout), zero_(conv1(modality, c_out, c_out)))
         self.skip = nn.Identity() if c_in == c_out else conv1(modality, c_in, c_out)
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """x (B, C_in, *S), emb (B, 2·C_out) with scale-shift norm, else (B, C_out)."""
         h = self.resample(self.in_layers(x))  # (B, C_out, *S) at the block's output resolution
         x = self.resample(x)
-        view = (*scale.shape, *[1] * (h.ndim - 2))  # (B, C_out, 1, …)
-        h = self.out_norm(h) * (1 + scale.view(view)) + shift.view(view)  # scale-shift norm (FiLM)
+        emb = emb.view(*emb.shape, *[1] * (h.ndim - 2))  # (B, 2·C_out or C_out, 1, …)
+        if self.scale_shift:
+            scale, shift = emb.chunk(2, dim=1)  # 2 × (B, C_out, 1, …)
+            h = self.out_norm(h) * (1 + scale) + shift  # scale-shift norm (FiLM, improved-diffusion)
+        else:
+            h = self.out_norm(h + emb)
         return self.skip(x) + self.out_layers(h)
 
 
@@ -292,13 +366,13 @@ class MMResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, cfg: MMDiffusionConfig, dilation: int, resample: str | None = None):
         super().__init__()
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(cfg.base_channels, 2 * c_out))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(cfg.base_channels, (2 if cfg.scale_shift_norm else 1) * c_out))
         self.res = nn.ModuleDict({m: ResBlock(m, c_in, c_out, cfg, dilation if m == "audio" else 1, resample)
                                   for m in MODALITIES})
 
     def forward(self, h: dict, emb: torch.Tensor) -> dict:
-        scale, shift = self.emb(emb).chunk(2, dim=1)  # 2 × (B, C_out)
-        return {m: self.res[m](h[m], scale, shift) for m in MODALITIES}
+        e = self.emb(emb)  # (B, 2·C_out) or (B, C_out)
+        return {m: self.res[m](h[m], e) for m in MODALITIES}
 
 
 class SelfAttention(nn.Module):
@@ -345,7 +419,6 @@ class PathAttention(nn.Module):
 class MMDiffusion(nn.Module):
     """Coupled U-Net: model({"video": (B, F, 3, H, W), "audio": (B, 1, L)}, n) -> ε̂ of the same shapes."""
 
-    sample_defaults = {"guidance_form": "mmdiffusion", "clip_x0": True}  # see the module docstring
 
     def __init__(self, cfg: MMDiffusionConfig):
         super().__init__()
@@ -354,11 +427,14 @@ class MMDiffusion(nn.Module):
         base = cfg.base_channels
         in_channels = {"video": cfg.video_channels, "audio": cfg.audio_channels}
         self.time_embed = nn.Sequential(nn.Linear(base, base), nn.SiLU(), nn.Linear(base, base))
-        self.inp = nn.ModuleDict({m: conv3(m, in_channels[m], base) for m in MODALITIES})
+        ch = base * cfg.channel_mult[0]  # the official input width (model_channels · channel_mult[0])
+        self.inp = nn.ModuleDict({m: conv3(m, in_channels[m], ch) for m in MODALITIES})
 
         def extras(ch: int, rate: int) -> list:
             """The attention layers after a residual block at this downsample rate."""
-            layers = [PathAttention(ch, cfg, ("video",))] if rate in cfg.attention_rates else []
+            paths = tuple(m for m, rates in (("video", cfg.attention_rates), ("audio", cfg.audio_attention_rates))
+                          if rate in rates)
+            layers = [PathAttention(ch, cfg, paths)] if paths else []
             if rate in cfg.cross_rates:
                 layers.append(RSMMA(ch, cfg.cross_windows[cfg.cross_rates.index(rate)], cfg))
             return layers
@@ -366,7 +442,7 @@ class MMDiffusion(nn.Module):
         def dilation(k: int) -> int:
             return 2 ** (k % cfg.dilation_cycle)  # dilation doubling (§3.3), cycling as the official max_dila
 
-        k, ch, skips = 1, base, [base]  # k: audio residual block counter (official `dilation`)
+        k, skips = 1, [ch]  # k: audio residual block counter (official `dilation`)
         self.encoder = nn.ModuleList()
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
@@ -380,7 +456,7 @@ class MMDiffusion(nn.Module):
                 skips.append(ch)
 
         self.middle = nn.ModuleList([MMResBlock(ch, ch, cfg, dilation(k)), PathAttention(ch, cfg, MODALITIES),
-                                     RSMMA(ch, None, cfg),
+                                     *([RSMMA(ch, None, cfg)] if cfg.middle_rs_mma else []),
                                      MMResBlock(ch, ch, cfg, dilation(k)), PathAttention(ch, cfg, MODALITIES)])
 
         self.decoder = nn.ModuleList()
@@ -457,3 +533,274 @@ def param_split(model: MMDiffusion) -> dict[str, int]:
         parts = name.split(".")
         split[next((m for m in MODALITIES if m in parts), "shared")] += p.numel()
     return split
+
+
+# ---- the official checkpoints (researchmm/MM-Diffusion AIST++.pt, Landscape.pt) ----------------------------
+# A released file is `torch.save(state_dict)` of the official MultimodalUNet (multimodal_train_util.py save(),
+# fp32 master weights). Our names differ from the official ones, and our 1×1 convolutions on tokens are
+# Linear layers, our 2-D + 1-D video convolutions Conv3d with a kernel of size 1 in the other axes; the
+# tensors are the same numbers, reshaped. Layout of a mapping, official shape from ours:
+#   ""   the same shape            "2d"  Conv2d (o, i, kh, kw)   -> Conv3d (o, i, 1, kh, kw)
+#   "1d" Conv1d (o, i, kf)         -> Conv3d (o, i, kf, 1, 1)      "c1"  Conv1d (o, i, 1) -> Linear (o, i)
+#   "c3" Conv3d (o, i, 1, 1, 1)    -> Linear (o, i)
+_TOP = {"time_embed.0": ("time_embed.0", ""), "time_embed.2": ("time_embed.2", ""),
+        "inp.video.0": ("input_blocks.0.0.video_conv.video_conv_spatial", "2d"),
+        "inp.video.1": ("input_blocks.0.0.video_conv.video_conv_temporal", "1d"),
+        "inp.audio": ("input_blocks.0.0.audio_conv.audio_conv", ""),
+        "out.video.0": ("video_out.0.GroupNorm", ""), "out.video.2": ("video_out.2.video_conv", ""),
+        "out.audio.0": ("audio_out.0.GroupNorm", ""), "out.audio.2": ("audio_out.2.audio_conv", "")}
+_LEAVES = {  # our submodule of a block -> the official one, per block type
+    "MMResBlock": {"emb.1": ("emb_layers.1", ""),
+                   "res.video.in_layers.0": ("video_in_layers.0.GroupNorm", ""),
+                   "res.video.in_layers.2.0": ("video_in_layers.2.video_conv_spatial", "2d"),
+                   "res.video.in_layers.2.1": ("video_in_layers.2.video_conv_temporal", "1d"),
+                   "res.video.out_norm": ("video_out_layers.0.GroupNorm", ""),
+                   "res.video.out_layers.2": ("video_out_layers.3.video_conv", ""),
+                   "res.video.skip": ("video_skip_connection.video_conv", ""),
+                   "res.audio.in_layers.0": ("audio_in_layers.0.GroupNorm", ""),
+                   "res.audio.in_layers.2": ("audio_in_layers.2.audio_conv", ""),
+                   "res.audio.out_norm": ("audio_out_layers.0.GroupNorm", ""),
+                   "res.audio.out_layers.2": ("audio_out_layers.3.audio_conv", ""),
+                   "res.audio.skip": ("audio_skip_connection.audio_conv", "")},
+    # the official ResBlock holds the self-attention that follows it
+    "PathAttention": {f"attn.{path}.{part}": (f"{block}.{theirs}", layout)
+                      for path, block in (("video.space", "spatial_attention_block"),
+                                          ("video.frames", "temporal_attention_block"),
+                                          ("audio.time", "audio_attention_block"))
+                      for part, theirs, layout in (("norm", "norm.GroupNorm", ""), ("qkv", "qkv", "c1"),
+                                                   ("proj", "proj_out", "c1"))},
+    "RSMMA": {"norm.video": ("v_norm.GroupNorm", ""), "norm.audio": ("a_norm.GroupNorm", ""),
+              "qkv.video": ("v_qkv", "c1"), "qkv.audio": ("a_qkv", "c1"),
+              "proj.video": ("video_proj_out.video_conv", "c3"), "proj.audio": ("audio_proj_out.audio_conv", "c1")},
+}
+OFFICIAL_CONSTANTS = dict(norm_groups=32, audio_rate=4, dilation_cycle=10)  # fixed in multimodal_unet.py / nn.py
+# Read from the tensors by `infer_config`; every other field comes from the caller (default: the official preset).
+INFERRED = ("base_channels", "channel_mult", "num_res_blocks", "video_channels", "audio_channels",
+            "attention_rates", "audio_attention_rates", "scale_shift_norm", "middle_rs_mma")
+
+
+class ConversionError(ValueError):
+    """An official checkpoint that does not convert; one line naming the file and what is wrong."""
+
+
+def official_names(model: MMDiffusion) -> dict[str, tuple[str, str]]:
+    """Our state-dict key -> (the official MultimodalUNet key of the same tensor, layout)."""
+    modules = dict(_TOP)
+
+    def walk(ours: str, layers: nn.ModuleList, theirs: str):
+        j = -1  # the official layer index inside the block
+        for i, layer in enumerate(layers):
+            j += not isinstance(layer, PathAttention)
+            for a, (b, layout) in _LEAVES[type(layer).__name__].items():
+                modules[f"{ours}.{i}.{a}"] = (f"{theirs}.{j}.{b}", layout)
+
+    for b, layers in enumerate(model.encoder):
+        walk(f"encoder.{b}", layers, f"input_blocks.{b + 1}")  # input_blocks.0 is the input convolution
+    walk("middle", model.middle, "middle_blocks")
+    for b, layers in enumerate(model.decoder):
+        walk(f"decoder.{b}", layers, f"output_blocks.{b}")
+    names = {}
+    for key in model.state_dict():
+        module, param = key.rsplit(".", 1)
+        theirs, layout = modules[module]
+        names[key] = (f"{theirs}.{param}", layout if param == "weight" else "")
+    return names
+
+
+def official_shape(ours: tuple, layout: str) -> tuple:
+    """The official tensor's shape for one of ours (layouts above)."""
+    return {"": ours, "2d": ours[:2] + ours[3:], "1d": ours[:3], "c1": (*ours, 1), "c3": (*ours, 1, 1, 1)}[layout]
+
+
+def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusionConfig:
+    """Our config of an official MultimodalUNet state dict: the `INFERRED` fields from its tensors, the others
+    from `flags` (MMDiffusionConfig fields; default: the official preset). RS-MMA's rates come from the
+    tensors, their windows from flags' cross_rates/cross_windows."""
+    bad = set(flags) - {f for f in MMDiffusionConfig.__dataclass_fields__ if f not in INFERRED}
+    if bad:
+        raise ConversionError(f"{source}: {sorted(bad)} are read from the tensors or not config fields")
+
+    def shape(key: str) -> tuple:
+        if key not in state:
+            raise ConversionError(f"{source}: no tensor {key!r}: not an official MultimodalUNet state dict")
+        return tuple(state[key].shape)
+
+    base = shape("time_embed.0.weight")[0]
+    video_channels = shape("input_blocks.0.0.video_conv.video_conv_spatial.weight")[1]
+    audio_channels = shape("input_blocks.0.0.audio_conv.audio_conv.weight")[1]
+    # the decoder: levels·(num_res_blocks + 1) blocks, an upsampling ResBlock ending each level but the last
+    blocks = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("output_blocks.")), default=-1)
+    ups = [i for i in range(blocks) if any(k.startswith(f"output_blocks.{i}.{j}.emb_layers.") for j in (1, 2)
+                                           for k in state)]
+    levels = len(ups) + 1
+    per_level = blocks // levels
+    if blocks % levels or per_level < 2 or ups != [per_level * (n + 1) - 1 for n in range(levels - 1)]:
+        raise ConversionError(f"{source}: output_blocks do not form a U-Net decoder with resblock_updown "
+                              f"({blocks} blocks, upsampling in {ups})")
+    widths, rates = [set() for _ in range(levels)], {"video": set(), "audio": set(), "cross": set()}
+    scale_shift = set()
+    for i in range(blocks):
+        level = levels - 1 - i // per_level
+        width = shape(f"output_blocks.{i}.0.video_out_layers.0.GroupNorm.weight")[0]
+        if width % base:
+            raise ConversionError(f"{source}: output_blocks.{i} has {width} channels, not a multiple of "
+                                  f"model_channels {base}")
+        widths[level].add(width)
+        emb = shape(f"output_blocks.{i}.0.emb_layers.1.weight")[0]
+        scale_shift.add(emb == 2 * width)
+        for kind, key in (("video", f"output_blocks.{i}.0.spatial_attention_block.qkv.weight"),
+                          ("audio", f"output_blocks.{i}.0.audio_attention_block.qkv.weight"),
+                          ("cross", f"output_blocks.{i}.1.v_qkv.weight")):
+            if key in state:
+                rates[kind].add(2 ** level)
+    if len(scale_shift) != 1:
+        raise ConversionError(f"{source}: some blocks use scale-shift norm and others not")
+    if any(len(w) > 1 for w in widths):  # resblock_updown=False: no upsampling ResBlocks between the levels
+        raise ConversionError(f"{source}: output_blocks change width without upsampling blocks between the levels "
+                              f"(resblock_updown=False, whose decoder never upsamples, is not supported)")
+    mult = [w.pop() // base for w in widths]
+    cfg = asdict(preset("official"))
+    cfg.update(flags)
+    window_of = dict(zip(cfg["cross_rates"], cfg["cross_windows"]))
+    missing = sorted(rates["cross"] - window_of.keys())
+    if missing:
+        raise ConversionError(f"{source}: RS-MMA at downsample rates {missing}, but no window for them in "
+                              f"cross_rates {tuple(cfg['cross_rates'])} / cross_windows {tuple(cfg['cross_windows'])}")
+    # the tensors say where RS-MMA is; rates past the deepest level (none there) are kept from the flags
+    cross = sorted(rates["cross"] | {r for r in window_of if r >= 2 ** levels})
+    cfg.update(base_channels=base, channel_mult=tuple(mult), num_res_blocks=per_level - 1,
+               video_channels=video_channels, audio_channels=audio_channels,
+               attention_rates=tuple(sorted(rates["video"])), audio_attention_rates=tuple(sorted(rates["audio"])),
+               cross_rates=tuple(cross), cross_windows=tuple(window_of[r] for r in cross),
+               scale_shift_norm=scale_shift.pop(), middle_rs_mma="middle_blocks.1.v_qkv.weight" in state,
+               **OFFICIAL_CONSTANTS)
+    return MMDiffusionConfig(**cfg)
+
+
+def convert_state_dict(state: dict, source: str = "state dict", **flags) -> tuple[MMDiffusionConfig, dict]:
+    """(config, our state dict) of an official MultimodalUNet state dict, fp32; `flags` as `infer_config`.
+    Every official tensor must map to one of ours with the expected shape, and every one of ours be there."""
+    cfg = infer_config(state, source, **flags)
+    with torch.device("meta"):  # names and shapes only
+        model = MMDiffusion(cfg)
+    names, ours = official_names(model), model.state_dict()
+    missing = sorted(theirs for theirs, _ in names.values() if theirs not in state)
+    if missing:
+        raise ConversionError(f"{source}: {len(missing)} weights of the inferred network are missing, "
+                              f"e.g. {missing[0]!r}")
+    unused = sorted(state.keys() - {theirs for theirs, _ in names.values()})
+    if unused:
+        raise ConversionError(f"{source}: {len(unused)} tensors map to nothing in MMDiffusion, e.g. {unused[0]!r}")
+    tensors = {}
+    for key, (theirs, layout) in names.items():
+        want = official_shape(tuple(ours[key].shape), layout)
+        if tuple(state[theirs].shape) != want:
+            raise ConversionError(f"{source}: {theirs!r} has shape {tuple(state[theirs].shape)}, expected {want}")
+        # a copy of its own: the official fp16 trainer saves views into one flat buffer
+        tensors[key] = state[theirs].detach().reshape(ours[key].shape).to(torch.float32, copy=True).contiguous()
+    return cfg, tensors
+
+
+def official_kwargs(cfg: MMDiffusionConfig) -> dict:
+    """The official MultimodalUNet(**kwargs) of the same network as `cfg` (its create_model with the released
+    flags of multimodal_train.sh fills the same arguments). It equals ours with official_windows=True; with
+    the default windows too wherever every level's audio length is a multiple of F ≥ S and F = frames."""
+    for name, value in OFFICIAL_CONSTANTS.items():
+        if getattr(cfg, name) != value:
+            raise ValueError(f"mmdiffusion.py: the official code has {name}={value}, not {getattr(cfg, name)}")
+    windows = list(cfg.cross_windows)
+    if cfg.middle_rs_mma != (windows == [1, 4, 8]):  # multimodal_unet.py's condition for the middle RS-MMA
+        raise ValueError(f"mmdiffusion.py: the official code has the middle RS-MMA iff the windows are [1, 4, 8], "
+                         f"not with windows {windows} and middle_rs_mma={cfg.middle_rs_mma}")
+    return dict(video_size=[cfg.frames, cfg.video_channels, cfg.image_size, cfg.image_size],
+                audio_size=[cfg.audio_channels, cfg.audio_samples], model_channels=cfg.base_channels,
+                video_out_channels=cfg.video_channels, audio_out_channels=cfg.audio_channels,
+                num_res_blocks=cfg.num_res_blocks, cross_attention_resolutions=list(cfg.cross_rates),
+                cross_attention_windows=windows, cross_attention_shift=cfg.random_shift,
+                video_attention_resolutions=list(cfg.attention_rates) or [-1],
+                audio_attention_resolutions=list(cfg.audio_attention_rates) or [-1],
+                video_type="2d+1d", audio_type="1d", dropout=cfg.dropout, channel_mult=tuple(cfg.channel_mult),
+                num_classes=None, use_checkpoint=False, use_fp16=False, num_heads=cfg.self_attention_heads,
+                num_head_channels=cfg.head_channels, num_heads_upsample=-1,
+                use_scale_shift_norm=cfg.scale_shift_norm, resblock_updown=True)
+
+
+def load_official(path) -> dict:
+    """The state dict of an official checkpoint file (torch.save of a dict of tensors), on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises anything from UnpicklingError to RuntimeError on a bad file
+        raise ConversionError(f"{path}: not a PyTorch checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not state:
+        raise ConversionError(f"{path}: not a state dict (a dict of named tensors), but a {type(state).__name__}")
+    odd = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise ConversionError(f"{path}: not a state dict: entry {odd!r} is not a named tensor")
+    return state
+
+
+def convert_file(path, out, **flags) -> Path:
+    """Convert an official checkpoint into one of train.py's (`model.`/`ema.` weights, run config in its
+    metadata: pixel video, waveform audio, `diffusion_config()`); `flags` as `infer_config`."""
+    import checkpoint
+    import data
+    import pipeline
+    import train
+    path = Path(path)
+    cfg, tensors = convert_state_dict(load_official(path), path.name, **flags)
+    clip = data.ClipConfig(frames=cfg.frames, size=cfg.image_size)
+    if clip.samples != cfg.audio_samples:
+        raise ConversionError(f"{path}: audio_samples {cfg.audio_samples} is not {cfg.frames} frames at {clip.fps} fps "
+                              f"of {clip.sample_rate} Hz audio ({clip.samples}), as data.ClipConfig needs")
+    run = train.TrainConfig(model="mmdiffusion", preset="paper", vae="pixel", frames=cfg.frames, size=cfg.image_size,
+                            init=str(path))
+    meta = {**pipeline.run_config(run), "net": asdict(cfg), "converted_from": path.name}
+    # the released file is one set of weights (the EMA the authors sampled with): both prefixes hold it
+    both = {f"{prefix}.{k}": t.clone() for prefix in ("model", "ema") for k, t in tensors.items()}  # safetensors: no shared memory
+    return checkpoint.save(Path(out), both, meta, step=0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Convert a released MM-Diffusion checkpoint (AIST++.pt, Landscape.pt "
+                                            "of github.com/researchmm/MM-Diffusion) into a checkpoint of train.py.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="official state dict (.pt) -> our .safetensors checkpoint",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Widths, levels, residual blocks, attention and RS-MMA rates and the norm are "
+                                   "read from the tensors; the flags give the rest (defaults: the released flags).")
+    c.add_argument("checkpoint", help="the official file, torch.save(model.state_dict())")
+    c.add_argument("--out", required=True, help="the .safetensors checkpoint to write")
+    d = MMDiffusionConfig()
+    c.add_argument("--frames", type=int, default=d.frames, help="F of its clips (official --video_size F,3,H,W)")
+    c.add_argument("--image-size", type=int, default=d.image_size, help="H = W (official --video_size)")
+    c.add_argument("--audio-samples", type=int, default=d.audio_samples, help="L (official --audio_size 1,L)")
+    c.add_argument("--cross-rates", type=int, nargs="+", default=list(d.cross_rates),
+                   help="official --cross_attention_resolutions")
+    c.add_argument("--cross-windows", type=int, nargs="+", default=list(d.cross_windows),
+                   help="official --cross_attention_windows, one per rate")
+    c.add_argument("--head-channels", type=int, default=d.head_channels, help="official --num_head_channels")
+    c.add_argument("--self-attention-heads", type=int, default=d.self_attention_heads, help="official --num_heads")
+    c.add_argument("--random-shift", action=argparse.BooleanOptionalAction, default=d.random_shift,
+                   help="official --cross_attention_shift")
+    c.add_argument("--shift-in-eval", action=argparse.BooleanOptionalAction, default=d.shift_in_eval,
+                   help="redraw the RS-MMA shift when sampling too, as the official code")
+    c.add_argument("--official-windows", action=argparse.BooleanOptionalAction, default=d.official_windows,
+                   help="RS-MMA windows cut as the official code (differs only off the released shapes)")
+    c.add_argument("--dropout", type=float, default=d.dropout, help="for fine-tuning (official --dropout)")
+    a = p.parse_args(argv)
+    flags = {k: getattr(a, k) for k in ("frames", "image_size", "audio_samples", "cross_rates", "cross_windows",
+                                        "head_channels", "self_attention_heads", "random_shift", "shift_in_eval",
+                                        "official_windows", "dropout")}
+    try:
+        out = convert_file(a.checkpoint, a.out, **flags)
+    except (ValueError, OSError) as e:  # ConversionError, a config that does not validate, an unwritable --out
+        sys.exit(f"error: {e}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import mmdiffusion as M
+import pipeline
 from diffusion import Diffusion
 
 
@@ -156,7 +157,7 @@ def test_zero_shot_conditional_sampling(given):
     results = {}
     for lam in (0.0, 50.0):
         out = diffusion.sample(model, shapes, cond=cond, steps=4, guidance=lam, progress=False,
-                               generator=torch.Generator().manual_seed(0), **model.sample_defaults)
+                               generator=torch.Generator().manual_seed(0), **pipeline.MMDIFFUSION_SAMPLER)
         assert torch.equal(out[given], cond[given])
         gen = M.OTHER[given]
         assert out[gen].shape == shapes[gen] and out[gen].isfinite().all()
