@@ -577,6 +577,35 @@ def visual_onsets(video: torch.Tensor, fps: float) -> np.ndarray:
     return (peaks + 1) / fps
 
 
+def pooled_f1(rows: list[dict]) -> float:
+    """F1 of the counts summed over clips (rows with "matched", "n_ref", "n_est"): 2·Σm / (Σref + Σest)."""
+    m, r, e = (sum(x[k] for x in rows) for k in ("matched", "n_ref", "n_est"))
+    return 2 * m / (r + e) if r + e else math.nan
+
+
+def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], stat=pooled_f1, n: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """stat(a) − stat(b) on the same clips, with a percentile bootstrap interval over clips (Efron &
+    Tibshirani 1993): each resample draws clips with replacement and scores both on the same draw.
+    Returns (difference, low, high)."""
+    assert len(rows_a) == len(rows_b) > 0, "paired rows: the same clips on both sides"
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        idx = rng.integers(0, len(rows_a), len(rows_a))
+        diffs.append(stat([rows_a[i] for i in idx]) - stat([rows_b[i] for i in idx]))
+    lo, hi = np.nanpercentile(diffs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return stat(rows_a) - stat(rows_b), float(lo), float(hi)
+
+
+def roughness(video: torch.Tensor) -> float:
+    """Mean absolute difference between horizontally and vertically neighbouring pixels of uint8
+    (F, 3, H, W), in [0, 1]: low for a plain background with a few shapes, about 1/3 for uniform noise.
+    It tells a rendered scene from noise, whatever the scene's timing."""
+    x = video.float() / 255.0
+    return 0.5 * ((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., 1:] - x[..., :-1]).abs().mean()).item()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Folders of mp4s -> every metric
 @dataclass

@@ -77,12 +77,14 @@ def run_config(cfg, init_meta: dict | None = None) -> dict:
     clip = data.ClipConfig(frames=cfg.frames, size=cfg.size)
     sampler = {}
     if cfg.model == "cmmd":
-        net = asdict(unet.preset(cfg.preset, video_channels=4 if cfg.vae == "sd" else 3, fusion=cfg.fusion))
+        if cfg.vae == "sd" and cfg.patch != 1:
+            raise ValueError("--patch is the pixel codec's; the SD-VAE has its own factor 8 (use --patch 1)")
+        net = asdict(unet.preset(cfg.preset, video_channels=4 if cfg.vae == "sd" else 3 * cfg.patch ** 2, fusion=cfg.fusion))
         diff = asdict(diffusion.DiffusionConfig())
     elif cfg.model == "mmdiffusion":
         import mmdiffusion
-        if cfg.vae != "pixel":
-            raise ValueError("--model mmdiffusion works on pixels and waveforms: use --vae pixel")
+        if cfg.vae != "pixel" or cfg.patch != 1:
+            raise ValueError("--model mmdiffusion works on pixels and waveforms: use --vae pixel --patch 1")
         name = {"paper": "official"}.get(cfg.preset, cfg.preset)  # the baseline's full size is its official one
         net = asdict(mmdiffusion.preset(name, frames=clip.frames, image_size=clip.size, audio_samples=clip.samples))
         diff = asdict(mmdiffusion.diffusion_config())
@@ -90,7 +92,8 @@ def run_config(cfg, init_meta: dict | None = None) -> dict:
     else:
         raise ValueError(f"--model {cfg.model!r}: choose cmmd or mmdiffusion")
     return {"format": FORMAT, "model": cfg.model, "net": net, "diffusion": diff, "clip": asdict(clip),
-            "codec": {"video": cfg.vae, "audio": "mel" if cfg.model == "cmmd" else "wave"},
+            "codec": {"video": cfg.vae, "audio": "mel" if cfg.model == "cmmd" else "wave",
+                      **({"patch": cfg.patch} if cfg.patch != 1 else {})},
             "mel": {"log_min": data.LOG_MEL_MIN, "log_max": data.LOG_MEL_MAX}, "sampler": sampler, "train": asdict(cfg)}
 
 
@@ -133,7 +136,8 @@ def build(meta: dict, vae_path: str | None = None, vocoder=None, path=None) -> P
             net = mmdiffusion.MMDiffusion(mmdiffusion.MMDiffusionConfig(**meta["net"]))
         else:
             raise KeyError("model")
-        codecs = {"video": vae.make_codec(meta["codec"]["video"], vae_path or meta["train"]["vae_path"]),
+        codecs = {"video": vae.make_codec(meta["codec"]["video"], vae_path or meta["train"]["vae_path"],
+                                          patch=meta["codec"].get("patch", 1)),
                   "audio": {"mel": MelCodec, "wave": WaveCodec}[meta["codec"]["audio"]]()}
         if vocoder is not None and isinstance(codecs["audio"], MelCodec):
             codecs["audio"].vocoder = vocoder

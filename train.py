@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -44,10 +45,11 @@ class TrainConfig:
     num_clips: int = field(default=2000, metadata={"help": "synthetic training clips"})
     out: str = field(default="runs/cmmd", metadata={"help": "run directory: checkpoints, log, previews"})
     model: str = field(default="cmmd", metadata={"help": "cmmd (easy-fusion U-Net) or mmdiffusion (baseline)", "choices": ["cmmd", "mmdiffusion"]})
-    preset: str = field(default="small", metadata={"help": "network size (paper is MM-Diffusion's official size with --model mmdiffusion)", "choices": ["paper", "small", "tiny"]})
+    preset: str = field(default="small", metadata={"help": "network size (paper is MM-Diffusion's official size with --model mmdiffusion)", "choices": ["paper", "small", "tiny", "cpu"]})
     fusion: bool = field(default=True, metadata={"help": "easy fusion between the paths (off: ablation)"})
     vae: str = field(default="pixel", metadata={"help": "video codec: SD-VAE latents or pixels", "choices": ["sd", "pixel"]})
     vae_path: str = field(default=VAE_HUB_ID, metadata={"help": "SD-VAE directory or hub id"})
+    patch: int = field(default=1, metadata={"help": "pixel codec: space-to-depth patch, video diffused as (3·p², H/p, W/p)"})
     frames: int = field(default=18, metadata={"help": "video frames per training clip (CMMD §3)"})
     size: int = field(default=64, metadata={"help": "frame side in pixels (128 in the paper)"})
     batch: int = field(default=8, metadata={"help": "clips per step per process (8 for nCMMD, 2 for CMMD)"})
@@ -56,6 +58,10 @@ class TrainConfig:
     lr_decay: float = field(default=PAPER_LR_DECAY, metadata={"help": "lr factor every --lr-every steps"})
     lr_every: int = field(default=PAPER_LR_EVERY, metadata={"help": "steps between lr decays"})
     lr_min: float = field(default=PAPER_LR_MIN, metadata={"help": "lr floor"})
+    lr_schedule: str = field(default="step", metadata={
+        "help": "step: ×lr-decay every lr-every steps (the paper's); cosine: from lr to lr-min over --steps",
+        "choices": ["step", "cosine"]})
+    warmup: int = field(default=0, metadata={"help": "steps of linear lr warm-up from 0"})
     ema: float = field(default=0.9999, metadata={"help": "EMA decay of the weights used for sampling"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0: off)"})
     contrastive: bool = field(default=False, metadata={"help": "add the contrastive loss (CMMD Eq. 6)"})
@@ -122,8 +128,14 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """lr · decay^⌊step / every⌋, floored at lr_min (CMMD App. B.2)."""
-    return max(cfg.lr * cfg.lr_decay ** (step // cfg.lr_every), cfg.lr_min)
+    """The paper's lr · decay^⌊step / every⌋ floored at lr_min (CMMD App. B.2), or a cosine from lr to lr_min
+    over the run (Loshchilov & Hutter 2017; for short runs, which end at a low rate); after `warmup`
+    linear steps from 0."""
+    if cfg.lr_schedule == "cosine":
+        lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(step / max(cfg.steps, 1), 1.0)))
+    else:
+        lr = max(cfg.lr * cfg.lr_decay ** (step // cfg.lr_every), cfg.lr_min)
+    return lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else lr
 
 
 def encode_batch(batch: dict, codecs: dict, device) -> dict:

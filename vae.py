@@ -381,26 +381,42 @@ class SDVAECodec(nn.Module):
 
 
 class PixelCodec(nn.Module):
-    """The identity codec: diffusion on pixels (MM-Diffusion; tiny CPU runs). channels = 3, factor = 1."""
+    """Diffusion on pixels (MM-Diffusion; CPU runs), optionally through a space-to-depth rearrangement:
+    each p×p patch of a frame becomes 3·p² channels at one position (pixel_unshuffle; Shi et al. 2016),
+    exactly reversible. patch 1 is the identity. [choice] The demo's 16 px frames go in with p = 4, so its
+    video path works on 4×4 positions of 48 values, as a latent codec's would, for a quarter of the
+    positions' cost at 16 times the width per position (README, "Quickstart"). channels = 3·p², factor = p."""
 
-    channels, factor = 3, 1
+    def __init__(self, patch: int = 1):
+        super().__init__()
+        if patch < 1:
+            raise ValueError(f"vae.py: the pixel codec's patch must be at least 1, got {patch}")
+        self.patch, self.channels, self.factor = patch, 3 * patch * patch, patch
 
     def encode(self, frames: torch.Tensor, sample: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Frames (B, F, 3, H, W) -> the same tensor; `sample` and `generator` exist for the shared signature."""
-        _flat_frames(frames, 3, "frames")
-        return frames
+        """Frames (B, F, 3, H, W) -> (B, F, 3·p², H/p, W/p); `sample` and `generator` exist for the shared signature."""
+        x = _flat_frames(frames, 3, "frames")  # (B*F, 3, H, W)
+        if self.patch == 1:
+            return frames
+        B, nF, _, H, W = frames.shape
+        assert H % self.patch == 0 and W % self.patch == 0, f"frame size must be a multiple of {self.patch}, got {H}×{W}"
+        return F.pixel_unshuffle(x, self.patch).view(B, nF, self.channels, H // self.patch, W // self.patch)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, F, 3, H, W) -> the same tensor."""
-        _flat_frames(latents, 3, "latents")
-        return latents
+        """(B, F, 3·p², h, w) -> frames (B, F, 3, p·h, p·w)."""
+        z = _flat_frames(latents, self.channels, "latents")  # (B*F, 3·p², h, w)
+        if self.patch == 1:
+            return latents
+        B, nF, _, h, w = latents.shape
+        return F.pixel_shuffle(z, self.patch).view(B, nF, 3, h * self.patch, w * self.patch)
 
 
-def make_codec(name: str, path: str | Path | None = None, chunk: int = DEFAULT_CHUNK) -> nn.Module:
-    """"sd": SDVAECodec of the VAE at `path` (a local directory or Hub id; default HUB_ID); "pixel": PixelCodec."""
+def make_codec(name: str, path: str | Path | None = None, chunk: int = DEFAULT_CHUNK, patch: int = 1) -> nn.Module:
+    """"sd": SDVAECodec of the VAE at `path` (a local directory or Hub id; default HUB_ID); "pixel":
+    PixelCodec with space-to-depth patches of `patch` pixels."""
     if name == "sd":
         return SDVAECodec(load_vae(path if path is not None else HUB_ID), chunk=chunk)
     if name == "pixel":
-        return PixelCodec()
+        return PixelCodec(patch)
     raise ValueError(f"unknown codec '{name}' (choose 'sd' or 'pixel')")

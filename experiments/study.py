@@ -146,7 +146,7 @@ def main(argv=None):
                 continue
             result = demo.evaluate(pipeline.load(ckpts[name]), items, run_dir / "samples",
                                    {"sampler": "ddim", "steps": a.sample_steps}, seed, save_first=2,
-                                   guidance={"v2a": a.guidance_v2a, "a2v": a.guidance_a2v})
+                                   guidance={"v2a": a.guidance_v2a, "a2v": a.guidance_a2v})["scores"]
             scores[name] = {"v2a": result["v2a model"], "a2v": result["a2v model"]}
             for ref in ("ground truth", "shifted 400 ms", "other clip"):  # the reference rows, once per seed
                 scores.setdefault(f"reference: {ref}", {"v2a": result[f"v2a {ref}"], "a2v": result[f"a2v {ref}"]})

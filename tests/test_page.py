@@ -14,6 +14,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 
 import data
 import figures
+from conftest import ROOT
 
 CLIP = data.ClipConfig(size=16)
 TIMEOUT_S = 20.0  # the whole page must settle within this; it takes about 2 s
@@ -236,3 +238,25 @@ def test_page_opens_from_disk_and_every_video_and_image_loads(tmp_path):
     assert not report["late"], f"the page did not settle within {TIMEOUT_S} s"
     w, h = png_size(tmp_path / "page.png")
     assert w == 1440 and h > 600, (w, h)
+
+
+def test_the_demos_own_page_in_a_browser(tmp_path):
+    """`python demo.py` on a handful of steps and clips: its index.html opens from disk, every video (the
+    generated and the true ones, both directions) plays with sound for the clip's length, every figure decodes."""
+    binary = chromium_binary()
+    run = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "demo.py", "--out", str(run), "--steps", "2", "--train-clips", "8",
+                           "--clips", "3", "--show", "2", "--sample-steps", "2", "--batch", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (tmp_path / "profile").mkdir()
+    report = open_page(binary, run / "index.html", tmp_path / "profile", tmp_path / "page.png")
+    videos, images = report["videos"], report["images"]
+    assert len(videos) == 2 * 4 and len(images) == 2 * 2, report  # per clip: 2 directions × (generated, truth)
+    for v in videos:
+        assert v["error"] is None and v["readyState"] >= 1, f"video did not load: {v}"
+        assert abs(v["duration"] - CLIP.duration) < 0.1, f"video lasts {v['duration']} s, not {CLIP.duration} s: {v}"
+        assert v["frames"] > 0 and v["audioBytes"] > 0, f"no frames or no sound decoded: {v}"
+    for i in images:
+        assert i["complete"] and i["naturalWidth"] > 0, f"image did not decode: {i}"
+    assert png_size(tmp_path / "page.png")[1] > 600

@@ -41,9 +41,12 @@ def test_demo_smoke(tmp_path):
                            "--clips", "2", "--sample-steps", "2", "--batch", "2"], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| v2a model |" in proc.stdout and "model beats the 400 ms-shifted baseline" in proc.stdout
-    assert (tmp_path / "samples" / "clip0_v2a.mp4").exists() and (tmp_path / "samples" / "clip0_a2v_mel.png").exists()
-    assert json.loads((tmp_path / "scores-test.json").read_text())["guidance"] == demo.GUIDANCE
+    assert "| v2a model |" in proc.stdout and "model beats the 400 ms-shifted truth" in proc.stdout
+    for name in ("clip0_v2a.mp4", "clip0_a2v.mp4", "clip0_truth.mp4", "clip0_v2a_mel.png", "clip0_frames.png"):
+        assert (tmp_path / "samples" / name).exists(), name
+    scores = json.loads((tmp_path / "scores-test.json").read_text())
+    assert scores["guidance"] == demo.GUIDANCE and scores["step"] == 2 and scores["clips"] == 2
+    assert set(scores["margin"]["v2a"]) == {"delta", "lo", "hi"} and (tmp_path / "index.html").exists()
     # --eval-only scores the saved checkpoint on validation clips, with the λ given, and trains nothing more
     ckpts = sorted(tmp_path.glob("model/ckpt-*"))
     proc = subprocess.run([sys.executable, "demo.py", "--out", str(tmp_path), "--eval-only", "--split", "val",
