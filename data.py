@@ -470,15 +470,15 @@ def _hit(wav, t, sr, freq, decay, gain, noise, rng):
     wav[i0:i0 + n] += gain * note
 
 
-def synthetic_clip(seed: int, clip: ClipConfig, variant: str = "bounce") -> dict:
+def synthetic_clip(seed: int, clip: ClipConfig, variant: str = "bounce", max_events: int = EVENTS_MAX) -> dict:
     """One deterministic window (frames + 2·margin) of the synthetic benchmark.
 
     - "bounce": 1-3 balls bounce on the floor; at each impact the ball flashes white and a note sounds,
       its pitch set by the ball's colour, its decay and noise by its size. Impacts lie on the frame grid.
     - "dance": a figure jumps and swaps its pose on every beat of a kick/snare loop at a random tempo
       (90-150 bpm), a stand-in for AIST++ dance.
-    Returns video uint8 (Fw, 3, S, S), audio float32 (Lw,), events (EVENTS_MAX,) in seconds from the
-    positive clip's start (NaN-padded) and tempo (bpm; 0 for "bounce").
+    Returns video uint8 (Fw, 3, S, S), audio float32 (Lw,), events (max_events,) in seconds from the
+    positive clip's start (NaN-padded; long clips need more than EVENTS_MAX) and tempo (bpm; 0 for "bounce").
     """
     rng = np.random.default_rng(seed)
     S, Fw, sr = clip.size, clip.window_frames, clip.sample_rate
@@ -546,8 +546,8 @@ def synthetic_clip(seed: int, clip: ClipConfig, variant: str = "bounce") -> dict
         raise ValueError(f"unknown synthetic variant {variant!r}; choose from {VARIANTS}")
     offset = clip.margin / clip.fps
     ev = np.unique(np.round(np.asarray(events, np.float64) - offset, 6))
-    ev = ev[(ev >= 0) & (ev < clip.duration)][:EVENTS_MAX]
-    padded = np.full(EVENTS_MAX, np.nan, np.float32)
+    ev = ev[(ev >= 0) & (ev < clip.duration)][:max_events]
+    padded = np.full(max_events, np.nan, np.float32)
     padded[:len(ev)] = ev
     video = torch.from_numpy((canvas * 255).round().clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2)  # (Fw, 3, S, S)
     audio = torch.from_numpy(np.clip(wav, -1, 1))  # (Lw,)

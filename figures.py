@@ -39,14 +39,14 @@ VIDEO_WIDTH_PX = 256  # display width of a video on the page; 16 px clips are up
 DB_PER_LOG10 = 20.0  # the front end's log10 is of a magnitude (power 1), so 20·log10 is dB
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
     """Write a matplotlib Figure as a PNG, atomically."""
     with checkpoint.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
     return Path(path)
 
 
-def _new_figure(width_in: float, height_in: float, **kw):
+def new_figure(width_in: float, height_in: float, **kw):
     """A Figure with the Agg renderer, outside pyplot (nothing to close, no global state)."""
     from matplotlib.figure import Figure
     return Figure(figsize=(width_in, height_in), dpi=DPI, **kw)
@@ -69,7 +69,7 @@ def mel_figure(path, mels: dict, *, events=None, title: str = "") -> Path:
     in Hz; the true `events` (s, NaNs ignored) as dashed lines in every panel. Returns `path` (a PNG)."""
     import librosa.display
     assert mels, "mel_figure needs at least one mel"
-    fig = _new_figure(MEL_WIDTH_IN, MEL_PANEL_IN * len(mels) + (0.3 if title else 0), layout="constrained")
+    fig = new_figure(MEL_WIDTH_IN, MEL_PANEL_IN * len(mels) + (0.3 if title else 0), layout="constrained")
     axes = fig.subplots(len(mels), 1, sharex=True, squeeze=False)[:, 0]
     ev = _event_times(events)
     for i, (ax, (label, mel)) in enumerate(zip(axes, mels.items())):
@@ -93,7 +93,7 @@ def mel_figure(path, mels: dict, *, events=None, title: str = "") -> Path:
         axes[0].legend(loc="upper right", fontsize=7, framealpha=0.7)
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def frame_strip(path, rows: dict, *, fps: int = data.FPS, every: int = 1, events=None, title: str = "") -> Path:
@@ -121,7 +121,7 @@ def frame_strip(path, rows: dict, *, fps: int = data.FPS, every: int = 1, events
     left = 16 + 7 * max(len(k) for k in videos)
     bottom, top = 44, (40 if title else 14)
     w_px, h_px = canvas.shape[1] * scale, canvas.shape[0] * scale
-    fig = _new_figure((w_px + left + 12) / DPI, (h_px + bottom + top) / DPI)
+    fig = new_figure((w_px + left + 12) / DPI, (h_px + bottom + top) / DPI)
     fw, fh = fig.get_size_inches() * DPI
     ax = fig.add_axes([left / fw, bottom / fh, w_px / fw, h_px / fh])
     ax.imshow(canvas, interpolation="nearest")
@@ -145,7 +145,7 @@ def frame_strip(path, rows: dict, *, fps: int = data.FPS, every: int = 1, events
                    fontsize=7, frameon=False, borderaxespad=0.2)
     if title:
         fig.text(left / fw, 1 - 8 / fh, title, fontsize=11, va="top")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------
