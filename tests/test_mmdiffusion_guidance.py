@@ -8,22 +8,19 @@ the official ModelVarType.FIXED_SMALL (lines 299-301); its released scripts run 
 gives. Its random draws are matched by handing both samplers the same start noise and serving its per-step
 th.randn_like (lines 453-454: video, then audio) from our generator, in the order diffusion.py documents.
 """
-import math
 import sys
 import types
 
 import pytest
 import torch
-from torch import nn
 
 from conftest import SHARED, shared_file
-from diffusion import Diffusion, DiffusionConfig
+from diffusion import Diffusion
+from test_diffusion import LINEAR_EPS, SHAPES, Coupled
 
 REF = SHARED / "reference" / "mm-diffusion"
-SHAPES = {"video": (2, 3, 2, 4, 4), "audio": (2, 5, 12)}  # (B, F, C, H, W), (B, M, T); B = 2 shows the batch mean
-B = SHAPES["video"][0]
+B = SHAPES["video"][0]  # 2: the official batch mean (line 815) is seen
 OTHER = {"video": "audio", "audio": "video"}
-LINEAR_EPS = DiffusionConfig(schedule="linear", prediction="eps")  # MM-Diffusion §4.1: linear β, ε-prediction
 
 
 @pytest.fixture(scope="module")
@@ -38,28 +35,6 @@ def official():
     from mm_diffusion import multimodal_gaussian_diffusion as gd
     from mm_diffusion import multimodal_respace as respace
     return gd, respace
-
-
-class Coupled(nn.Module):
-    """A fixed ε-prediction stand-in whose x̂₀ of each modality is a linear map of the other plus half its own
-    input: x̂₀ᵥ = Wᵥ·aₙ + vₙ/2, x̂₀ₐ = Wₐ·vₙ + aₙ/2, so each condition's step depends on the other modality
-    (the gradient of Eq. 12 is not zero) and x̂₀ stays O(1) at every n."""
-
-    def __init__(self, d):
-        super().__init__()
-        self.d = d
-        g = torch.Generator().manual_seed(9)
-        size = {k: math.prod(s[1:]) for k, s in SHAPES.items()}
-        self.W = nn.ParameterDict({k: nn.Parameter(torch.randn(size[k], size[OTHER[k]], generator=g) / 6)
-                                   for k in SHAPES})
-
-    def forward(self, x, n):
-        out = {}
-        for k in x:
-            x0 = (x[OTHER[k]].flatten(1) @ self.W[k].T).view(x[k].shape) + x[k] / 2
-            ab = self.d.alphas_cumprod[n].view(-1, *[1] * (x[k].ndim - 1)).to(x[k].dtype)
-            out[k] = (x[k] - ab.sqrt() * x0) / (1 - ab).sqrt()  # ε from x̂₀ = (xₙ − √(1−ᾱ)·ε) / √ᾱ
-        return out
 
 
 def official_sample(official, model, cond, steps, seed, class_scale, use_fp16, clip):
