@@ -207,9 +207,11 @@ class Diffusion:
         3. guidance λ > 0 with guidance_form
            "cmmd":        â₀ = ā₀ − λ·√ᾱₙ·∇_{xₙ} ‖m ⊙ (x₀ − x̂₀)‖² over the known elements (Eq. 3; [choice] ‖·‖²
                           summed over elements), then ε̂ is re-derived from â₀: ε̂ = (xₙ − √ᾱₙ·â₀) / √(1−ᾱₙ);
-           "mmdiffusion": after the update, xₙ₋₁ −= λ·√ᾱₙ·∇_{xₙ} mean ‖xₙ₋₁ − q(xₙ₋₁|x₀)‖² over the known
-                          elements of each example (MM-Diffusion Eq. 12 as its official code runs it: √ᾱₙ where
-                          the paper prints √(1−ᾱₙ), no guidance on the last step);
+           "mmdiffusion": after the update (σₙ·z included), xₙ₋₁ −= λ·√ᾱₙ·∇_{xₙ} mean ‖xₙ₋₁ − q(xₙ₋₁|x₀)‖² over
+                          the known elements of each example, the known modality stepped too (MM-Diffusion Eq. 12
+                          as its official code runs it, multimodal_gaussian_diffusion.py:811-817: √ᾱ of the input's
+                          step n and ∇ with respect to the input xₙ, where the paper prints √(1−ᾱ_t) and ∇_{a_t} of
+                          the step t it produces; no guidance on the last step, :796);
            the gradient is taken with respect to the modalities that have unknown parts;
         4. clip_x0 clamps x̂₀ to [-1, 1] (pixels and waveforms) and re-derives ε̂ from it (as GLIDE);
         5. the sampler's update from xₙ, x̂₀, ε̂ to xₙ₋₁ (`ddim_update`, `dpmpp_2m_update`).
@@ -217,13 +219,17 @@ class Diffusion:
         data prediction, so the guided â₀ is the data prediction it integrates, and its history keeps the
         guided â₀ (the one the previous step actually took), so that its second-order term extrapolates the
         trajectory that was followed, not a counterfactual unguided one. Guidance never changes the known part.
-        [mmdiffusion] The official sampler also averages over the batch and leaves its fp16 loss scale 2²⁰ in
-        the gradient: its classifier_scale 3 at batch 2 is λ = 3·2²⁰/2 here.
+        [mmdiffusion] The official sampler also averages over the batch (:815) and, with use_fp16 as its released
+        scripts run, leaves its loss scale 2²⁰ in the gradient (:812-815): its classifier_scale 3 at batch 2 is
+        λ = 3·2²⁰/2 here. It is DDPM only: eta_ddim=1 with this form is it with the variance β̃ (its FIXED_SMALL;
+        the released scripts use β, FIXED_LARGE), tests/test_mmdiffusion_guidance.py.
         λ = 0 never touches autograd. eta_ddim > 0 (DDIM only) draws σₙ·z (Song et al. 2021, Eq. 16; 1 is
         DDPM with the posterior variance β̃). Noise is drawn from `generator` in this order: one tensor per
         modality in MODALITIES order (the start of its unknown part and the ε of its known part), then per
-        step, if eta_ddim > 0, one per modality with an unknown part. Returns {modality: x₀}, with the known
-        part exactly as given (a wholly known modality is returned as the given tensor).
+        step, if eta_ddim > 0, one per modality stepped, in MODALITIES order: those with an unknown part and,
+        with "mmdiffusion" guidance, the wholly known ones (the official p_sample noises both). Returns
+        {modality: x₀}, with the known part exactly as given (a wholly known modality is returned as the given
+        tensor).
         """
         cfg = dataclasses.replace(cfg or SamplerConfig(), **overrides)
         known = Known(cond or {}, mask or {})
@@ -278,6 +284,9 @@ class Diffusion:
                 # σₙ(η) of DDIM (Song et al. 2021, Eq. 16)
                 sigma = cfg.eta_ddim * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
                 x_prev = {k: update(x_in[k], x0[k], eps[k], ab, ab_prev, sigma, history[k]) for k in step}
+                if cfg.eta_ddim > 0:  # σₙ·z on every modality stepped: a known one's enters the "mmdiffusion" error
+                    for k in (k for k in MODALITIES if k in step):
+                        x_prev[k] = x_prev[k] + sigma * _randn(shapes[k], generator, device, dtype)
                 if guided and cfg.guidance_form == "mmdiffusion" and i + 1 < len(ts):
                     grads = _grads(known.forward_error(x_prev, math.sqrt(ab_prev), math.sqrt(1 - ab_prev)),
                                    [x_in[k] for k in gen])
@@ -285,8 +294,6 @@ class Diffusion:
                         x_prev[k] = x_prev[k] - cfg.guidance * sa * g  # x̃ = x − λ·√ᾱₙ·∇ (MM-Diffusion Eq. 12 as coded)
             for k in gen:
                 x[k] = x_prev[k].detach()
-                if cfg.eta_ddim > 0:
-                    x[k] = x[k] + sigma * _randn(shapes[k], generator, device, dtype)
         return known.result(x)
 
 

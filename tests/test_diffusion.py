@@ -298,6 +298,34 @@ class VideoFromAudio(nn.Module):
         return out
 
 
+class Coupled(nn.Module):
+    """A fixed stand-in whose x̂₀ of each modality is linear in both inputs: x̂₀ᵥ = Wᵥ·aₙ + (1/2 + Vᵥ)·vₙ,
+    x̂₀ₐ = Wₐ·vₙ + (1/2 + Vₐ)·aₙ over the flattened elements, output as 𝐯 or ε (d.cfg.prediction). Every element's
+    reconstruction depends on every element of both modalities (guidance has a gradient both ways, and from a
+    known part to the unknown part of the same modality) and x̂₀ stays O(1) at every n."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.d = d
+        g = torch.Generator().manual_seed(9)
+        size = {k: math.prod(s[1:]) for k, s in SHAPES.items()}
+        other = {"video": "audio", "audio": "video"}
+        self.W = nn.ParameterDict({k: nn.Parameter(torch.randn(size[k], size[other[k]], generator=g) / 6)
+                                   for k in SHAPES})
+        self.V = nn.ParameterDict({k: nn.Parameter(torch.randn(size[k], size[k], generator=g) / 16) for k in SHAPES})
+
+    def forward(self, x, n):
+        out = {}
+        for k, o in (("video", "audio"), ("audio", "video")):
+            x0 = (x[o].flatten(1) @ self.W[k].T + x[k].flatten(1) @ self.V[k].T).view(x[k].shape) + x[k] / 2
+            ab = bc(self.d.alphas_cumprod[n], x[k])
+            if self.d.cfg.prediction == "v":  # from x̂₀ = √ᾱ·xₙ − √(1−ᾱ)·𝐯
+                out[k] = (ab.sqrt() * x[k] - x0) / (1 - ab).sqrt()
+            else:  # from x̂₀ = (xₙ − √(1−ᾱ)·ε) / √ᾱ
+                out[k] = (x[k] - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return out
+
+
 def guided_loop(d, model, v0, steps, seed, lam):
     """CMMD Eq. 3 written out, with autograd on the audio."""
     g = torch.Generator().manual_seed(seed)
