@@ -40,7 +40,8 @@ CMMD_FRAMES, MEL_BINS, MEL_STEPS = 18, 80, 112  # a training clip (SPEC §1, dat
 LATENT_CHANNELS = 4  # SD-VAE latents (SPEC §1)
 STEP_N = 500  # the diffusion step fed to the networks; the cost does not depend on it
 QUICK = dict(warmup=1, runs=3, budget=60.0)  # --quick: at most `budget` s of timed runs per model on a CPU
-E2E_STEPS = (200, 25)  # sampler steps of the end-to-end table: the paper's, and a fast setting
+QUICK_STEPS = 5  # sampler steps actually run per setting with --quick on a CPU (the rest extrapolated)
+SAMPLER_STEPS = (10, 15, 25, 50, 100, 200)  # the step counts of the sampler table (experiments/samplers.py's)
 FULL = {"cuda": dict(warmup=5, runs=20, budget=0.0), "cpu": dict(warmup=1, runs=5, budget=0.0)}
 # The official MM-Diffusion code, a test reference outside the repository (see its SOURCE.txt).
 SHARED = Path(os.environ.get("CMMD_SHARED", Path(__file__).resolve().parent.parent / "shared"))
@@ -229,51 +230,97 @@ def function_evaluation(args, device: torch.device) -> list[Section]:
     return [fe, ratio]
 
 
-def end_to_end(args, device: torch.device) -> list[Section]:
-    """Latency of `sample.py --v2a` on one 3.6 s clip (36 frames at 128 px), stage by stage: decode the
-    mp4, SD-VAE encode, S DDIM steps of the paper preset, MelGAN vocoder, mux. Random weights: the cost
-    does not depend on them. With --quick on a CPU only S = 25 runs and S = 200 is extrapolated from it."""
-    import tempfile
-
-    import data
+def paper_pipeline(device: torch.device, clip):
+    """The paper preset with the SD-VAE and MelGAN at random weights (the cost does not depend on them)."""
     import diffusion
     import melgan
     import pipeline
-    import sample
     import vae
-    clip = data.ClipConfig(frames=36, size=128)
     model = unet.UNet(unet.preset("paper")).to(device).eval()
     codecs = {"video": vae.SDVAECodec(vae.AutoencoderKL(vae.VAEConfig())).to(device),
               "audio": pipeline.MelCodec(melgan.Generator(melgan.MelGANConfig()).to(device).eval().vocode)}
-    pipe = pipeline.Pipeline(model, diffusion.Diffusion(diffusion.DiffusionConfig()), codecs, clip, {})
+    return pipeline.Pipeline(model, diffusion.Diffusion(diffusion.DiffusionConfig()), codecs, clip, {})
+
+
+def end_to_end(args, device: torch.device) -> list[Section]:
+    """Latency of `sample.py --v2a` on one 3.6 s clip (36 frames at 128 px), stage by stage: decode the
+    mp4, SD-VAE encode, the sampler (the paper's 200 DDIM steps, and sample.py's default), MelGAN vocoder,
+    mux; then the sampling time per clip of every sampler and step count, without and with guidance.
+    With --quick on a CPU each sampler runs QUICK_STEPS steps and longer runs are extrapolated from them
+    (a step's cost does not depend on the step count)."""
+    import tempfile
+
+    import data
+    import pipeline
+    import sample
+    clip = data.ClipConfig(frames=36, size=128)
+    pipe = paper_pipeline(device, clip)
+    if args.compile:
+        pipe.net = pipeline.compile_net(pipe.net, device)
     item = data.synthetic_clip(0, data.ClipConfig(frames=36, size=512, margin=0), "dance")
+    quick = args.quick and device.type == "cpu"
+    settings = [("ddim", 200), (sample.DEFAULT_SAMPLER["sampler"], sample.DEFAULT_SAMPLER["steps"])]
+    names = [f"{s} {n}" for s, n in settings]
     section = Section("End-to-end `sample.py --v2a`, 3.6 s clip at 128 px (batch 1, seconds)",
-                      ["stage", *(f"S = {s}" for s in E2E_STEPS)], [])
+                      ["stage", *names], [])
+    columns = {}
     with tempfile.TemporaryDirectory() as tmp:
         src = data.write_mp4(f"{tmp}/in.mp4", item["video"], item["audio"])
-        columns = {}
-        for steps in E2E_STEPS:
-            run = 25 if args.quick and device.type == "cpu" else steps
+        for (sampler, steps), name in zip(settings, names):
+            run = min(steps, QUICK_STEPS) if quick else steps
             watch = sample.Stopwatch()
             with watch("decode mp4"):
                 frames = data.read_av(src, frames=clip.frames, size=clip.size).video.float() / 127.5 - 1
-            out = sample.generate(pipe, pipe.sampler(sampler="ddim", steps=run), cond={"video": frames[None]},
+            out = sample.generate(pipe, pipe.sampler(sampler=sampler, steps=run), cond={"video": frames[None]},
                                   generator=torch.Generator(device).manual_seed(0), stopwatch=watch)
             with watch("mux mp4"):
                 data.write_mp4(f"{tmp}/out.mp4", frames, out["audio"][0])
-            t = {k.replace(f" (ddim, {run} steps)", ""): v for k, v in watch.seconds.items()}
-            if run != steps:
-                t["sample"] *= steps / run
-            columns[steps] = (t, run != steps)
-    stages = list(columns[E2E_STEPS[0]][0])
-    for stage in stages:
-        label = {"encode": "SD-VAE encode", "sample": "DDIM sampling", "decode audio": "MelGAN vocoder"}.get(stage, stage)
-        section.rows.append([label, *(f"{columns[s][0][stage]:.2f}" + (" (extrapolated)" if columns[s][1] and stage == "sample" else "")
-                                      for s in E2E_STEPS)])
-    section.rows.append(["total", *(f"{sum(columns[s][0].values()):.2f}" for s in E2E_STEPS)])
-    section.records = [dict(steps=s, extrapolated=columns[s][1], **columns[s][0]) for s in E2E_STEPS]
-    section.notes = ["Paper preset (108 M) on 4×16×36 latents + 80×224 mel; random SD-VAE and MelGAN weights."]
-    return [section]
+            t = {("sample" if k.startswith("sample") else k): v for k, v in watch.seconds.items()}
+            t["sample"] *= steps / run
+            columns[name] = (t, run != steps)
+    for stage in columns[names[0]][0]:
+        label = {"encode": "SD-VAE encode", "sample": "sampling", "decode audio": "MelGAN vocoder"}.get(stage, stage)
+        section.rows.append([label, *(f"{columns[c][0][stage]:.2f}" + (" (extrapolated)" if columns[c][1] and stage == "sample"
+                                                                       else "") for c in names)])
+    section.rows.append(["total", *(f"{sum(columns[c][0].values()):.2f}" for c in names)])
+    section.records = [dict(setting=c, extrapolated=columns[c][1], **columns[c][0]) for c in names]
+    section.notes = ["Paper preset (108 M) on 4×16×36 latents + 80×224 mel; random SD-VAE and MelGAN weights; no "
+                     "guidance (sample.py's default λ = 0)" + ("; torch.compile'd network" if args.compile else "") + "."]
+    return [section, samplers(args, device, pipe, clip)]
+
+
+def samplers(args, device: torch.device, pipe, clip) -> Section:
+    """Sampling seconds per clip (video→audio, batch 1: the network's steps on SD-VAE latents, no codecs) of
+    each sampler at each step count, without guidance and with it (a backward pass per step): the cost side
+    of experiments/samplers.py's quality table."""
+    import diffusion
+    import sample
+    g = torch.Generator().manual_seed(0)
+    side = clip.size // pipe.codecs["video"].factor
+    latents = torch.randn(1, clip.frames, pipe.codecs["video"].channels, side, side, generator=g).to(device)  # (1, F, C, H, W)
+    shapes = {"audio": (1, pipe.codecs["audio"].channels, pipe.codecs["audio"].steps(clip.samples))}  # (1, M, T)
+    quick = args.quick and device.type == "cpu"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    section = Section("Sampling per clip, 3.6 s video→audio at 128 px (batch 1, seconds)",
+                      ["sampler", "guidance", *(f"S = {s}" for s in SAMPLER_STEPS)], [])
+    for sampler in diffusion.SAMPLERS:
+        for lam in (0.0, 1.0):
+            per_step = {}
+            for steps in ([QUICK_STEPS] if quick else SAMPLER_STEPS):
+                watch = sample.Stopwatch()
+                with watch("sample"), autocast:
+                    pipe.diffusion.sample(pipe.net, shapes, pipe.sampler(sampler=sampler, steps=steps, guidance=lam),
+                                          cond={"video": latents}, generator=torch.Generator(device).manual_seed(0),
+                                          progress=False)
+                per_step[steps] = watch.seconds["sample"] / steps
+            cells = [per_step[s if s in per_step else QUICK_STEPS] * s for s in SAMPLER_STEPS]
+            section.rows.append([sampler, "λ > 0" if lam else "none", *(f"{c:.2f}" for c in cells)])
+            section.records.append(dict(sampler=sampler, guidance=lam, steps=list(SAMPLER_STEPS), seconds=cells,
+                                        extrapolated=quick))
+    section.notes = [(f"Extrapolated from one run of each sampler at {QUICK_STEPS} steps (--quick)." if quick
+                      else "Each cell one run.") + " Encoding, vocoder and I/O are in the table above; a guided step "
+                     "adds a backward pass through the network."]
+    return section
 
 
 def sections(args, device: torch.device) -> list[Section]:
@@ -291,7 +338,8 @@ def main():
     p.add_argument("--modes", nargs="+", choices=["fp32", "bf16"],
                    help="precision modes (default: fp32 on CPU; fp32 and bf16 autocast on CUDA)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="also time torch.compile'd models (compile time goes into the warm-up)")
+                   help="also time torch.compile'd models (compile time goes into the warm-up), and compile "
+                        "the end-to-end network (CUDA graphs on a GPU: pipeline.compile_net)")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=False,
                    help="allow TF32 in CUDA fp32 matmuls and convolutions (off: true fp32, like the paper's GPU)")
     p.add_argument("--warmup", type=int, help="untimed forward passes per model and mode (default: see --quick)")
