@@ -302,10 +302,9 @@ def _read_audio(container, path, start, samples, sample_rate, duration, check) -
     bad = int((~np.isfinite(wav)).sum())
     if bad:
         raise BadInput(f"{path}: audio has {bad} non-finite samples")
-    end = _stream_end(stream)
-    if check and end is not None and t0 + len(wav) / rate + TRUNCATION_SLACK < end:
-        raise BadInput(f"{path}: truncated (audio decodes to {t0 + len(wav) / rate:.2f} s of the {end:.2f} s "
-                       f"its header gives)")
+    end, decoded_end = _stream_end(stream), t0 + len(wav) / rate
+    if check and end is not None and decoded_end + TRUNCATION_SLACK < end:
+        raise BadInput(f"{path}: truncated (audio decodes to {decoded_end:.2f} s of the {end:.2f} s its header gives)")
     if rate != sample_rate:
         wav = librosa.resample(wav, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
     offset = int(round((start - t0) * sample_rate))  # timestamps align audio to video
@@ -314,7 +313,7 @@ def _read_audio(container, path, start, samples, sample_rate, duration, check) -
     lo, hi = max(offset, 0), min(offset + n, len(wav))
     if hi > lo:
         out[lo - offset:hi - offset] = wav[lo:hi]
-    return torch.from_numpy(out), t0 + len(wav) / rate  # (L,)
+    return torch.from_numpy(out), decoded_end  # (L,)
 
 
 def read_av(path, *, start: float = 0.0, frames: int | None = None, size: int = 64, fps: int = FPS,
