@@ -783,7 +783,9 @@ def prepare(data: str, out, *, clip: ClipConfig, root=None, num_clips: dict | No
             for p in files:
                 key = f"{p.stem[:60]}-{_stable_int(p.relative_to(root)) % 16 ** 8:08x}"
                 jobs.append((split, key, [p]))
-    checkpoint.write_text(cfg_path, json.dumps(meta, indent=1))  # only once the sources are known to exist
+    text = json.dumps(meta, indent=1)
+    if not cfg_path.exists() or cfg_path.read_text() != text:  # once the sources are known; a rerun changes nothing
+        checkpoint.write_text(cfg_path, text)
     counts = {"clips": 0, "shards": 0, "resumed": 0, "skipped": 0, "reasons": {}}
     bar = tqdm(jobs, desc=f"prepare {data}", unit="shard" if data == "synthetic" else "file", disable=not progress)
     for split, key, sources in bar:

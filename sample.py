@@ -317,6 +317,8 @@ def run(a):
                 raise
             print(f"error: {e} (skipped)", file=sys.stderr)
             failed.append(f)
+    if files and not inputs:  # nothing left to sample: no model to load
+        sys.exit(f"0 of {len(files)} inputs usable; nothing written")
     vocoder = None
     if a.vocoder:
         import melgan
