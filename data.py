@@ -242,11 +242,11 @@ def _read_video(container, path, start, frames, size, fps, duration, check) -> t
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     last_time, last_end, stopped_early = None, 0.0, False
+    rate = stream.average_rate or fps  # a frame's duration where the decoder gives none
     for frame in container.decode(stream):
         if frame.time is None:
             continue
         last_time = frame.time
-        rate = stream.average_rate or fps
         last_end = frame.time + (float(frame.duration * frame.time_base) if frame.duration else float(1 / rate))
         d = np.abs(targets - frame.time)
         better = d < best
@@ -474,7 +474,7 @@ def write_soundtrack(src, dst, audio: torch.Tensor, sample_rate: int = SAMPLE_RA
             for p in inp.demux(*([vin] + ([ain] if ain is not None else []))):
                 if p.pts is None and p.dts is None:  # the demuxer's empty end-of-stream packet
                     continue
-                if p.stream is vin:
+                if p.stream is vin and p.pts is not None:
                     p.dts = next(dts, p.dts)
                 if p.stream is ain and not copy_kept:
                     for frame in p.decode():

@@ -450,3 +450,19 @@ def test_metrics_over_the_corpus(corpus, tmp_path):
                         (["--device", "foo"], ["--device 'foo'"]), (["--json", tmp_path], ["a directory", "--json"])):
         one_error(run("metrics.py", "--gen", gen, "--ref", ref, "--metrics", "beat", *args), *words)
     assert_untouched(tmp_path, before)
+
+
+# ---- 5.1 sound (group 12) ------------------------------------------------------------------------------------------
+
+def test_surround_is_downmixed_as_itu_bs775(tmp_path):
+    """One channel of a 5.1 file at a time: the mono mix is (L + R)/2 + 0.7071·C + 0.7071·(Ls + Rs)/2, the
+    ITU-R BS.775 stereo downmix averaged, and the LFE is left out (a plain mean would give every channel 1/6)."""
+    rate, gains = 16000, {"FL": 0.5, "FR": 0.5, "FC": 0.7071, "LFE": 0.0, "BL": 0.7071 / 2, "BR": 0.7071 / 2}
+    for i, (name, gain) in enumerate(gains.items()):
+        wav = np.zeros((6, rate), np.float32)
+        wav[i] = tone(1.0, rate)[0]
+        f = write_media(tmp_path / f"{name}.wav", video=False, acodec="pcm_f32le", channels=6, wav=wav)
+        with av.open(str(f)) as c:
+            assert c.streams.audio[0].layout.channels[i].name == name
+        mono = data.read_av(f, need_video=False).audio
+        assert torch.allclose(mono, gain * torch.from_numpy(wav[i]), atol=1e-5), name
