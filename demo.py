@@ -202,6 +202,7 @@ def run(a):
         if getattr(a, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
     cli.check_range("show", a.show, 0)
+    cli.check_range("minutes", a.minutes, 0)
     for d in DIRECTIONS:
         cli.check_range(f"guidance-{d}", getattr(a, f"guidance_{d}"), 0)
     if a.eval_only and train.latest_checkpoint(out / "model") is None:
