@@ -71,7 +71,8 @@ def check_range(flag: str, value, low=None, high=None, *, above: bool = False) -
     before any work. Finiteness comes first: NaN compares false with everything, so `x < 0` lets it through."""
     if value is None:
         return
-    ok = math.isfinite(value) and (low is None or (value > low if above else value >= low)) and (high is None or value <= high)
+    ok = (math.isfinite(value) and (low is None or (value > low if above else value >= low))
+          and (high is None or value <= high))
     if not ok:
         want = [f"{'>' if above else '>='} {low:g}"] if low is not None else []
         want += [f"<= {high:g}"] if high is not None else []

@@ -201,12 +201,12 @@ def _check_packets(container, path):
     for stream in container.streams:
         end, got = _stream_end(stream), ends.get(stream.index, 0.0)
         if stream.type in ("video", "audio") and end is not None and got + TRUNCATION_SLACK < end:
-            raise BadInput(f"{path}: truncated ({stream.type} data ends at {got:.2f} s of the {end:.2f} s its header gives)")
+            raise BadInput(f"{path}: truncated ({stream.type} data ends at {got:.2f} s of the {end:.2f} s its header "
+                           f"gives)")
     if container.duration is not None and all(_stream_end(s) is None for s in container.streams):
-        total = container.duration / 1e6 + (container.start_time or 0) / 1e6
-        if max(ends.values(), default=0.0) + TRUNCATION_SLACK < total:
-            raise BadInput(f"{path}: truncated (data ends at {max(ends.values(), default=0.0):.2f} s of the {total:.2f} s "
-                           f"its header gives)")
+        total, got = (container.duration + (container.start_time or 0)) / 1e6, max(ends.values(), default=0.0)
+        if got + TRUNCATION_SLACK < total:
+            raise BadInput(f"{path}: truncated (data ends at {got:.2f} s of the {total:.2f} s its header gives)")
 
 
 def _crop_resize(rgb: np.ndarray, size: int) -> torch.Tensor:
@@ -452,7 +452,8 @@ def write_soundtrack(src, dst, audio: torch.Tensor, sample_rate: int = SAMPLE_RA
             aout.disposition = av.stream.Disposition.default
             packets = _aac_packets(aout, wav, sample_rate)
             kept, kept_packets = None, []
-            copy_kept = ain is not None and ain.codec_context.name in ("aac", "mp3", "opus", "ac3", "eac3", "alac", "flac")
+            copy_kept = ain is not None and ain.codec_context.name in ("aac", "mp3", "opus", "ac3", "eac3", "alac",
+                                                                       "flac")
             if ain is not None:
                 if copy_kept:
                     kept = out.add_stream_from_template(ain)

@@ -82,7 +82,6 @@ from abc import ABC, abstractmethod
 import argparse
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple

@@ -197,8 +197,9 @@ def check_network(pipe: pipeline.Pipeline, device) -> None:
     if clip.size % codecs["video"].factor:
         raise ValueError(f"--size {clip.size} must be divisible by the video codec's factor {codecs['video'].factor}")
     side = clip.size // codecs["video"].factor
+    T = codecs["audio"].steps(clip.samples)
     x = {"video": torch.zeros(1, clip.frames, codecs["video"].channels, side, side, device=device),  # (1, F, C, H, W)
-         "audio": torch.zeros(1, codecs["audio"].channels, codecs["audio"].steps(clip.samples), device=device)}  # (1, M, T)
+         "audio": torch.zeros(1, codecs["audio"].channels, T, device=device)}  # (1, M, T)
     pipe.net.eval()  # no dropout: the check draws no random numbers
     try:
         with torch.no_grad():

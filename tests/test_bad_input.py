@@ -81,7 +81,8 @@ def write_media(path, *, size=(32, 24), seconds=SECONDS, fps=10, vcodec="libx264
                 c.mux(vs.encode(frame))
             c.mux(vs.encode())
         for s in streams:
-            _encode_audio(c, s, wav if wav is not None else tone(seconds - audio_start, rate, channels), rate, audio_start)
+            w = wav if wav is not None else tone(seconds - audio_start, rate, channels)
+            _encode_audio(c, s, w, rate, audio_start)
     return path
 
 
@@ -186,7 +187,8 @@ def stream_durations(path) -> dict:
     """{"video": s, "audio": [s, ...]} of an output file, from its streams' headers."""
     with av.open(str(path)) as c:
         seconds = [(s.type, float(s.duration * s.time_base)) for s in c.streams if s.duration]
-    return {"video": next((d for t, d in seconds if t == "video"), None), "audio": [d for t, d in seconds if t == "audio"]}
+    return {"video": next((d for t, d in seconds if t == "video"), None),
+            "audio": [d for t, d in seconds if t == "audio"]}
 
 
 def decoded_seconds(path) -> float:
@@ -224,8 +226,8 @@ def test_v2a_over_the_corpus(tiny_ckpt, corpus, tmp_path):
     before = snapshot(out)
     bad = {"nan.wav": "no video stream", "inf.mkv": "audio has 10 non-finite samples",
            "cutfs.mp4": "truncated (video data ends at", "cut.mp4": "not a readable media file",
-           "empty.mp4": "empty file", "text.mp4": "not a readable media file", "random.mp4": "not a readable media file",
-           "missing.mp4": "no such file"}
+           "empty.mp4": "empty file", "text.mp4": "not a readable media file",
+           "random.mp4": "not a readable media file", "missing.mp4": "no such file"}
     valid = [corpus / name for name in VALID_VIDEOS]
     proc = run("sample.py", "--ckpt", tiny_ckpt, "--steps", "1", "--keep-audio", "--out", out,
                "--v2a", *valid, *(corpus / name for name in bad))
@@ -350,7 +352,8 @@ PREPARE = ["--frames", "6", "--size", "16"]  # windows of 6 + 2 · 4 frames, 1.4
 
 def test_prepare_and_train_over_the_corpus(corpus, tmp_path):
     src = tmp_path / "videos"
-    valid = ["portrait.mp4", "vfr.mp4", "mono8k.mp4", "clip.webm", "odd444.mp4", "surround.mp4", "sp ace/ünï cödé.mp4"]
+    valid = ["portrait.mp4", "vfr.mp4", "mono8k.mp4", "clip.webm", "odd444.mp4", "surround.mp4",
+             "sp ace/ünï cödé.mp4"]
     bad = {"inf.mkv": "audio has 10 non-finite samples", "cutfs.mp4": "truncated", "cut.mp4": "not a readable",
            "oneframe.mp4": "video shorter than one clip", "empty.mp4": "empty file", "text.mp4": "not a readable",
            "noaudio.mp4": "no audio stream"}
@@ -410,7 +413,8 @@ def test_prepare_flags_and_paths(corpus, tmp_path):
         before = snapshot(out) if out.is_dir() else None
         one_error(run("data.py", "prepare", "--data", "folder", "--data-root", src, "--out", out, *args), *words)
         assert (snapshot(out) == before) if before is not None else not out.is_dir()
-    one_error(run("data.py", "prepare", "--data", "folder", "--out", tmp_path / "s4"), "--data folder needs --data-root")
+    one_error(run("data.py", "prepare", "--data", "folder", "--out", tmp_path / "s4"),
+              "--data folder needs --data-root")
     assert not (tmp_path / "s4").exists()  # no config.json left behind
 
 
