@@ -188,7 +188,7 @@ def read_input(path: Path, mode: str, clip: data.ClipConfig, prefix: float, seco
                keep_audio: bool = False) -> dict:
     """The condition of one input, whole: {"video", "audio", "known", "duration"}; checks before any work.
     keep_audio (v2a): the input's sound goes into the output too, so it is read and checked as well."""
-    info = data.probe(path, complete=True)
+    info = data.probe(path)  # read_av below checks the packets too (data.probe complete=True)
     need = {"v2a": {"video"} | ({"audio"} if prefix or (keep_audio and info["audio"]) else set()),
             "a2v": {"audio"} | ({"video"} if prefix else set()), "continue": {"video", "audio"}}[mode]
     for kind in sorted(need):
