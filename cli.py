@@ -2,6 +2,7 @@
 the one-line error on stderr with a non-zero exit for every problem a user can cause (STYLE item 13)."""
 import argparse
 import dataclasses
+import math
 import sys
 
 
@@ -65,15 +66,30 @@ def device(name: str):
     return dev
 
 
-def check_writable_dir(path) -> None:
-    """An output folder that exists and is writable, or can be made; one line otherwise, before any work."""
+def check_range(flag: str, value, low=None, high=None, *, above: bool = False) -> None:
+    """A numeric flag that is finite and >= `low` (> `low` with above=True) and <= `high`; one line otherwise,
+    before any work. Finiteness comes first: NaN compares false with everything, so `x < 0` lets it through."""
+    if value is None:
+        return
+    ok = (math.isfinite(value) and (low is None or (value > low if above else value >= low))
+          and (high is None or value <= high))
+    if not ok:
+        want = [f"{'>' if above else '>='} {low:g}"] if low is not None else []
+        want += [f"<= {high:g}"] if high is not None else []
+        kind = "an integer" if isinstance(value, int) else "a finite number"
+        raise ValueError(f"--{flag.replace('_', '-')} must be {kind} {' and '.join(want)}, got {value}")
+
+
+def check_writable_dir(path, flag: str = "--out") -> None:
+    """An output folder (of `flag`) that exists and is writable, or can be made; one line otherwise, before
+    any work."""
     import os
     from pathlib import Path
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{path}: exists and is not a directory (--out must be a folder)")
+        raise ValueError(f"{path}: exists and is not a directory ({flag} needs a folder there)")
     parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
     if not parent.is_dir():
-        raise ValueError(f"{parent}: not a directory, so {path} cannot be made")
+        raise ValueError(f"{parent}: not a directory, so {path} cannot be made ({flag})")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{parent}: not writable (--out {path})")
+        raise ValueError(f"{parent}: not writable ({flag} {path})")

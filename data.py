@@ -49,6 +49,11 @@ class ClipConfig:
     sample_rate: int = SAMPLE_RATE
     margin: int = 4  # video frames each side: room for the 2-4 frame shifts of SPEC §4
 
+    def __post_init__(self):  # the flags of the same names, checked before any work
+        import cli
+        for name, low in (("frames", 1), ("size", 1), ("fps", 1), ("sample_rate", 1), ("margin", 0)):
+            cli.check_range(name, getattr(self, name), low)
+
     @property
     def samples(self) -> int:  # L of the positive clip
         return self.frames * self.sample_rate // self.fps
@@ -154,25 +159,54 @@ class AV(NamedTuple):
     video: torch.Tensor | None  # uint8 (F, 3, size, size)
     audio: torch.Tensor | None  # float32 (L,) at the requested sample rate, mono
     duration: float  # seconds of the source
+    ends: dict = {}  # {"video" | "audio": s}: where each stream read decodes to (its last frame's end)
 
 
-def probe(path) -> dict:
-    """Streams and duration of a media file, without decoding: {"video": bool, "audio": bool, "duration": s}."""
+def probe(path, complete: bool = False) -> dict:
+    """Streams and duration of a media file, without decoding: {"video": bool, "audio": bool, "duration": s}.
+    complete: also read every packet (no decoding, so cheap) and raise BadInput where the packets end more than
+    TRUNCATION_SLACK before the duration the header gives: a file cut short with its index at the front."""
     import av
     path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{path}: a directory, not a media file")
     if not path.is_file():
         raise BadInput(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise BadInput(f"{path}: empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise BadInput(f"{path}: not readable (permission denied)")
     try:
         with av.open(str(path)) as c:
             has = {k: len(getattr(c.streams, k)) > 0 for k in ("video", "audio")}
             durations = [float(s.duration * s.time_base) for s in c.streams if s.duration is not None]
             if c.duration is not None:
                 durations.append(c.duration / 1e6)
-            return {**has, "duration": max(durations, default=0.0)}
+            info = {**has, "duration": max(durations, default=0.0)}
+            if complete:
+                _check_packets(c, path)
+            return info
     except av.FFmpegError as e:
         raise BadInput(f"{path}: not a readable media file ({type(e).__name__})") from None
+
+
+def _check_packets(container, path):
+    """Truncation by the packets alone: each stream's last packet against its header's end; where no stream
+    has one (mkv, webm), the last packet of any stream against the container's duration."""
+    ends: dict = {}  # stream index -> where its last packet ends, s
+    for p in container.demux():
+        if p.pts is not None:
+            i = p.stream.index
+            ends[i] = max(ends.get(i, 0.0), float((p.pts + (p.duration or 0)) * p.time_base))
+    for stream in container.streams:
+        end, got = _stream_end(stream), ends.get(stream.index, 0.0)
+        if stream.type in ("video", "audio") and end is not None and got + TRUNCATION_SLACK < end:
+            raise BadInput(f"{path}: truncated ({stream.type} data ends at {got:.2f} s of the {end:.2f} s its header "
+                           f"gives)")
+    if container.duration is not None and all(_stream_end(s) is None for s in container.streams):
+        total, got = (container.duration + (container.start_time or 0)) / 1e6, max(ends.values(), default=0.0)
+        if got + TRUNCATION_SLACK < total:
+            raise BadInput(f"{path}: truncated (data ends at {got:.2f} s of the {total:.2f} s its header gives)")
 
 
 def _crop_resize(rgb: np.ndarray, size: int) -> torch.Tensor:
@@ -198,19 +232,22 @@ def _stream_end(stream) -> float | None:
     return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
 
 
-def _read_video(container, path, start, frames, size, fps, duration, check) -> torch.Tensor:
-    """Frames at start + k / fps, each the decoded frame with the nearest timestamp."""
+def _read_video(container, path, start, frames, size, fps, duration, check) -> tuple[torch.Tensor, float]:
+    """Frames at start + k / fps, each the decoded frame with the nearest timestamp; and where the decoded
+    frames end (the last one's time plus its duration)."""
     n = frames if frames is not None else max(int(math.floor((duration - start) * fps + 1e-6)), 0)
     targets = start + np.arange(n) / fps
     chosen: list = [None] * n
     best = np.full(n, np.inf)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    last_time, stopped_early = None, False
+    last_time, last_end, stopped_early = None, 0.0, False
+    rate = stream.average_rate or fps  # a frame's duration where the decoder gives none
     for frame in container.decode(stream):
         if frame.time is None:
             continue
         last_time = frame.time
+        last_end = frame.time + (float(frame.duration * frame.time_base) if frame.duration else float(1 / rate))
         d = np.abs(targets - frame.time)
         better = d < best
         if better.any():
@@ -229,7 +266,8 @@ def _read_video(container, path, start, frames, size, fps, duration, check) -> t
     # Past the last decoded frame, repeat it: pad to exactly `frames`.
     last = have[-1]
     out = [c if c is not None else last for c in chosen]
-    return torch.stack(out) if out else torch.zeros(0, 3, size, size, dtype=torch.uint8)  # (F, 3, size, size)
+    video = torch.stack(out) if out else torch.zeros(0, 3, size, size, dtype=torch.uint8)  # (F, 3, size, size)
+    return video, last_end
 
 
 def downmix(a: np.ndarray, channels: list[str]) -> np.ndarray:
@@ -243,8 +281,9 @@ def downmix(a: np.ndarray, channels: list[str]) -> np.ndarray:
     return a.mean(axis=0)
 
 
-def _read_audio(container, path, start, samples, sample_rate, duration, check) -> torch.Tensor:
-    """Mono audio (`downmix`) resampled to `sample_rate`, from `start`, trimmed or zero-padded."""
+def _read_audio(container, path, start, samples, sample_rate, duration, check) -> tuple[torch.Tensor, float]:
+    """Mono audio (`downmix`) resampled to `sample_rate`, from `start`, trimmed or zero-padded; and where the
+    decoded audio ends."""
     import librosa
     stream = container.streams.audio[0]
     chunks, t0, rate = [], None, None
@@ -263,10 +302,9 @@ def _read_audio(container, path, start, samples, sample_rate, duration, check) -
     bad = int((~np.isfinite(wav)).sum())
     if bad:
         raise BadInput(f"{path}: audio has {bad} non-finite samples")
-    end = _stream_end(stream)
-    if check and end is not None and t0 + len(wav) / rate + TRUNCATION_SLACK < end:
-        raise BadInput(f"{path}: truncated (audio decodes to {t0 + len(wav) / rate:.2f} s of the {end:.2f} s "
-                       f"its header gives)")
+    end, decoded_end = _stream_end(stream), t0 + len(wav) / rate
+    if check and end is not None and decoded_end + TRUNCATION_SLACK < end:
+        raise BadInput(f"{path}: truncated (audio decodes to {decoded_end:.2f} s of the {end:.2f} s its header gives)")
     if rate != sample_rate:
         wav = librosa.resample(wav, orig_sr=rate, target_sr=sample_rate, res_type="soxr_hq")
     offset = int(round((start - t0) * sample_rate))  # timestamps align audio to video
@@ -275,7 +313,7 @@ def _read_audio(container, path, start, samples, sample_rate, duration, check) -
     lo, hi = max(offset, 0), min(offset + n, len(wav))
     if hi > lo:
         out[lo - offset:hi - offset] = wav[lo:hi]
-    return torch.from_numpy(out)  # (L,)
+    return torch.from_numpy(out), decoded_end  # (L,)
 
 
 def read_av(path, *, start: float = 0.0, frames: int | None = None, size: int = 64, fps: int = FPS,
@@ -288,24 +326,23 @@ def read_av(path, *, start: float = 0.0, frames: int | None = None, size: int = 
     (a file cut short with its index at the front) is a BadInput, not silently padded."""
     import av
     path = Path(path)
-    info = probe(path)
+    info = probe(path, complete=check_complete)
     for kind, needed in (("video", need_video), ("audio", need_audio)):
         if needed and not info[kind]:
             raise BadInput(f"{path}: no {kind} stream")
     samples = None if frames is None else frames * sample_rate // fps
-    try:
-        out = {}
-        for kind, needed in (("video", need_video), ("audio", need_audio)):
-            if not needed:
-                out[kind] = None
-                continue
+    out, ends = {"video": None, "audio": None}, {}
+    for kind, needed in (("video", need_video), ("audio", need_audio)):
+        if not needed:
+            continue
+        try:
             with av.open(str(path)) as c:  # one pass per stream: seeking in AAC-in-mp4 is unreliable
-                out[kind] = (_read_video(c, path, start, frames, size, fps, info["duration"], check_complete)
-                             if kind == "video" else
-                             _read_audio(c, path, start, samples, sample_rate, info["duration"], check_complete))
-    except av.FFmpegError as e:
-        raise BadInput(f"{path}: corrupt or truncated ({type(e).__name__}: {e})".splitlines()[0]) from None
-    return AV(out["video"], out["audio"], info["duration"])
+                out[kind], ends[kind] = (
+                    _read_video(c, path, start, frames, size, fps, info["duration"], check_complete) if kind == "video"
+                    else _read_audio(c, path, start, samples, sample_rate, info["duration"], check_complete))
+        except av.FFmpegError as e:
+            raise BadInput(f"{path}: corrupt or truncated ({type(e).__name__} while decoding its {kind})") from None
+    return AV(out["video"], out["audio"], info["duration"], ends)
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
@@ -369,29 +406,56 @@ def write_mp4(path, video: torch.Tensor | None, audio: torch.Tensor | None, fps:
     return path
 
 
+def _decode_timestamps(src) -> list | None:
+    """The dts of each packet of the first video stream, in decode order, where the container stores some
+    without (Matroska keeps only pts, and mp4 needs both): the sorted pts moved back by the largest reordering,
+    so that dts rises and never passes pts. None where every packet has its dts."""
+    import av
+    with av.open(str(src)) as c:
+        stamps = [(p.pts, p.dts) for p in c.demux(c.streams.video[0]) if p.pts is not None]
+    if all(d is not None for _, d in stamps):
+        return None
+    pts = [p for p, _ in stamps]
+    order = sorted(pts)
+    delay = max(o - p for o, p in zip(order, pts))
+    return [o - delay for o in order]
+
+
 def write_soundtrack(src, dst, audio: torch.Tensor, sample_rate: int = SAMPLE_RATE, keep_audio: bool = False) -> str:
     """The video of `src` with `audio` (L,) as its soundtrack, written to the mp4 `dst` atomically: the video
-    stream is copied packet for packet (its resolution, frame rate, timestamps and rotation untouched), the
-    audio encoded as AAC at `sample_rate`, mono, starting at time 0 (the time the model's audio starts at,
-    see read_av). keep_audio: the source's first audio track follows as a second, non-default track
-    (copied, or re-encoded as AAC where mp4 cannot hold its codec). Returns what was done, in words."""
+    stream is copied packet for packet (its resolution, frame rate, timestamps and rotation untouched), or
+    re-encoded as H.264 at its own timestamps where mp4 cannot hold its codec (VP8, Theora); the audio encoded
+    as AAC at `sample_rate`, mono, starting at time 0 (the time the model's audio starts at, see read_av).
+    keep_audio: the source's first audio track follows as a second, non-default track (copied, or re-encoded
+    as AAC where mp4 cannot hold its codec). Returns what was done, in words."""
     import av
 
     import checkpoint
     src, dst = Path(src), Path(dst)
     wav = _finite_audio(audio, dst)
-    done = ["video copied"]
     with av.open(str(src)) as inp, checkpoint.atomic_path(dst) as tmp:
         vin = inp.streams.video[0]
         ain = inp.streams.audio[0] if keep_audio and inp.streams.audio else None
         with av.open(str(tmp), "w", format="mp4") as out:
-            vout = out.add_stream_from_template(vin)
+            copy_video = vin.codec_context.name in out.supported_codecs
+            if copy_video:
+                vout = out.add_stream_from_template(vin)
+                done = ["video copied"]
+            else:
+                vout = out.add_stream("libx264", rate=vin.average_rate or FPS)
+                # yuv420p needs even sides
+                vout.width, vout.height = vin.codec_context.width // 2 * 2, vin.codec_context.height // 2 * 2
+                vout.pix_fmt, vout.options = "yuv420p", {"crf": "18"}
+                vout.time_base = vout.codec_context.time_base = vin.time_base  # the source's timestamps as they are
+                done = [f"video re-encoded as H.264 (mp4 cannot hold {vin.codec_context.name})"]
             aout = out.add_stream("aac", rate=sample_rate, layout="mono")
             aout.disposition = av.stream.Disposition.default
             packets = _aac_packets(aout, wav, sample_rate)
             kept, kept_packets = None, []
+            copy_kept = ain is not None and ain.codec_context.name in ("aac", "mp3", "opus", "ac3", "eac3", "alac",
+                                                                       "flac")
             if ain is not None:
-                if out.format.name == "mp4" and ain.codec_context.name in ("aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"):
+                if copy_kept:
                     kept = out.add_stream_from_template(ain)
                     done.append("original audio copied as track 2")
                 else:
@@ -400,23 +464,36 @@ def write_soundtrack(src, dst, audio: torch.Tensor, sample_rate: int = SAMPLE_RA
                 kept.disposition = av.stream.Disposition(0)
             # interleave by time: the generated audio before each video packet that comes after it
             queue = sorted(packets, key=lambda p: float(p.pts * p.time_base))
-            streams = [vin] + ([ain] if ain is not None else [])
-            for p in inp.demux(*streams):
-                if p.dts is None:
-                    continue
-                if p.stream is ain and kept is not None and ain.codec_context.name not in ("aac", "mp3", "opus", "ac3",
-                                                                                            "eac3", "alac", "flac"):
-                    for frame in p.decode():
-                        frame.pts = None
-                        kept_packets += kept.encode(frame)
-                    continue
+
+            def mux(p):
                 t = float(p.dts * p.time_base)
                 while queue and float(queue[0].pts * queue[0].time_base) <= t:
                     out.mux(queue.pop(0))
-                p.stream = vout if p.stream is vin else kept
                 out.mux(p)
+
+            dts = iter(_decode_timestamps(src) or ())
+            for p in inp.demux(*([vin] + ([ain] if ain is not None else []))):
+                if p.pts is None and p.dts is None:  # the demuxer's empty end-of-stream packet
+                    continue
+                if p.stream is vin and p.pts is not None:
+                    p.dts = next(dts, p.dts)
+                if p.stream is ain and not copy_kept:
+                    for frame in p.decode():
+                        frame.pts = None
+                        kept_packets += kept.encode(frame)
+                elif p.stream is vin and not copy_video:
+                    for frame in p.decode():
+                        frame = frame.reformat(width=vout.width, height=vout.height, format="yuv420p")
+                        for q in vout.encode(frame):
+                            mux(q)
+                else:
+                    p.stream = vout if p.stream is vin else kept
+                    mux(p)
+            if not copy_video:
+                for q in vout.encode():
+                    mux(q)
             out.mux(queue)
-            if kept_packets or (kept is not None and "re-encoded" in done[-1]):
+            if kept is not None and not copy_kept:
                 out.mux(kept_packets + kept.encode())
     return ", ".join(done)
 
@@ -620,10 +697,14 @@ def aist_split_files(root) -> dict[str, list[Path]]:
 
 def source_files(data: str, root) -> dict[str, list[Path]]:
     """{split: [video files]} for `--data folder` or `--data aist`."""
+    if data in ("folder", "aist") and root is None:
+        raise BadInput(f"--data {data} needs --data-root DIR")
     if data == "aist":
         return aist_split_files(root)
     if data == "folder":
         files = list_videos(root)
+        if not files:
+            raise BadInput(f"{root}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in it or its subfolders")
         return {s: [p for p in files if folder_split(p.name) == s] for s in FOLDER_SPLIT}
     raise ValueError(f"--data {data!r} has no source files; choose folder or aist")
 
@@ -641,10 +722,14 @@ def video_windows(path, clip: ClipConfig) -> list[dict]:
         raise BadInput(f"{path}: shorter than one clip ({info['duration']:.2f} s < {window_s:.2f} s with margins)")
     av_ = read_av(path, frames=(n - 1) * clip.frames + clip.window_frames, size=clip.size, fps=clip.fps,
                   sample_rate=clip.sample_rate)
-    # A truncated file decodes to less than its header promises: the tail is padding, not content.
-    decoded_s = (av_.audio.abs() > 0).nonzero().max().item() / clip.sample_rate if av_.audio.abs().max() > 0 else 0
-    if decoded_s < min(info["duration"], n * clip.duration + 2 * clip.margin / clip.fps) - 1.0:
-        raise BadInput(f"{path}: truncated (audio ends at {decoded_s:.2f} s of {info['duration']:.2f} s)")
+    # Windows only where both streams have content: past a stream's end read_av pads with its last frame or
+    # silence, which is no training example (a single still frame before seconds of sound, say). One frame of
+    # slack absorbs encoders' rounding of the last frame's end.
+    kind = min(av_.ends, key=av_.ends.get)
+    n = min(n, int(math.floor((av_.ends[kind] + 1 / clip.fps - window_s) / clip.duration + 1e-6)) + 1)
+    if n < 1:
+        raise BadInput(f"{path}: {kind} shorter than one clip (it ends at {av_.ends[kind]:.2f} s < {window_s:.2f} s "
+                       f"with margins)")
     out = []
     for k in range(n):
         f0, s0 = k * clip.frames, k * clip.samples
@@ -655,16 +740,17 @@ def video_windows(path, clip: ClipConfig) -> list[dict]:
 
 
 def _save_shard(path: Path, items: list[dict], meta: dict):
-    """Stack items into one safetensors file, written to a temporary name and renamed: an interrupted
+    """Stack items into one safetensors file, written atomically (checkpoint.atomic_path): an interrupted
     run never leaves a half-written shard."""
     from safetensors.torch import save_file
+
+    import checkpoint
     tensors = {k: torch.stack([it[k] for it in items]).contiguous()
                for k in ("video", "audio", "mel", "events", "tempo", "latents") if k in items[0]}
     tensors["audio"] = (tensors["audio"] * 32767).round().clamp(-32768, 32767).to(torch.int16)  # 16-bit PCM
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"names": json.dumps([it["name"] for it in items]),
-                                          "meta": json.dumps(meta)})
-    os.replace(tmp, path)
+    with checkpoint.atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"names": json.dumps([it["name"] for it in items]),
+                                              "meta": json.dumps(meta)})
 
 
 def _count_skip(counts: dict, message: str):
@@ -678,13 +764,14 @@ def prepare(data: str, out, *, clip: ClipConfig, root=None, num_clips: dict | No
     """Decode once into OUT/{split}/*.safetensors (uint8 frames, 16-bit audio, normalised mel, and
     latents when `encoder` is given). Resumable: finished shards and recorded failures are skipped.
     Returns counts; bad files are skipped with one warning line each."""
+    import checkpoint
+    import cli
     out = Path(out)
     meta = {"data": data, "clip": asdict(clip), "seed": seed}
     cfg_path = out / "config.json"
-    if cfg_path.exists() and json.loads(cfg_path.read_text())["clip"] != meta["clip"]:
+    cli.check_writable_dir(out)
+    if cfg_path.exists() and read_config(out)["clip"] != meta["clip"]:
         raise BadInput(f"{cfg_path}: prepared with another clip config; use a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path.write_text(json.dumps(meta, indent=1))
     # Jobs: (split, shard key, list of sources). A source is a synthetic index or a file.
     jobs = []
     if data == "synthetic":
@@ -697,6 +784,9 @@ def prepare(data: str, out, *, clip: ClipConfig, root=None, num_clips: dict | No
             for p in files:
                 key = f"{p.stem[:60]}-{_stable_int(p.relative_to(root)) % 16 ** 8:08x}"
                 jobs.append((split, key, [p]))
+    text = json.dumps(meta, indent=1)
+    if not cfg_path.exists() or cfg_path.read_text() != text:  # once the sources are known; a rerun changes nothing
+        checkpoint.write_text(cfg_path, text)
     counts = {"clips": 0, "shards": 0, "resumed": 0, "skipped": 0, "reasons": {}}
     bar = tqdm(jobs, desc=f"prepare {data}", unit="shard" if data == "synthetic" else "file", disable=not progress)
     for split, key, sources in bar:
@@ -717,7 +807,7 @@ def prepare(data: str, out, *, clip: ClipConfig, root=None, num_clips: dict | No
         except BadInput as e:
             _count_skip(counts, str(e))
             tqdm.write(f"warning: skipped {e}", file=sys.stderr)
-            skip.write_text(str(e) + "\n")
+            checkpoint.write_text(skip, str(e) + "\n")
             continue
         if encoder is not None:
             for it in items:
@@ -732,22 +822,40 @@ def prepare(data: str, out, *, clip: ClipConfig, root=None, num_clips: dict | No
     return counts
 
 
+def read_config(root) -> dict:
+    """ROOT/config.json of prepared shards, as `prepare` wrote it."""
+    path = Path(root) / "config.json"
+    try:
+        meta = json.loads(path.read_text())
+        ClipConfig(**meta["clip"])
+        return meta
+    except FileNotFoundError:
+        raise BadInput(f"{path}: missing (not a folder prepared by `python data.py prepare`)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BadInput(f"{path}: unreadable or not a prepare config ({type(e).__name__}); delete it and prepare "
+                       f"again") from None
+
+
 class ShardDataset(torch.utils.data.Dataset):
     """Windows from prepared shards, read row by row through safetensors' memory-mapped slices, so a
     large set never has to fit in memory and DataLoader workers share the page cache."""
 
     def __init__(self, root, split: str = "train"):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
+        self.clip = ClipConfig(**read_config(root)["clip"])
         self.files = sorted((Path(root) / split).glob("*.safetensors"))
         if not self.files:
             raise BadInput(f"{Path(root) / split}: no prepared shards (run `python data.py prepare`)")
         self.index, self.names, self._open = [], [], {}
         for f in self.files:
-            with safe_open(str(f), "pt") as h:
-                names = json.loads(h.metadata()["names"])
+            try:  # safetensors checks that the header covers the whole file: a cut or damaged shard fails here
+                with safe_open(str(f), "pt") as h:
+                    names = json.loads(h.metadata()["names"])
+            except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+                raise BadInput(f"{f}: not a readable shard ({type(e).__name__}); delete it and run `python data.py "
+                               f"prepare` again") from None
             self.index += [(f, r) for r in range(len(names))]
             self.names += names
-        self.clip = ClipConfig(**json.loads((Path(root) / "config.json").read_text())["clip"])
 
     def __len__(self):
         return len(self.index)
@@ -779,7 +887,7 @@ def build_dataset(data: str, split: str, clip: ClipConfig, *, root=None, cache=N
         cache = Path(cache or Path(root) / ".cmmd_shards" / f"{clip.size}px-{clip.frames}f")
         prepare(data, cache, clip=clip, root=root, encoder=encoder)
         return ShardDataset(cache, split)
-    if Path(data).is_dir() and (Path(data) / "config.json").exists():
+    if Path(data).is_dir() and (Path(data) / "config.json").exists():  # a prepared folder
         ds = ShardDataset(data, split)
         if ds.clip != clip:
             raise BadInput(f"{data}: shards were prepared for {ds.clip}, not the requested {clip}")
@@ -801,21 +909,29 @@ def main(argv=None):
     q.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
     q.add_argument("--vae", choices=["none", "sd"], default="none", help="also store SD-VAE latents")
     q.add_argument("--vae-path", default="stabilityai/sd-vae-ft-mse", help="local VAE directory or hub id")
-    a = p.parse_args(argv)
-    clip = ClipConfig(frames=a.frames, size=a.size, margin=a.margin)
-    encoder = None
-    try:
-        if a.vae == "sd":
-            import vae
-            codec = vae.make_codec("sd", a.vae_path)
+    import cli
+    cli.run(run_prepare, p.parse_args(argv))
 
-            def encoder(frames):  # (Fw, 3, H, W) uint8 -> (Fw, 4, h, w)
-                with torch.inference_mode():
-                    return codec.encode(frames[None].float() / 127.5 - 1)[0]
-        prepare(a.data, a.out, clip=clip, root=a.data_root, seed=a.seed, encoder=encoder,
-                num_clips=dict(zip(("train", "val", "test"), a.clips)))
-    except BadInput as e:
-        sys.exit(f"error: {e}")
+
+def run_prepare(a):
+    import cli
+    clip = ClipConfig(frames=a.frames, size=a.size, margin=a.margin)
+    for split, n in zip(("train", "val", "test"), a.clips):
+        cli.check_range(f"clips ({split})", n, 0)
+    # the folder and the sources before the VAE loads (prepare checks them again, at no cost)
+    cli.check_writable_dir(a.out)
+    if a.data != "synthetic":
+        source_files(a.data, a.data_root)
+    encoder = None
+    if a.vae == "sd":
+        import vae
+        codec = vae.make_codec("sd", a.vae_path)
+
+        def encoder(frames):  # (Fw, 3, H, W) uint8 -> (Fw, 4, h, w)
+            with torch.inference_mode():
+                return codec.encode(frames[None].float() / 127.5 - 1)[0]
+    prepare(a.data, a.out, clip=clip, root=a.data_root, seed=a.seed, encoder=encoder,
+            num_clips=dict(zip(("train", "val", "test"), a.clips)))
 
 
 if __name__ == "__main__":

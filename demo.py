@@ -174,7 +174,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=DEMO_STEPS, help="training steps (the same on every machine)")
     p.add_argument("--minutes", type=float, default=0.0, help="optional cap on the training time (0: none); "
                    "a capped run's result depends on the machine's speed")
-    p.add_argument("--preset", default=DEMO_TRAIN["preset"], help="network preset")
+    p.add_argument("--preset", default=DEMO_TRAIN["preset"], help="network preset",
+                   choices=train.TrainConfig.__dataclass_fields__["preset"].metadata["choices"])
     p.add_argument("--train-clips", type=int, default=512, help="synthetic training clips, generated once")
     p.add_argument("--batch", type=int, default=DEMO_TRAIN["batch"], help="clips per step")
     p.add_argument("--lr", type=float, default=DEMO_TRAIN["lr"], help="peak Adam learning rate (cosine to lr-min)")
@@ -200,14 +201,19 @@ def run(a):
     for name in ("steps", "train_clips", "batch", "clips", "sample_steps"):
         if getattr(a, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+    cli.check_range("show", a.show, 0)
+    cli.check_range("minutes", a.minutes, 0)
+    for d in DIRECTIONS:
+        cli.check_range(f"guidance-{d}", getattr(a, f"guidance_{d}"), 0)
     if a.eval_only and train.latest_checkpoint(out / "model") is None:
         raise ValueError(f"{out / 'model'}: no checkpoint to evaluate (run without --eval-only first)")
     cli.check_writable_dir(out)
+    cfg = train.TrainConfig(**{**DEMO_TRAIN, "preset": a.preset, "batch": a.batch, "lr": a.lr, "steps": a.steps,
+                               "time_limit": a.minutes, "seed": a.seed, "data": str(out / "shards"), "out": str(out / "model")})
+    train.check_config(cfg)  # --lr, --minutes: before the clips are generated
     print(f"1/3 generating {a.train_clips} synthetic training clips once", file=sys.stderr)
     clip = data.ClipConfig(size=DEMO_TRAIN["size"])
     data.prepare("synthetic", out / "shards", clip=clip, seed=a.seed, num_clips={"train": a.train_clips}, progress=False)
-    cfg = train.TrainConfig(**{**DEMO_TRAIN, "preset": a.preset, "batch": a.batch, "lr": a.lr, "steps": a.steps,
-                               "time_limit": a.minutes, "seed": a.seed, "data": str(out / "shards"), "out": str(out / "model")})
     if not a.eval_only:
         print(f"2/3 training a {a.preset} nCMMD on synthetic {clip.size} px clips for {a.steps} steps "
               f"(resumes if {cfg.out} has a checkpoint)", file=sys.stderr)

@@ -82,7 +82,6 @@ from abc import ABC, abstractmethod
 import argparse
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -120,7 +119,7 @@ VISUAL_PEAK_PICK = dict(pre_max=1, post_max=2, pre_avg=2, post_avg=3, delta=0.1,
 METRICS = ("fvd", "kvd", "fad", "beat", "onset")
 
 
-class MetricsError(Exception):
+class MetricsError(ValueError):
     """A missing file or an unusable input; the message is one line naming the file and what is wrong."""
 
 
@@ -656,12 +655,16 @@ def read_events(ref_mp4: Path) -> np.ndarray:
         raise MetricsError(f"{side}: not a {{\"events\": [...]}} JSON ({type(e).__name__})") from None
 
 
+def streams_needed(wanted: set) -> tuple[bool, bool]:
+    """(video, audio): the streams `scan` reads for these wants."""
+    return bool(wanted & {"fvd", "kvd", "visual"}), bool(wanted & {"embed", "beats", "onsets"})
+
+
 def scan(files: list[Path], cfg: EvalConfig, wanted: set, i3d=None, embedder=None, desc="") -> dict[Path, dict]:
     """Read each clip once and compute what the metrics need: {"i3d", "embed", "beats", "onsets", "visual"}."""
     import data
     from tqdm import tqdm
-    need_video = bool(wanted & {"fvd", "kvd", "visual"})
-    need_audio = bool(wanted & {"embed", "beats", "onsets"})
+    need_video, need_audio = streams_needed(wanted)
     out, pending = {}, []
 
     def flush():
@@ -696,12 +699,33 @@ def scan(files: list[Path], cfg: EvalConfig, wanted: set, i3d=None, embedder=Non
     return out
 
 
-def evaluate(cfg: EvalConfig, embedder: AudioEmbedder | None = None) -> dict:
-    """Every requested metric from two folders of mp4s; returns {"settings", "results", "per_file"}."""
+def check_config(cfg: EvalConfig) -> list[str]:
+    """Every setting's range and the device, before any file is read; returns the metrics asked for."""
+    import cli
     metrics = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
     bad = [m for m in metrics if m not in METRICS]
-    if bad:
-        raise MetricsError(f"--metrics: unknown {', '.join(bad)} (choose from {','.join(METRICS)})")
+    if bad or not metrics:
+        raise MetricsError(f"--metrics: {'unknown ' + ', '.join(bad) if bad else 'none given'} "
+                           f"(choose from {','.join(METRICS)})")
+    for flag, value, low in (("size", cfg.size, 1), ("frames", cfg.frames, 0), ("fps", cfg.fps, 1),
+                             ("batch_size", cfg.batch_size, 1), ("kvd_subsets", cfg.kvd.n_subsets, 1),
+                             ("kvd_subset_size", cfg.kvd.subset_size, 2)):  # the unbiased MMD² needs m >= 2
+        cli.check_range(flag, value, low)
+    cli.check_range("vggish_hop", cfg.vggish_cfg.hop, 0, above=True)
+    if cfg.frames and {"fvd", "kvd"} & set(metrics) and cfg.frames < I3D_MIN_FRAMES:
+        raise MetricsError(f"--frames {cfg.frames}: fvd and kvd need >= {I3D_MIN_FRAMES} (I3D)")
+    cli.device(cfg.device)
+    if cfg.json:
+        if Path(cfg.json).is_dir():
+            raise MetricsError(f"{cfg.json}: a directory (--json names the file to write)")
+        cli.check_writable_dir(Path(cfg.json).parent, "--json")
+    return metrics
+
+
+def evaluate(cfg: EvalConfig, embedder: AudioEmbedder | None = None) -> dict:
+    """Every requested metric from two folders of mp4s; returns {"settings", "results", "per_file"}."""
+    import data
+    metrics = check_config(cfg)
     gen_files, ref_files = list_mp4(cfg.gen), list_mp4(cfg.ref)
     pairs = pair_files(gen_files, ref_files)
     if {"beat", "onset"} & set(metrics):
@@ -714,14 +738,21 @@ def evaluate(cfg: EvalConfig, embedder: AudioEmbedder | None = None) -> dict:
     events = {r: read_events(r) for r in set(pairs.values())} if "onset" in metrics else {}
     if cfg.frames:  # clips are cut to their first `frames` frames: events after that cannot be found
         events = {r: e[e < cfg.frames / cfg.fps] for r, e in events.items()}
-
-    i3d = load_i3d(cfg.i3d, cfg.device) if {"fvd", "kvd"} & set(metrics) else None
-    if "fad" in metrics and embedder is None:
-        embedder = load_vggish(cfg.vggish, cfg.vggish_cfg, cfg.device)
     video_wants = {"fvd", "kvd"} & set(metrics)
     gen_wants = video_wants | ({"embed"} if "fad" in metrics else set()) | (
         {"beats"} if "beat" in metrics else set()) | ({"onsets", "visual"} if "onset" in metrics else set())
     ref_wants = video_wants | ({"embed"} if "fad" in metrics else set()) | ({"beats"} if "beat" in metrics else set())
+    # Every file probed before a model loads, a truncated one included (by its packets, without decoding)
+    for files, wanted in ((gen_files, gen_wants), (ref_files, ref_wants)):
+        for f in files:
+            info = data.probe(f, complete=True)
+            for kind, needed in zip(("video", "audio"), streams_needed(wanted)):
+                if needed and not info[kind]:
+                    raise MetricsError(f"{f}: no {kind} stream (--metrics {','.join(metrics)} reads it)")
+
+    i3d = load_i3d(cfg.i3d, cfg.device) if video_wants else None
+    if "fad" in metrics and embedder is None:
+        embedder = load_vggish(cfg.vggish, cfg.vggish_cfg, cfg.device)
     gen = scan(gen_files, cfg, gen_wants, i3d, embedder, desc="generated")
     ref = scan(ref_files, cfg, ref_wants, i3d, embedder, desc="reference")
 
@@ -796,16 +827,18 @@ def main(argv=None):
     cfg = EvalConfig(gen=a.gen, ref=a.ref, metrics=a.metrics, i3d=a.i3d, vggish=a.vggish, size=a.size,
                      frames=a.frames, fps=a.fps, batch_size=a.batch_size, json=a.json, device=a.device,
                      kvd=KVDConfig(a.kvd_subsets, a.kvd_subset_size, a.seed), vggish_cfg=VGGishConfig(a.vggish_hop))
-    import data
-    try:
-        report = evaluate(cfg)
-    except (MetricsError, data.BadInput) as e:
-        sys.exit(f"metrics.py: {e}")
-    print(markdown_table(report["results"]))
+    import cli
+    return cli.run(report, cfg)
+
+
+def report(cfg: EvalConfig) -> dict:
+    """evaluate, then the table on stdout and, with --json, the whole report written atomically."""
+    import checkpoint
+    result = evaluate(cfg)
+    print(markdown_table(result["results"]))
     if cfg.json:
-        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json).write_text(json.dumps(report, indent=2, default=float))
-    return report
+        checkpoint.write_text(cfg.json, json.dumps(result, indent=2, default=float))
+    return result
 
 
 if __name__ == "__main__":

@@ -162,17 +162,20 @@ def expand_inputs(paths: list, mode: str) -> list[Path]:
 
 
 def output_stems(files: list[Path], mode: str) -> list[str]:
-    """One output name per input, unique: STEM_MODE, with the parent folders' names prepended on a clash."""
-    def name(p: Path, depth: int) -> str:
-        parts = [*p.parent.parts[-depth:], p.stem] if depth else [p.stem]
-        return "_".join(parts) + f"_{mode}"
+    """One output name per input, unique: STEM_MODE; on a clash the extension is added (clip.mkv, clip.avi ->
+    clip_mkv_v2a, clip_avi_v2a), else the parent folders' names are prepended (a/clip.mp4, b/clip.mp4 ->
+    a_clip_v2a, b_clip_v2a); the same file given twice gets a number. Names never contain a path separator."""
+    paths = [p.resolve() for p in files]
+
+    def name(p: Path, depth: int, ext: bool) -> str:
+        folders = [x for x in p.parent.parts if x != p.anchor][-depth:] if depth else []
+        return "_".join([*folders, p.stem, *([p.suffix.lstrip(".")] if ext else []), mode])
+    keys = [(depth, ext) for depth in range(max((len(p.parts) for p in paths), default=0)) for ext in (False, True)]
     stems = []
-    for p in files:
-        depth = 0
-        while depth < len(p.resolve().parts) and sum(
-                name(q, depth) == name(p, depth) for q in files) > (files.count(p)):
-            depth += 1
-        stems.append(name(p.resolve(), depth) if depth else name(p, 0))
+    for p in paths:
+        others = [q for q in paths if q != p]
+        key = next((k for k in keys if all(name(q, *k) != name(p, *k) for q in others)), keys[-1])
+        stems.append(name(p, *key))
     seen: dict[str, int] = {}
     for i, s in enumerate(stems):  # the same file given twice
         seen[s] = seen.get(s, 0) + 1
@@ -181,11 +184,13 @@ def output_stems(files: list[Path], mode: str) -> list[str]:
     return stems
 
 
-def read_input(path: Path, mode: str, clip: data.ClipConfig, prefix: float, seconds: float | None) -> dict:
-    """The condition of one input, whole: {"video", "audio", "known", "duration"}; checks before any work."""
-    info = data.probe(path)
-    need = {"v2a": {"video"} | ({"audio"} if prefix else set()), "a2v": {"audio"} | ({"video"} if prefix else set()),
-            "continue": {"video", "audio"}}[mode]
+def read_input(path: Path, mode: str, clip: data.ClipConfig, prefix: float, seconds: float | None,
+               keep_audio: bool = False) -> dict:
+    """The condition of one input, whole: {"video", "audio", "known", "duration"}; checks before any work.
+    keep_audio (v2a): the input's sound goes into the output too, so it is read and checked as well."""
+    info = data.probe(path)  # read_av below checks the packets too (data.probe complete=True)
+    need = {"v2a": {"video"} | ({"audio"} if prefix or (keep_audio and info["audio"]) else set()),
+            "a2v": {"audio"} | ({"video"} if prefix else set()), "continue": {"video", "audio"}}[mode]
     for kind in sorted(need):
         if not info[kind]:
             why = "its first --prefix seconds are kept" if (mode, kind) in (("v2a", "audio"), ("a2v", "video")) else f"--{mode} needs one"
@@ -308,12 +313,14 @@ def run(a):
     inputs, failed = [], []
     for f, stem in zip(files, stems):
         try:
-            inputs.append((f, stem, read_input(f, mode, clip, a.prefix, a.seconds)))
+            inputs.append((f, stem, read_input(f, mode, clip, a.prefix, a.seconds, a.keep_audio)))
         except data.BadInput as e:
             if len(files) == 1:
                 raise
             print(f"error: {e} (skipped)", file=sys.stderr)
             failed.append(f)
+    if files and not inputs:  # nothing left to sample: no model to load
+        sys.exit(f"0 of {len(files)} inputs usable; nothing written")
     vocoder = None
     if a.vocoder:
         import melgan

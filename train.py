@@ -159,6 +159,19 @@ def negatives_config(clip: data.ClipConfig, codecs: dict, per_modality: int) -> 
     return cfg
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Every flag's range, with finite numbers, and the output folder: one line before any work."""
+    for name, low in (("num_clips", 1), ("patch", 1), ("frames", 1), ("size", 1), ("batch", 1), ("steps", 1),
+                      ("lr_every", 1), ("warmup", 0), ("negatives", 1), ("ckpt_every", 1), ("keep", 1),
+                      ("preview_every", 0), ("preview_steps", 1), ("log_every", 1), ("workers", 0), ("lr_min", 0),
+                      ("grad_clip", 0), ("eta", 0), ("time_limit", 0)):
+        cli.check_range(name, getattr(cfg, name), low)
+    cli.check_range("lr", cfg.lr, 0, above=True)
+    cli.check_range("lr_decay", cfg.lr_decay, 0, 1, above=True)
+    cli.check_range("ema", cfg.ema, 0, 1)
+    cli.check_writable_dir(cfg.out)
+
+
 def setup(cfg: TrainConfig):
     """Device and DDP preamble: (device, rank, world size)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -166,7 +179,9 @@ def setup(cfg: TrainConfig):
     if cfg.device == "auto":
         device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(cfg.device)
+        device = cli.device(cfg.device)
+        if device.type == "cuda" and device.index is None:  # "cuda": this process's GPU
+            device = torch.device("cuda", local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -175,11 +190,30 @@ def setup(cfg: TrainConfig):
     return device, rank, world
 
 
+def check_network(pipe: pipeline.Pipeline, device) -> None:
+    """One forward pass of the network on a zero clip, before any data is read: a clip the network cannot
+    take (a frame side its downsampling does not divide, say) is one line here, not a traceback at step 1."""
+    clip, codecs = pipe.clip, pipe.codecs
+    if clip.size % codecs["video"].factor:
+        raise ValueError(f"--size {clip.size} must be divisible by the video codec's factor {codecs['video'].factor}")
+    side = clip.size // codecs["video"].factor
+    T = codecs["audio"].steps(clip.samples)
+    x = {"video": torch.zeros(1, clip.frames, codecs["video"].channels, side, side, device=device),  # (1, F, C, H, W)
+         "audio": torch.zeros(1, codecs["audio"].channels, T, device=device)}  # (1, M, T)
+    pipe.net.eval()  # no dropout: the check draws no random numbers
+    try:
+        with torch.no_grad():
+            pipe.net(x, torch.zeros(1, dtype=torch.long, device=device))
+    except RuntimeError as e:
+        raise ValueError(f"--size {clip.size}, --frames {clip.frames}: the network cannot take this clip "
+                         f"({str(e).splitlines()[0]})") from None
+    pipe.net.train()
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    check_config(cfg)
     device, rank, world = setup(cfg)
     out = Path(cfg.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     init_meta = init_tensors = None
     if cfg.init:
@@ -189,6 +223,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     model, diff, codecs, clip = pipe.net, pipe.diffusion, pipe.codecs, pipe.clip
     model.to(device)
     codecs = {k: c.to(device) for k, c in codecs.items()}
+    check_network(pipe, device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator(device).manual_seed(cfg.seed + 7919 * rank)  # n, noise, negatives
@@ -215,12 +250,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     dataset = data.build_dataset(cfg.data, "train", clip, root=cfg.data_root, num_clips=cfg.num_clips, seed=cfg.seed)
+    previews = rank == 0 and cfg.preview_every > 0
+    if previews:  # a folder's hash split can give no validation clip (chance about 0.95^N for N files)
+        try:
+            data.build_dataset(cfg.data, "val", clip, root=cfg.data_root, num_clips=1, seed=cfg.seed)
+        except data.BadInput as e:
+            print(f"warning: previews are off: no validation clip to preview ({e})", file=sys.stderr)
+            previews = False
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatchSampler(len(dataset), cfg.batch, cfg.seed, start, cfg.steps, rank, world),
         num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=False)
     neg_cfg = negatives_config(clip, codecs, cfg.negatives)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    log = open(out / "log.jsonl", "a") if rank == 0 else None
+    log = None  # opened at its first line: a run that fails before one leaves no empty log
     t0, last_ckpt, step = time.time(), resume, start
     bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=rank != 0 or not progress, dynamic_ncols=True)
     model.train()
@@ -266,12 +310,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         bar.set_postfix({k: f"{v:.4g}" for k, v in logged.items()})
         if step % cfg.log_every == 0 or step == cfg.steps:
             memory = {"gpu_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)} if device.type == "cuda" else {}
+            log = log or open(out / "log.jsonl", "a")
             log.write(json.dumps({"step": step, "lr": learning_rate(cfg, step - 1), "time": round(time.time() - t0, 2),
                                   **logged, **memory}) + "\n")
             log.flush()
         if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
             last_ckpt = save_checkpoint(out, step, meta, model, ema, opt, gen, cfg.keep)
-        if cfg.preview_every and (step % cfg.preview_every == 0 or step == cfg.steps):
+        if previews and (step % cfg.preview_every == 0 or step == cfg.steps):
             preview(dataclasses.replace(pipe, net=ema), cfg, out / "previews" / f"step-{step:08d}")
         if out_of_time:
             print(f"time limit of {cfg.time_limit} min reached at step {step}", file=sys.stderr)
@@ -307,11 +352,7 @@ def parse_args(argv=None) -> TrainConfig:
 
 
 def main(argv=None):
-    cfg = parse_args(argv)
-    try:
-        train(cfg)
-    except (data.BadInput, checkpoint.CheckpointError, vae.CheckpointError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    cli.run(train, parse_args(argv))
 
 
 if __name__ == "__main__":
