@@ -50,6 +50,8 @@ class TrainConfig:
     vae: str = field(default="pixel", metadata={"help": "video codec: SD-VAE latents or pixels", "choices": ["sd", "pixel"]})
     vae_path: str = field(default=VAE_HUB_ID, metadata={"help": "SD-VAE directory or hub id"})
     patch: int = field(default=1, metadata={"help": "pixel codec: space-to-depth patch, video diffused as (3·p², H/p, W/p)"})
+    center: bool = field(default=False, metadata={
+        "help": "diffuse each modality minus its mean over the training clips (pipeline.Centered; for pixel models)"})
     frames: int = field(default=18, metadata={"help": "video frames per training clip (CMMD §3)"})
     size: int = field(default=64, metadata={"help": "frame side in pixels (128 in the paper)"})
     batch: int = field(default=8, metadata={"help": "clips per step per process (8 for nCMMD, 2 for CMMD)"})
@@ -138,16 +140,6 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else lr
 
 
-def encode_batch(batch: dict, codecs: dict, device) -> dict:
-    """Dataset windows -> model-space windows {"video": (B, Fw, c, h, w), "audio": (B, M, Tw)}."""
-    with torch.no_grad():
-        if "latents" in batch and isinstance(codecs["video"], vae.SDVAECodec):
-            video = batch["latents"].to(device).float()
-        else:
-            video = codecs["video"].encode(batch["video"].to(device).float() / 127.5 - 1)
-        return {"video": video, "audio": codecs["audio"].encode(batch["audio"].to(device))}
-
-
 def negatives_config(clip: data.ClipConfig, codecs: dict, per_modality: int) -> negatives.NegativesConfig:
     """SPEC §4's shifts in the audio codec's own steps (mel steps or samples), checked against the windows."""
     if isinstance(codecs["audio"], pipeline.WaveCodec):
@@ -219,6 +211,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if cfg.init:
         init_meta, init_tensors = checkpoint.read(cfg.init)
     meta = pipeline.run_config(cfg, init_meta)
+    dataset = data.build_dataset(cfg.data, "train", data.ClipConfig(**meta["clip"]), root=cfg.data_root,
+                                 num_clips=cfg.num_clips, seed=cfg.seed)
+    if cfg.center and init_meta is None:  # a fine-tune keeps its parent's μ
+        raw = {k: c.to(device) for k, c in pipeline.build(meta).codecs.items()}
+        meta["codec"]["center"] = pipeline.codec_means(raw, dataset, device)
     pipe = pipeline.build(meta, path=cfg.init)
     model, diff, codecs, clip = pipe.net, pipe.diffusion, pipe.codecs, pipe.clip
     model.to(device)
@@ -249,7 +246,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         return resume
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
-    dataset = data.build_dataset(cfg.data, "train", clip, root=cfg.data_root, num_clips=cfg.num_clips, seed=cfg.seed)
     previews = rank == 0 and cfg.preview_every > 0
     if previews:  # a folder's hash split can give no validation clip (chance about 0.95^N for N files)
         try:
@@ -271,7 +267,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     for step, batch in enumerate(loader, start=start + 1):
         for g in opt.param_groups:
             g["lr"] = learning_rate(cfg, step - 1)
-        windows = encode_batch(batch, codecs, device)
+        windows = pipeline.encode_batch(batch, codecs, device)
         pos = negatives.positive(windows, neg_cfg)
         with autocast:
             if cfg.contrastive:

@@ -136,10 +136,10 @@ PRESETS = {
     # cheap 1-D audio path.
     "tiny": dict(base_channels=8, audio_base_channels=96, channel_mult=(1, 2), head_dim=8, attention_levels=(),
                  norm_groups=8),
-    # The demo's: the tiny topology for 16 px frames through the patch-4 pixel codec (vae.PixelCodec), whose
-    # video path works on 4×4 positions of 48 values at width 32: four times tiny's video width for about
-    # half its CPU step (README, "Quickstart"); 3.4 M parameters.
-    "cpu": dict(base_channels=32, audio_base_channels=96, channel_mult=(1, 2), head_dim=32, attention_levels=(),
+    # The demo's: the tiny topology for 16 px frames through the patch-2 pixel codec (vae.PixelCodec), whose
+    # video path works on 8×8 positions of 12 values at width 16: twice tiny's video width for about half its
+    # CPU step (README, "Quickstart"); 2.5 M parameters.
+    "cpu": dict(base_channels=16, audio_base_channels=96, channel_mult=(1, 2), head_dim=16, attention_levels=(),
                 norm_groups=8),
 }
 
