@@ -6,9 +6,12 @@
   the user's umask gives a new file, whatever its writer chose.
 - `save` / `read`: a checkpoint is one safetensors file whose metadata key "cmmd" holds its whole config
   as JSON. `load_strict` loads a module's weights from it by prefix with strict=True and names the keys
-  that do not fit. `latest` finds the newest in a run folder; `resolve` turns `--ckpt` into a file (a
+  that do not fit. `reading` opens any safetensors file (the MelGAN checkpoints, the SD-VAE weights) and
+  `torch_load` any torch.save file (the I3D, VGGish and official MM-Diffusion weights) with the same
+  one-line errors. `latest` finds the newest in a run folder; `resolve` turns `--ckpt` into a file (a
   path, a Hugging Face Hub repo id, or the newest checkpoint under runs/).
-Every problem is a `CheckpointError`, one line naming the file.
+Every problem is a `CheckpointError`, one line naming the file: the one error type for weights and
+checkpoints in the project.
 """
 import contextlib
 import json
@@ -68,39 +71,66 @@ def save(path, tensors: dict, config: dict, **metadata) -> Path:
     return Path(path)
 
 
-def read(path, what: str = "cmmd checkpoint") -> tuple[dict, dict]:
-    """(config, tensors) of a checkpoint written by `save`."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+@contextlib.contextmanager
+def reading(path, what: str):
+    """Yield `path` (a Path) for reading a safetensors `what` in the block: a directory, a missing or
+    unreadable file and safetensors' own errors (a truncated or foreign file) become one-line
+    CheckpointErrors naming it."""
+    from safetensors import SafetensorError
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: a directory, not a {what} file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such {what}")
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = (f.metadata() or {}).get(CONFIG_KEY)
-        if meta is None:
-            raise CheckpointError(f"{path}: not a {what} (no '{CONFIG_KEY}' config in its metadata)")
-        return json.loads(meta), load_file(str(path))
+        yield path
     except PermissionError:
         raise CheckpointError(f"{path}: not readable (permission denied)") from None
     except (SafetensorError, OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors {what} ({type(e).__name__})") from None
 
 
-def load_strict(module: torch.nn.Module, tensors: dict, prefix: str, path) -> torch.nn.Module:
-    """Load the tensors under `prefix` into `module` with strict=True; name what does not fit."""
+def read(path, what: str = "cmmd checkpoint") -> tuple[dict, dict]:
+    """(config, tensors) of a checkpoint written by `save`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    with reading(path, what) as path:
+        with safe_open(str(path), "pt") as f:
+            meta = (f.metadata() or {}).get(CONFIG_KEY)
+        if meta is None:
+            raise CheckpointError(f"{path}: not a {what} (no '{CONFIG_KEY}' config in its metadata)")
+        return json.loads(meta), load_file(str(path))
+
+
+def torch_load(path, what: str) -> dict:
+    """The dict a torch.save file holds (a state dict, or a training state of tensors, numbers and dicts),
+    on the CPU, unpickled with weights_only=True; anything else is a one-line CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {what}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises anything from UnpicklingError to RuntimeError on a bad file
+        raise CheckpointError(f"{path}: not a {what} ({type(e).__name__})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a {what} (a {type(obj).__name__}, not a dict)")
+    return obj
+
+
+def load_strict(module: torch.nn.Module, tensors: dict, prefix: str, path,
+                what: str = "the network") -> torch.nn.Module:
+    """Load the tensors under `prefix` into `module` with strict=True; name what does not fit `what`."""
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     own = module.state_dict()
     missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the network ({len(missing)} missing, e.g. {missing[:2]}; "
+        raise CheckpointError(f"{path}: weights do not fit {what} ({len(missing)} missing, e.g. {missing[:2]}; "
                               f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})")
     wrong = [k for k in own if own[k].shape != state[k].shape]
     if wrong:
         k = wrong[0]
-        raise CheckpointError(f"{path}: {prefix}{k} has shape {tuple(state[k].shape)}, the network's is {tuple(own[k].shape)}")
+        raise CheckpointError(f"{path}: {prefix}{k} has shape {tuple(state[k].shape)} where {what} has "
+                              f"{tuple(own[k].shape)}")
     module.load_state_dict(state, strict=True)
     return module
 

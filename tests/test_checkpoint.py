@@ -45,7 +45,7 @@ def test_save_read_and_strict_load(tmp_path):
     assert config == {"net": {"in": 3}}
     other = checkpoint.load_strict(torch.nn.Linear(3, 2), tensors, "model.", path)
     assert torch.equal(other.weight, net.weight)
-    with pytest.raises(checkpoint.CheckpointError, match=r"model.weight has shape \(2, 3\), the network's is \(2, 4\)"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"model.weight has shape \(2, 3\) where the network has \(2, 4\)"):
         checkpoint.load_strict(torch.nn.Linear(4, 2), tensors, "model.", path)
     with pytest.raises(checkpoint.CheckpointError, match=r"4 missing, e.g. \['0.bias', '0.weight'\]; 2 unexpected"):
         checkpoint.load_strict(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)), tensors, "model.", path)
