@@ -31,11 +31,11 @@ def dataclass_fields(args: argparse.Namespace, cls, skip=()) -> dict:
 
 
 def errors() -> tuple:
-    """The exception types that carry a one-line message for the user."""
+    """The exception types that carry a one-line message for the user: a bad input file, a bad checkpoint or
+    weights file, a bad flag (all ValueErrors)."""
     import checkpoint
-    import data
-    import vae
-    return data.BadInput, checkpoint.CheckpointError, vae.CheckpointError, ValueError
+    import media
+    return media.BadInput, checkpoint.CheckpointError, ValueError
 
 
 def run(main, *args):

@@ -13,7 +13,7 @@ Every file is written atomically (a temporary name in the same folder, then `os.
 never sees half a PNG or half a page. Figures are drawn on matplotlib `Figure` objects with the Agg
 renderer, never through pyplot: no window opens and a user's interactive backend is left alone.
 
-Browsers: the page links the mp4s of `data.write_mp4` (H.264 High profile + AAC-LC, the most widely
+Browsers: the page links the mp4s of `media.write_mp4` (H.264 High profile + AAC-LC, the most widely
 played web format) directly. Debian's Chromium, the one CI has, is built with these codecs: it decodes
 their frames and sound (tests/test_page.py checks both), so no WebM copy is written. Should a browser
 ever need one, PyAV's bundled ffmpeg encodes VP8/VP9 (libvpx) with Opus or Vorbis.
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 import checkpoint
-import data
+import media
+import melspec
 
 DPI = 100  # figure resolution: mel figures 600 px wide (about 80 kB), frame strips about 10 kB
 MEL_WIDTH_IN, MEL_PANEL_IN = 6.0, 1.7  # figure width and height per panel, inches
@@ -53,7 +54,7 @@ def new_figure(width_in: float, height_in: float, **kw):
 
 
 def _event_times(events) -> np.ndarray:
-    """Event times in seconds as a 1-D float array, NaN padding (data.EVENTS_MAX) dropped."""
+    """Event times in seconds as a 1-D float array, NaN padding (synthetic.EVENTS_MAX) dropped."""
     if events is None:
         return np.zeros(0)
     e = events.detach().cpu().double().numpy() if isinstance(events, torch.Tensor) else np.asarray(events, float)
@@ -64,7 +65,7 @@ def _event_times(events) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------
 # Figures
 def mel_figure(path, mels: dict, *, events=None, title: str = "") -> Path:
-    """Stacked log-mel panels, one per entry of `mels` {label: normalised log-mel (M, T)} (data.wav_to_mel's
+    """Stacked log-mel panels, one per entry of `mels` {label: normalised log-mel (M, T)} (melspec.wav_to_mel's
     scale, about [-1, 1]), in dB on one fixed colour scale so panels compare; x time in s, y mel frequency
     in Hz; the true `events` (s, NaNs ignored) as dashed lines in every panel. Returns `path` (a PNG)."""
     import librosa.display
@@ -73,16 +74,16 @@ def mel_figure(path, mels: dict, *, events=None, title: str = "") -> Path:
     axes = fig.subplots(len(mels), 1, sharex=True, squeeze=False)[:, 0]
     ev = _event_times(events)
     for i, (ax, (label, mel)) in enumerate(zip(axes, mels.items())):
-        assert mel.ndim == 2 and mel.shape[0] == data.N_MELS, \
-            f"mel {label!r} must be ({data.N_MELS}, T), got {tuple(mel.shape)}"
-        db = DB_PER_LOG10 * data.denormalize_log_mel(mel.detach().float().cpu()).numpy()  # (M, T)
-        # Mel frame j is centred on sample HOP·j + HOP/2 (data.mel_magnitude's padding), not on HOP·j as
+        assert mel.ndim == 2 and mel.shape[0] == melspec.N_MELS, \
+            f"mel {label!r} must be ({melspec.N_MELS}, T), got {tuple(mel.shape)}"
+        db = DB_PER_LOG10 * melspec.denormalize_log_mel(mel.detach().float().cpu()).numpy()  # (M, T)
+        # Mel frame j is centred on sample HOP·j + HOP/2 (melspec.mel_magnitude's padding), not on HOP·j as
         # specshow assumes, so its cell spans [HOP·j, HOP·(j + 1)) and the axis runs from 0 to the clip's end.
-        centres = (np.arange(db.shape[1]) + 0.5) * data.HOP / data.SAMPLE_RATE
-        img = librosa.display.specshow(db, x_coords=centres, x_axis="time", y_axis="mel", sr=data.SAMPLE_RATE,
-                                       hop_length=data.HOP, fmin=data.MEL_FMIN, fmax=data.MEL_FMAX, ax=ax,
-                                       cmap="magma", vmin=DB_PER_LOG10 * data.LOG_MEL_MIN,
-                                       vmax=DB_PER_LOG10 * data.LOG_MEL_MAX)
+        centres = (np.arange(db.shape[1]) + 0.5) * melspec.HOP / melspec.SAMPLE_RATE
+        img = librosa.display.specshow(db, x_coords=centres, x_axis="time", y_axis="mel", sr=melspec.SAMPLE_RATE,
+                                       hop_length=melspec.HOP, fmin=melspec.MEL_FMIN, fmax=melspec.MEL_FMAX, ax=ax,
+                                       cmap="magma", vmin=DB_PER_LOG10 * melspec.LOG_MEL_MIN,
+                                       vmax=DB_PER_LOG10 * melspec.LOG_MEL_MAX)
         for k, t in enumerate(ev):
             ax.axvline(t, color=EVENT_COLOUR, lw=1, ls="--", label="true events" if k == 0 else None)
         ax.set_title(label, loc="left", fontsize=10)
@@ -96,7 +97,7 @@ def mel_figure(path, mels: dict, *, events=None, title: str = "") -> Path:
     return save_figure(fig, path)
 
 
-def frame_strip(path, rows: dict, *, fps: int = data.FPS, every: int = 1, events=None, title: str = "") -> Path:
+def frame_strip(path, rows: dict, *, fps: int = media.FPS, every: int = 1, events=None, title: str = "") -> Path:
     """Frames in a grid, one labelled row per entry of `rows` {label: video (F, 3, H, W), uint8 or float in
     [-1, 1]}, every `every`-th frame left to right, each column labelled with its time in s; the column
     nearest to each true event (s, NaNs ignored) is outlined. Returns `path` (a PNG)."""
@@ -105,7 +106,7 @@ def frame_strip(path, rows: dict, *, fps: int = data.FPS, every: int = 1, events
     videos = {}
     for label, v in rows.items():
         assert v.ndim == 4 and v.shape[1] == 3, f"row {label!r} must be (F, 3, H, W), got {tuple(v.shape)}"
-        videos[label] = data.to_uint8(v.detach().cpu())[::every].permute(0, 2, 3, 1).numpy()  # (F', H, W, 3)
+        videos[label] = media.to_uint8(v.detach().cpu())[::every].permute(0, 2, 3, 1).numpy()  # (F', H, W, 3)
     H, W = next(iter(videos.values())).shape[1:3]
     assert all(v.shape[1:3] == (H, W) for v in videos.values()), "all rows must have frames of one size"
     cols = max(len(v) for v in videos.values())

@@ -29,6 +29,8 @@ import cli
 import data
 import diffusion
 import figures
+import media
+import melspec
 import pipeline
 
 MODES = ("v2a", "a2v", "continue", "joint")
@@ -139,8 +141,8 @@ def generate(pipe: pipeline.Pipeline, cfg: diffusion.SamplerConfig, *, cond: dic
     for k in diffusion.MODALITIES:
         bad = int((~torch.isfinite(result[k])).sum())
         if bad:
-            raise data.BadInput(f"{pipe.path}: generated {k} has {bad} non-finite values (a diverged checkpoint?)")
-    result["mel"] = data.wav_to_mel(result["audio"])  # (B, M, T): what the figures show
+            raise media.BadInput(f"{pipe.path}: generated {k} has {bad} non-finite values (a diverged checkpoint?)")
+    result["mel"] = melspec.wav_to_mel(result["audio"])  # (B, M, T): what the figures show
     return result
 
 
@@ -148,13 +150,13 @@ def generate(pipe: pipeline.Pipeline, cfg: diffusion.SamplerConfig, *, cond: dic
 
 def expand_inputs(paths: list, mode: str) -> list[Path]:
     """The files named, a folder meaning every media file in it (sorted)."""
-    exts = data.VIDEO_EXTENSIONS + (AUDIO_EXTENSIONS if mode == "a2v" else ())
+    exts = media.VIDEO_EXTENSIONS + (AUDIO_EXTENSIONS if mode == "a2v" else ())
     out = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.suffix.lower() in exts and f.is_file())
             if not found:
-                raise data.BadInput(f"{p}: a folder with no media files ({', '.join(exts)})")
+                raise media.BadInput(f"{p}: a folder with no media files ({', '.join(exts)})")
             out += found
         else:
             out.append(p)
@@ -188,20 +190,20 @@ def read_input(path: Path, mode: str, clip: data.ClipConfig, prefix: float, seco
                keep_audio: bool = False) -> dict:
     """The condition of one input, whole: {"video", "audio", "known", "duration"}; checks before any work.
     keep_audio (v2a): the input's sound goes into the output too, so it is read and checked as well."""
-    info = data.probe(path)  # read_av below checks the packets too (data.probe complete=True)
+    info = media.probe(path)  # read_av below checks the packets too (media.probe complete=True)
     need = {"v2a": {"video"} | ({"audio"} if prefix or (keep_audio and info["audio"]) else set()),
             "a2v": {"audio"} | ({"video"} if prefix else set()), "continue": {"video", "audio"}}[mode]
     for kind in sorted(need):
         if not info[kind]:
             why = "its first --prefix seconds are kept" if (mode, kind) in (("v2a", "audio"), ("a2v", "video")) else f"--{mode} needs one"
-            raise data.BadInput(f"{path}: no {kind} stream ({why})")
+            raise media.BadInput(f"{path}: no {kind} stream ({why})")
     duration = info["duration"] if mode != "continue" else (seconds or info["duration"])
     if prefix and prefix >= min(duration, info["duration"]):
-        raise data.BadInput(f"{path}: --prefix {prefix:g} s is not shorter than the input ({info['duration']:.2f} s)")
+        raise media.BadInput(f"{path}: --prefix {prefix:g} s is not shorter than the input ({info['duration']:.2f} s)")
     frames = math.ceil(duration * clip.fps - 1e-6)  # the generated signal covers the whole duration
     if frames < 1:
-        raise data.BadInput(f"{path}: too short ({duration:.2f} s)")
-    av = data.read_av(path, frames=frames, size=clip.size, fps=clip.fps, sample_rate=clip.sample_rate,
+        raise media.BadInput(f"{path}: too short ({duration:.2f} s)")
+    av = media.read_av(path, frames=frames, size=clip.size, fps=clip.fps, sample_rate=clip.sample_rate,
                       need_video="video" in need, need_audio="audio" in need, check_complete=True)
     cond = {k: v for k, v in (("video", av.video), ("audio", av.audio)) if v is not None}
     if "video" in cond:
@@ -223,14 +225,14 @@ def save(stem, result: dict, i: int, clip: data.ClipConfig, *, duration: float |
     n = round((duration if duration is not None else result["audio"].shape[1] / clip.sample_rate) * clip.sample_rate)
     wav = result["audio"][i, :n].cpu()
     if soundtrack_of is not None:
-        how = data.write_soundtrack(soundtrack_of, f"{stem}.mp4", wav, clip.sample_rate, keep_audio=keep_audio)
+        how = media.write_soundtrack(soundtrack_of, f"{stem}.mp4", wav, clip.sample_rate, keep_audio=keep_audio)
     else:
-        data.write_mp4(f"{stem}.mp4", result["video"][i].cpu(), wav, clip.fps, clip.sample_rate)
+        media.write_mp4(f"{stem}.mp4", result["video"][i].cpu(), wav, clip.fps, clip.sample_rate)
         how = f"video at the model's {clip.size}×{clip.size} px, {clip.fps} fps"
-    data.write_wav(f"{stem}.wav", wav, clip.sample_rate)
-    mels = {"generated": result["mel"][i, :, :n // data.HOP]}
+    media.write_wav(f"{stem}.wav", wav, clip.sample_rate)
+    mels = {"generated": result["mel"][i, :, :n // melspec.HOP]}
     if reference is not None:
-        mels["truth" if events is not None else "input"] = data.wav_to_mel(reference[None, :n].to(result["mel"].device))[0]
+        mels["truth" if events is not None else "input"] = melspec.wav_to_mel(reference[None, :n].to(result["mel"].device))[0]
     figures.mel_figure(f"{stem}_mel.png", mels, events=events, title=title or stem.name)
     return [f"{stem}.mp4 ({how})", f"{stem}_mel.png"]
 
@@ -272,21 +274,21 @@ def check_args(a) -> torch.device:
     """Every flag's range, the device and the output folder, before any work."""
     for name in ("window", "samples", "batch"):
         if getattr(a, name) < 1:
-            raise data.BadInput(f"--{name} must be at least 1, got {getattr(a, name)}")
+            raise media.BadInput(f"--{name} must be at least 1, got {getattr(a, name)}")
     if a.joint is not None and a.joint < 1:
-        raise data.BadInput(f"--joint must be at least 1, got {a.joint}")
+        raise media.BadInput(f"--joint must be at least 1, got {a.joint}")
     if not 0 <= a.overlap < a.window:
-        raise data.BadInput(f"--overlap must be in 0..--window − 1 ({a.window - 1}), got {a.overlap}")
+        raise media.BadInput(f"--overlap must be in 0..--window − 1 ({a.window - 1}), got {a.overlap}")
     for name in ("prefix", "seconds"):
         v = getattr(a, name)
         if v is not None and not (math.isfinite(v) and v >= 0):
-            raise data.BadInput(f"--{name} must be a finite number >= 0, got {v}")
+            raise media.BadInput(f"--{name} must be a finite number >= 0, got {v}")
     if a.seconds is not None and a.seconds <= 0:
-        raise data.BadInput(f"--seconds must be positive, got {a.seconds}")
+        raise media.BadInput(f"--seconds must be positive, got {a.seconds}")
     if a.joint is not None and a.prefix:
-        raise data.BadInput("--prefix needs an input to keep; --joint starts from noise (use --continue FILE)")
+        raise media.BadInput("--prefix needs an input to keep; --joint starts from noise (use --continue FILE)")
     if a.cont is not None and not a.prefix:
-        raise data.BadInput("--continue needs --prefix SECONDS, the part of the input that is kept")
+        raise media.BadInput("--continue needs --prefix SECONDS, the part of the input that is kept")
     diffusion.SamplerConfig(**{k: v for k, v in cli.dataclass_fields(a, diffusion.SamplerConfig).items() if v is not None})
     device = cli.device(a.device)
     out = Path(a.out)
@@ -314,7 +316,7 @@ def run(a):
     for f, stem in zip(files, stems):
         try:
             inputs.append((f, stem, read_input(f, mode, clip, a.prefix, a.seconds, a.keep_audio)))
-        except data.BadInput as e:
+        except media.BadInput as e:
             if len(files) == 1:
                 raise
             print(f"error: {e} (skipped)", file=sys.stderr)
@@ -359,7 +361,7 @@ def run(a):
                                      soundtrack_of=f if mode == "v2a" else None, keep_audio=a.keep_audio, reference=ref):
                         print(line)
                     written += 1
-        except data.BadInput as e:
+        except media.BadInput as e:
             if len(inputs) == 1 and not failed:
                 raise
             print(f"error: {e} (skipped)", file=sys.stderr)

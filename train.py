@@ -27,6 +27,7 @@ from tqdm import tqdm
 import checkpoint
 import cli
 import data
+import media
 import negatives
 import pipeline
 import vae
@@ -250,7 +251,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if previews:  # a folder's hash split can give no validation clip (chance about 0.95^N for N files)
         try:
             data.build_dataset(cfg.data, "val", clip, root=cfg.data_root, num_clips=1, seed=cfg.seed)
-        except data.BadInput as e:
+        except media.BadInput as e:
             print(f"warning: previews are off: no validation clip to preview ({e})", file=sys.stderr)
             previews = False
     if rank == 0:

@@ -21,7 +21,7 @@ import torch
 
 import checkpoint
 import cli
-import data
+import media
 import train
 from conftest import ROOT
 
@@ -203,7 +203,7 @@ def decoded_seconds(path) -> float:
 
 
 def source_seconds(path) -> float:
-    return data.probe(path)["duration"]
+    return media.probe(path)["duration"]
 
 
 def new_mode() -> int:
@@ -257,7 +257,7 @@ def test_a2v_and_continuation_over_the_corpus(tiny_ckpt, corpus, tmp_path):
     assert proc.returncode == 1
     errors_by_file(proc, bad)
     for src in valid:
-        got = data.read_av(out / f"{src.stem}_a2v.mp4", size=16)
+        got = media.read_av(out / f"{src.stem}_a2v.mp4", size=16)
         assert abs(got.duration - source_seconds(src)) < 0.15 and got.video.shape[1:] == (3, 16, 16), src.name
     assert not list(out.glob("nan_*")) and not list(out.glob("inf_*"))
     # sounding-video continuation of a path with spaces and non-ASCII characters, and of a VFR file
@@ -266,7 +266,7 @@ def test_a2v_and_continuation_over_the_corpus(tiny_ckpt, corpus, tmp_path):
                "--prefix", "0.5")
     assert proc.returncode == 0 and not error_lines(proc), proc.stderr[-2000:]
     for src in (odd, vfr):
-        got = data.read_av(tmp_path / "cont" / f"{src.stem}_continue.mp4", size=16)
+        got = media.read_av(tmp_path / "cont" / f"{src.stem}_continue.mp4", size=16)
         assert abs(got.duration - source_seconds(src)) < 0.15
     # audio continuation reads the input's sound: a non-finite one is refused
     proc = run("sample.py", "--ckpt", tiny_ckpt, "--steps", "1", "--out", tmp_path / "cont", "--v2a",
@@ -468,5 +468,5 @@ def test_surround_is_downmixed_as_itu_bs775(tmp_path):
         f = write_media(tmp_path / f"{name}.wav", video=False, acodec="pcm_f32le", channels=6, wav=wav)
         with av.open(str(f)) as c:
             assert c.streams.audio[0].layout.channels[i].name == name
-        mono = data.read_av(f, need_video=False).audio
+        mono = media.read_av(f, need_video=False).audio
         assert torch.allclose(mono, gain * torch.from_numpy(wav[i]), atol=1e-5), name

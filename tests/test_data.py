@@ -1,10 +1,12 @@
-"""data.py: the mel front end against librosa, media in and out, bad input, synthetic events, shards."""
+"""melspec.py against librosa, media.py in and out with bad input, data.py's synthetic events and shards."""
 import librosa
 import numpy as np
 import pytest
 import torch
 
 import data
+import media
+import melspec
 from conftest import FIXTURES, shared_file
 
 CLIP = data.ClipConfig()
@@ -16,9 +18,9 @@ def test_clip_config_numbers():
 
 def test_mel_frame_count_and_librosa_equality():
     wav = np.random.default_rng(0).standard_normal(28800).astype(np.float32) * 0.3
-    mel = data.mel_magnitude(torch.from_numpy(wav)[None])[0].numpy()
+    mel = melspec.mel_magnitude(torch.from_numpy(wav)[None])[0].numpy()
     assert mel.shape == (80, 112)
-    padded = np.pad(wav, (data.N_FFT - data.HOP) // 2, mode="reflect")
+    padded = np.pad(wav, (melspec.N_FFT - melspec.HOP) // 2, mode="reflect")
     ref = librosa.feature.melspectrogram(y=padded, sr=16000, n_fft=512, hop_length=256, win_length=512,
                                          window="hann", center=False, power=1.0, n_mels=80, fmin=0.0, fmax=8000.0)
     interior = slice(1, -1)
@@ -29,21 +31,21 @@ def test_mel_frame_count_and_librosa_equality():
 def test_normalised_mel_range_and_batching():
     t = torch.arange(2 * 28800) / 16000
     loud = torch.sin(2 * torch.pi * 440 * t).reshape(2, 28800)  # (B, L), full-scale sines
-    mel = data.wav_to_mel(torch.cat([loud, torch.zeros(1, 28800)]))
+    mel = melspec.wav_to_mel(torch.cat([loud, torch.zeros(1, 28800)]))
     assert mel.shape == (3, 80, 112)
     assert mel.max() <= 1 and mel.min() >= -1 and mel[2].eq(-1).all()
-    assert torch.allclose(mel[:1], data.wav_to_mel(loud[:1]))  # batching changes nothing
+    assert torch.allclose(mel[:1], melspec.wav_to_mel(loud[:1]))  # batching changes nothing
 
 
 def test_griffin_lim_inverse_reproduces_the_mel():
     rng = np.random.default_rng(0)
     t = np.arange(112 * 256) / 16000
     wav = torch.from_numpy((0.5 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32))
-    mel = data.wav_to_mel(wav[None])
-    back = data.mel_to_wav(mel, n_iter=32, generator=torch.Generator().manual_seed(0))
+    mel = melspec.wav_to_mel(wav[None])
+    back = melspec.mel_to_wav(mel, n_iter=32, generator=torch.Generator().manual_seed(0))
     assert back.shape == (1, 112 * 256)
-    err = (data.wav_to_mel(back) - mel)[..., 2:-2].abs().mean()
-    rough = (data.wav_to_mel(data.mel_to_wav(mel, n_iter=0, generator=torch.Generator().manual_seed(0))) - mel)
+    err = (melspec.wav_to_mel(back) - mel)[..., 2:-2].abs().mean()
+    rough = (melspec.wav_to_mel(melspec.mel_to_wav(mel, n_iter=0, generator=torch.Generator().manual_seed(0))) - mel)
     assert err < 0.03 and err < rough[..., 2:-2].abs().mean() / 2  # the iterations do the work
 
 
@@ -54,8 +56,8 @@ def test_mp4_round_trip_keeps_timing(tmp_path):
     for f in (3, 12):
         video[f] = 255
         audio[f * 1600:f * 1600 + 64] = 0.9  # a click at the frame's time
-    path = data.write_mp4(tmp_path / "rt.mp4", video, audio)
-    back = data.read_av(path, size=64)
+    path = media.write_mp4(tmp_path / "rt.mp4", video, audio)
+    back = media.read_av(path, size=64)
     assert back.video.shape == (frames, 3, 64, 64) and back.audio.shape == (frames * 1600,)
     brightest = back.video.float().mean((1, 2, 3)).topk(2).indices.sort().values.tolist()
     assert brightest == [3, 12]
@@ -68,27 +70,27 @@ def test_mp4_round_trip_keeps_timing(tmp_path):
 
 def test_decode_bigbuckbunny_fixture():
     path = shared_file(FIXTURES / "bigbuckbunny.mp4")
-    full = data.read_av(path, size=64)
+    full = media.read_av(path, size=64)
     assert abs(full.duration - 5.312) < 1e-3
     assert full.video.shape == (53, 3, 64, 64) and full.video.dtype == torch.uint8  # 5.3 s at 10 fps
     assert abs(full.audio.numel() - 5.312 * 16000) <= 16 and full.audio.ndim == 1  # mono 16 kHz
     assert full.audio.abs().max() > 0.01 and full.video.float().std() > 10
-    clip = data.read_av(path, start=1.0, frames=18, size=128)
+    clip = media.read_av(path, start=1.0, frames=18, size=128)
     assert clip.video.shape == (18, 3, 128, 128) and clip.audio.shape == (28800,)
     # 25 fps -> 10 fps at the nearest timestamps: frame k of the clip is source frame round(2.5·(10 + k)).
-    assert torch.equal(clip.video[0], data.read_av(path, start=1.0, frames=1, size=128).video[0])
+    assert torch.equal(clip.video[0], media.read_av(path, start=1.0, frames=1, size=128).video[0])
     # Padding past the end: exact lengths, zeros for audio.
-    tail = data.read_av(path, start=5.0, frames=10, size=64)
+    tail = media.read_av(path, start=5.0, frames=10, size=64)
     assert tail.video.shape == (10, 3, 64, 64) and tail.audio[8000:].abs().max() == 0
 
 
 def test_read_av_errors_name_the_file(tmp_path):
-    with pytest.raises(data.BadInput, match="nope.mp4: no such file"):
-        data.read_av(tmp_path / "nope.mp4")
+    with pytest.raises(media.BadInput, match="nope.mp4: no such file"):
+        media.read_av(tmp_path / "nope.mp4")
     bikes = shared_file(FIXTURES / "bikes.mp4")
-    with pytest.raises(data.BadInput, match="bikes.mp4: no audio stream"):
-        data.read_av(bikes)
-    assert data.read_av(bikes, frames=5, need_audio=False).video.shape == (5, 3, 64, 64)
+    with pytest.raises(media.BadInput, match="bikes.mp4: no audio stream"):
+        media.read_av(bikes)
+    assert media.read_av(bikes, frames=5, need_audio=False).video.shape == (5, 3, 64, 64)
 
 
 def _faststart_copy(src, dst):
@@ -114,7 +116,7 @@ def test_prepare_skips_and_counts_bad_files(tmp_path, capsys):
     _faststart_copy(bunny, tmp_path / "fs.mp4")
     (root / "cutfs.mp4").write_bytes((tmp_path / "fs.mp4").read_bytes()[:500_000])
     t = torch.linspace(0, 1, 16000)
-    data.write_mp4(root / "short.mp4", torch.zeros(10, 3, 64, 64, dtype=torch.uint8), torch.sin(400 * t))
+    media.write_mp4(root / "short.mp4", torch.zeros(10, 3, 64, 64, dtype=torch.uint8), torch.sin(400 * t))
     # Every file lands in one split, so that the count is simple to check.
     counts = data.prepare("folder", tmp_path / "shards", clip=CLIP, root=root, progress=False)
     err = capsys.readouterr().err
@@ -189,5 +191,5 @@ def test_prepared_shards_refuse_another_clip_config(tmp_path):
     clip = data.ClipConfig(frames=6, size=16, margin=2)
     data.prepare("synthetic", tmp_path, clip=clip, num_clips={"train": 2}, progress=False)
     assert len(data.build_dataset(str(tmp_path), "train", clip)) == 2
-    with pytest.raises(data.BadInput, match="shards were prepared for"):
+    with pytest.raises(media.BadInput, match="shards were prepared for"):
         data.build_dataset(str(tmp_path), "train", data.ClipConfig(frames=6, size=32, margin=2))

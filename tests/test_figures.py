@@ -11,6 +11,8 @@ import torch
 
 import data
 import figures
+import media
+import melspec
 
 CLIP = data.ClipConfig(size=16)
 
@@ -27,7 +29,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def test_mel_figure_is_a_small_decodable_png(tmp_path, item):
-    mel = data.wav_to_mel(item["audio"][None])[0]  # (M, T)
+    mel = melspec.wav_to_mel(item["audio"][None])[0]  # (M, T)
     path = figures.mel_figure(tmp_path / "mel.png", {"generated": mel.flip(1), "truth": mel},
                               events=item["events"], title="clip 0")
     img = matplotlib.image.imread(path)  # (h, w, 4) float
@@ -73,8 +75,8 @@ def test_frame_strip_upscales_with_nearest(tmp_path):
 
 def test_write_page_escapes_text_and_links_relative_to_itself(tmp_path, item):
     run = tmp_path / "run"
-    mp4 = data.write_mp4(run / "samples" / "clip 0 #a.mp4", item["video"], item["audio"])
-    png = figures.mel_figure(run / "samples" / "mel.png", {"truth": data.wav_to_mel(item["audio"][None])[0]})
+    mp4 = media.write_mp4(run / "samples" / "clip 0 #a.mp4", item["video"], item["audio"])
+    png = figures.mel_figure(run / "samples" / "mel.png", {"truth": melspec.wav_to_mel(item["audio"][None])[0]})
     evil = '<script>alert("x")</script> & co'
     clips = [{"name": evil, "caption": evil, "directions": [
         {"title": evil, "videos": [(evil, mp4), ("truth", mp4)], "images": [(evil, png)]}]}]
@@ -107,5 +109,5 @@ def test_a_figure_that_fails_mid_write_leaves_the_old_png(tmp_path, monkeypatch,
         raise OSError("disk full")
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken_savefig)
     with pytest.raises(OSError, match="disk full"):
-        figures.mel_figure(target, {"truth": data.wav_to_mel(item["audio"][None])[0]})
+        figures.mel_figure(target, {"truth": melspec.wav_to_mel(item["audio"][None])[0]})
     assert target.read_bytes() == b"old" and leftovers(tmp_path) == []

@@ -23,6 +23,8 @@ import pytest
 
 import data
 import figures
+import media
+import melspec
 from conftest import ROOT
 
 CLIP = data.ClipConfig(size=16)
@@ -188,10 +190,10 @@ def demo_run(root: Path, clips: int = 2) -> tuple[Path, float]:
         video, audio = item["video"][m:m + CLIP.frames], item["audio"][ms:ms + CLIP.samples]  # (F, 3, H, W), (L,)
         gen_video = item["video"][m + shift:m + shift + CLIP.frames]
         gen_audio = item["audio"][ms + shift_samples:ms + shift_samples + CLIP.samples]
-        truth = data.write_mp4(samples / f"clip{i}_truth.mp4", video, audio)
-        v2a = data.write_mp4(samples / f"clip{i}_v2a.mp4", video, gen_audio)
-        a2v = data.write_mp4(samples / f"clip{i}_a2v.mp4", gen_video, audio)
-        mels = {"generated": data.wav_to_mel(gen_audio[None])[0], "truth": data.wav_to_mel(audio[None])[0]}
+        truth = media.write_mp4(samples / f"clip{i}_truth.mp4", video, audio)
+        v2a = media.write_mp4(samples / f"clip{i}_v2a.mp4", video, gen_audio)
+        a2v = media.write_mp4(samples / f"clip{i}_a2v.mp4", gen_video, audio)
+        mels = {"generated": melspec.wav_to_mel(gen_audio[None])[0], "truth": melspec.wav_to_mel(audio[None])[0]}
         mel = figures.mel_figure(samples / f"clip{i}_v2a_mel.png", mels, events=item["events"],
                                  title=f"clip {i}: video → audio")
         strip = figures.frame_strip(samples / f"clip{i} a2v frames.png", {"generated": gen_video, "truth": video},

@@ -12,8 +12,10 @@ import torch
 import checkpoint
 import data
 import diffusion
+import media
 import pipeline
 import sample
+import synthetic
 import train
 from conftest import FIXTURES, ROOT, shared_file
 
@@ -53,8 +55,8 @@ def packets(path):
 def long_clip(tmp_path, seconds=12.4, seed=3):
     """A long synthetic sounding video: bounce windows laid end to end."""
     clip = data.ClipConfig(frames=round(seconds * 10), size=16, margin=0)
-    item = data.synthetic_clip(seed, clip, "bounce")
-    return data.write_mp4(tmp_path / "long.mp4", item["video"], item["audio"]), item
+    item = synthetic.synthetic_clip(seed, clip, "bounce")
+    return media.write_mp4(tmp_path / "long.mp4", item["video"], item["audio"]), item
 
 
 # ---- v2a: the user's video back ----------------------------------------------------------------------------
@@ -80,7 +82,7 @@ def test_long_clips_get_outputs_of_their_length(tiny_ckpt, tmp_path):
     for mode in ("v2a", "a2v"):
         proc = sample_cli("--ckpt", tiny_ckpt, f"--{mode}", src, "--steps", "2", "--out", tmp_path / mode)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        got = data.read_av(tmp_path / mode / f"long_{mode}.mp4", size=16)
+        got = media.read_av(tmp_path / mode / f"long_{mode}.mp4", size=16)
         assert abs(got.duration - 12.4) < 0.15, (mode, got.duration)
         assert abs(got.audio.numel() / 16000 - 12.4) < 0.1 and abs(got.video.shape[0] - 124) <= 1
 
@@ -145,19 +147,19 @@ def test_continuation_and_long_joint_commands(tiny_ckpt, tmp_path):
     for mode, args in runs.items():
         proc = sample_cli("--ckpt", tiny_ckpt, *args, "--steps", "2", "--out", tmp_path / mode)
         assert proc.returncode == 0, (mode, proc.stderr[-2000:])
-    v2a = data.read_av(tmp_path / "v2a" / "long_v2a.wav", need_video=False)
+    v2a = media.read_av(tmp_path / "v2a" / "long_v2a.wav", need_video=False)
     assert abs(v2a.duration - 4.0) < 0.05
-    cont = data.read_av(tmp_path / "continue" / "long_continue.mp4", size=16)
+    cont = media.read_av(tmp_path / "continue" / "long_continue.mp4", size=16)
     assert abs(cont.duration - 6.0) < 0.15
     joint = sorted((tmp_path / "joint").glob("joint_*.mp4"))
-    assert len(joint) == 2 and abs(data.probe(joint[0])["duration"] - 5.0) < 0.15
+    assert len(joint) == 2 and abs(media.probe(joint[0])["duration"] - 5.0) < 0.15
 
 
 # ---- --ckpt --------------------------------------------------------------------------------------------------
 
 def test_ckpt_resolution(tiny_ckpt, tmp_path):
     t = torch.arange(16000) / 16000
-    wav = data.write_wav(tmp_path / "tone.wav", 0.5 * torch.sin(2 * torch.pi * 440 * t))
+    wav = media.write_wav(tmp_path / "tone.wav", 0.5 * torch.sin(2 * torch.pi * 440 * t))
     # no flag, no checkpoint anywhere: one line saying how to make one
     proc = sample_cli("--a2v", wav, "--steps", "1", "--out", tmp_path / "o", cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
@@ -198,7 +200,7 @@ def test_a_bad_file_among_many_is_skipped(tiny_ckpt, tmp_path):
     good = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        good.append(data.write_mp4(tmp_path / name / "clip.mp4", torch.zeros(8, 3, 16, 16, dtype=torch.uint8),
+        good.append(media.write_mp4(tmp_path / name / "clip.mp4", torch.zeros(8, 3, 16, 16, dtype=torch.uint8),
                                    torch.zeros(12800)))
     (tmp_path / "bad.mp4").write_text("not a video")
     proc = sample_cli("--ckpt", tiny_ckpt, "--v2a", *good, tmp_path / "bad.mp4", "--steps", "1", "--out", tmp_path / "o")
@@ -216,7 +218,7 @@ def test_bad_input_one_line(tiny_ckpt, tmp_path):
     other = tmp_path / "other.safetensors"
     from safetensors.torch import save_file
     save_file({"w": torch.zeros(1)}, str(other))
-    wav = data.write_wav(tmp_path / "t.wav", torch.zeros(16000))
+    wav = media.write_wav(tmp_path / "t.wav", torch.zeros(16000))
     cases = [
         (["--ckpt", tiny_ckpt, "--v2a", tmp_path / "missing.mp4"], "missing.mp4: no such file"),
         (["--ckpt", tiny_ckpt, "--v2a", tmp_path / "notes.mp4"], "notes.mp4: not a readable media file"),

@@ -8,6 +8,7 @@ from conftest import ROOT
 
 import data
 import demo
+import melspec
 import pipeline
 
 
@@ -62,7 +63,7 @@ def test_guidance_weights_same_weight_on_the_summed_error():
     it: its λ is scaled by that count, CMMD's is passed through."""
     clip = data.ClipConfig(size=16)
     codecs = {"video": SimpleNamespace(channels=3, factor=1),
-              "audio": SimpleNamespace(channels=80, steps=lambda samples: samples // data.HOP)}
+              "audio": SimpleNamespace(channels=80, steps=lambda samples: samples // melspec.HOP)}
     lam = {"v2a": 2.0, "a2v": 0.5}
     cmmd, mmd = (pipeline.Pipeline(None, None, codecs, clip, {"sampler": s}) for s in ({}, pipeline.MMDIFFUSION_SAMPLER))
     assert demo.guidance_weights(cmmd, lam) == lam

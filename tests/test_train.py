@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 import checkpoint
 import data
 import diffusion
+import melspec
 import pipeline
 import train
 from conftest import ROOT
@@ -45,7 +46,7 @@ def test_checkpoint_describes_itself(tmp_path):
     pipe = pipeline.load(ckpt)
     meta, clip = pipe.config, pipe.clip
     assert meta["net"]["fusion"] is False and clip.frames == 6 and clip.size == 16
-    assert meta["mel"] == {"log_min": data.LOG_MEL_MIN, "log_max": data.LOG_MEL_MAX}
+    assert meta["mel"] == {"log_min": melspec.LOG_MEL_MIN, "log_max": melspec.LOG_MEL_MAX}
     with pytest.raises(checkpoint.CheckpointError, match="nope.safetensors: no such cmmd checkpoint"):
         checkpoint.read(tmp_path / "nope.safetensors")
 
