@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import alignment
 import checkpoint
 import cli
 import data
 import figures
-import metrics
+import media
+import melspec
 import pipeline
 import sample
 import train
@@ -39,25 +41,25 @@ DEMO_STEPS = 1200
 
 
 def event_scores(events: np.ndarray, found: np.ndarray) -> dict:
-    prf = metrics.onset_prf(events, found, metrics.ONSET_TOLERANCE)
-    return {"hits": metrics.hit_count(events, found, metrics.ONSET_TOLERANCE), "matched": prf.matched,
+    prf = alignment.onset_prf(events, found, alignment.ONSET_TOLERANCE)
+    return {"hits": alignment.hit_count(events, found, alignment.ONSET_TOLERANCE), "matched": prf.matched,
             "n_ref": prf.n_ref, "n_est": prf.n_est}
 
 
 def audio_scores(truth: torch.Tensor, wav: torch.Tensor, tempo: float, sample_rate: int) -> dict:
     """Beat hits at ±100 ms against the truth's beats (dance clips: tempo > 0; CMMD Table 2) and the mel
     L1 distance to the truth."""
-    out = {"mel_l1": (data.wav_to_mel(wav[None]) - data.wav_to_mel(truth[None])).abs().mean().item()}
+    out = {"mel_l1": (melspec.wav_to_mel(wav[None]) - melspec.wav_to_mel(truth[None])).abs().mean().item()}
     if tempo > 0:
-        beats = metrics.beat_times(truth.numpy(), sample_rate)
-        out.update(beat_hits=metrics.hit_count(beats, metrics.beat_times(wav.numpy(), sample_rate), 0.1), beats=beats.size)
+        beats = alignment.beat_times(truth.numpy(), sample_rate)
+        out.update(beat_hits=alignment.hit_count(beats, alignment.beat_times(wav.numpy(), sample_rate), 0.1), beats=beats.size)
     return out
 
 
 def pooled(rows: list[dict]) -> dict:
     """Scores over all clips together: F1 and hit rate from the summed counts, mean mel L1, beat hit rate."""
     r = sum(x["n_ref"] for x in rows)
-    out = {"f1": metrics.pooled_f1(rows), "hit": sum(x["hits"] for x in rows) / r if r else float("nan")}
+    out = {"f1": alignment.pooled_f1(rows), "hit": sum(x["hits"] for x in rows) / r if r else float("nan")}
     if any("mel_l1" in x for x in rows):
         out["mel_l1"] = float(np.mean([x["mel_l1"] for x in rows]))
     beats = sum(x.get("beats", 0) for x in rows)
@@ -109,7 +111,7 @@ def evaluate(pipe, items, out: Path, sampler: dict, seed: int = 0, save_first: i
         v2a = sample.generate(pipe, pipe.sampler(**sampler, guidance=lam["v2a"]), cond={"video": v}, generator=g)
         a2v = sample.generate(pipe, pipe.sampler(**sampler, guidance=lam["a2v"]), cond={"audio": a}, generator=g)
         audio["model"] += list(v2a["audio"].cpu())
-        video["model"] += list(data.to_uint8(a2v["video"].cpu()))
+        video["model"] += list(media.to_uint8(a2v["video"].cpu()))
         for i in range(max(0, min(save_first - start, len(v)))):  # the first clips as files to look at
             shown.append(show_clip(out, start + i, items[start + i], v2a, a2v, i, clip))
     rows = {}
@@ -118,15 +120,15 @@ def evaluate(pipe, items, out: Path, sampler: dict, seed: int = 0, save_first: i
             events = item["events"][~item["events"].isnan()].double().numpy()
             truth, wav = audio["ground truth"][i], audio[name][i]
             rows.setdefault(f"v2a {name}", []).append({
-                **event_scores(events, metrics.audio_onsets(wav.numpy(), clip.sample_rate)),
+                **event_scores(events, alignment.audio_onsets(wav.numpy(), clip.sample_rate)),
                 **audio_scores(truth, wav, float(item["tempo"]), clip.sample_rate)})
-            rows.setdefault(f"a2v {name}", []).append({**event_scores(events, metrics.visual_onsets(video[name][i], clip.fps)),
-                                                       "roughness": metrics.roughness(video[name][i])})
+            rows.setdefault(f"a2v {name}", []).append({**event_scores(events, alignment.visual_onsets(video[name][i], clip.fps)),
+                                                       "roughness": alignment.roughness(video[name][i])})
     noise = torch.randint(0, 256, (len(items), clip.frames, 3, clip.size, clip.size), generator=torch.Generator().manual_seed(seed),
                           dtype=torch.uint8)
     names = [f"{d} {name}" for d in DIRECTIONS for name in ("model", *REFERENCES)]
     return {"scores": {k: pooled(rows[k]) for k in names}, "rows": rows, "shown": shown,
-            "noise_roughness": float(np.mean([metrics.roughness(x) for x in noise]))}
+            "noise_roughness": float(np.mean([alignment.roughness(x) for x in noise]))}
 
 
 def show_clip(out: Path, k: int, item: dict, v2a: dict, a2v: dict, i: int, clip) -> dict:
@@ -135,7 +137,7 @@ def show_clip(out: Path, k: int, item: dict, v2a: dict, a2v: dict, i: int, clip)
     events = item["events"][~item["events"].isnan()].numpy()
     stem = out / f"clip{k}"
     truth = v2a["video"][i].cpu()  # v2a's condition: the true frames
-    data.write_mp4(f"{stem}_truth.mp4", truth, a2v["audio"][i].cpu(), clip.fps, clip.sample_rate)
+    media.write_mp4(f"{stem}_truth.mp4", truth, a2v["audio"][i].cpu(), clip.fps, clip.sample_rate)
     sample.save(f"{stem}_v2a", v2a, i, clip, reference=a2v["audio"][i].cpu(), events=events, title=f"clip {k}: video → audio")
     sample.save(f"{stem}_a2v", a2v, i, clip, reference=None, events=events, title=f"clip {k}: audio → video")
     figures.frame_strip(f"{stem}_frames.png", {"generated": a2v["video"][i].cpu(), "truth": truth}, fps=clip.fps,
@@ -152,7 +154,7 @@ def show_clip(out: Path, k: int, item: dict, v2a: dict, a2v: dict, i: int, clip)
 def summary(result: dict, seed: int = 0) -> dict:
     """Per direction: the model's F1 minus the shifted truth's, with a 95 % paired bootstrap interval over clips."""
     rows = result["rows"]
-    return {d: dict(zip(("delta", "lo", "hi"), metrics.paired_bootstrap(rows[f"{d} model"], rows[f"{d} shifted 400 ms"],
+    return {d: dict(zip(("delta", "lo", "hi"), alignment.paired_bootstrap(rows[f"{d} model"], rows[f"{d} shifted 400 ms"],
                                                                          seed=seed))) for d in DIRECTIONS}
 
 

@@ -27,12 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import alignment  # noqa: E402
 import checkpoint  # noqa: E402
 import cli  # noqa: E402
 import data  # noqa: E402
 import demo  # noqa: E402
 import figures  # noqa: E402
-import metrics  # noqa: E402
 import pipeline  # noqa: E402
 
 SETTINGS = [("ddim", s) for s in (10, 15, 25, 50, 100, 200)] + [("dpmsolver++", s) for s in (10, 15, 25, 50)]
@@ -83,7 +83,7 @@ def compare(results: dict, settings, seed: int) -> dict:
         ref = results[key(g, *reference)]
         for sampler, steps in settings:
             r = results[key(g, sampler, steps)]
-            out[key(g, sampler, steps)] = {d: metrics.paired_bootstrap(r["rows"][d], ref["rows"][d], seed=seed)
+            out[key(g, sampler, steps)] = {d: alignment.paired_bootstrap(r["rows"][d], ref["rows"][d], seed=seed)
                                            for d in demo.DIRECTIONS}
     return out
 

@@ -27,21 +27,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import alignment  # noqa: E402
 import checkpoint  # noqa: E402
 import cli  # noqa: E402
 import data  # noqa: E402
 import demo  # noqa: E402
-import metrics  # noqa: E402
+import media  # noqa: E402
+import melspec  # noqa: E402
 import pipeline  # noqa: E402
 import sample  # noqa: E402
+import synthetic  # noqa: E402
 
-MAX_EVENTS = 256  # room for every event of a long clip (data.EVENTS_MAX is sized for 1.8 s windows)
+MAX_EVENTS = 256  # room for every event of a long clip (synthetic.EVENTS_MAX is sized for 1.8 s windows)
 
 
 def long_clips(n: int, frames: int, size: int, seed: int) -> list[dict]:
     clip = data.ClipConfig(frames=frames, size=size, margin=0)
-    return [data.synthetic_clip(data._stable_int("seams", seed, i), clip, data.VARIANTS[i % 2], max_events=MAX_EVENTS)
-            for i in range(n)]
+    return [synthetic.synthetic_clip(data._stable_int("seams", seed, i), clip, synthetic.VARIANTS[i % 2],
+                                     max_events=MAX_EVENTS) for i in range(n)]
 
 
 def jumps(x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -67,8 +70,8 @@ def seam_stats(series: dict, seams: list[int]) -> dict:
 def onset_rows(direction: str, signal, events_per_clip, clip, offsets=None) -> list[dict]:
     """Per clip, onset counts of the generated `signal` against the true events (seconds). offsets: window
     starts (frames) when the signal is a list of windows per clip, scored window by window and pooled."""
-    detect = (lambda a: metrics.audio_onsets(a.numpy(), clip.sample_rate)) if direction == "v2a" else \
-        (lambda v: metrics.visual_onsets(data.to_uint8(v), clip.fps))
+    detect = (lambda a: alignment.audio_onsets(a.numpy(), clip.sample_rate)) if direction == "v2a" else \
+        (lambda v: alignment.visual_onsets(media.to_uint8(v), clip.fps))
     rows = []
     for i, ev in enumerate(events_per_clip):
         parts = signal[i] if offsets is not None else [signal[i]]
@@ -106,15 +109,15 @@ def run_direction(pipe, cfg, clips: list[dict], direction: str, window: int, ove
         single += [[p[i] for p in pieces] for i in range(len(part))]
     rows_long = onset_rows(direction, long, events, clip)
     rows_single = onset_rows(direction, single, events, clip, offsets=[f0 for f0, _ in cuts])
-    delta = metrics.paired_bootstrap(rows_long, rows_single, seed=seed)
+    delta = alignment.paired_bootstrap(rows_long, rows_single, seed=seed)
     seams = [spans[i - 1][1] for i in range(1, len(spans))]  # frames where a window's new part begins
     hard = [cuts[i][0] for i in range(1, len(cuts))]
     truth = torch.stack([c[gen_key] for c in clips]).float()
     hard_cat = torch.stack([torch.cat(s) for s in single])
     generated = torch.stack(long)
     if direction == "v2a":  # mel steps: a frame boundary f is mel step f · spf / HOP (whole, block-aligned)
-        to_steps = lambda fs: [f * spf // data.HOP for f in fs]  # noqa: E731
-        series = {k: jumps(data.wav_to_mel(x), 2) for k, x in (("generated", generated), ("hard cuts", hard_cat),
+        to_steps = lambda fs: [f * spf // melspec.HOP for f in fs]  # noqa: E731
+        series = {k: jumps(melspec.wav_to_mel(x), 2) for k, x in (("generated", generated), ("hard cuts", hard_cat),
                                                                  ("truth", truth))}
     else:
         to_steps = lambda fs: fs  # noqa: E731
@@ -122,7 +125,7 @@ def run_direction(pipe, cfg, clips: list[dict], direction: str, window: int, ove
         series = {k: jumps(x, 1) for k, x in (("generated", generated), ("hard cuts", hard_cat), ("truth", truth))}
     seam = {"inpainted seams": seam_stats({k: series[k] for k in ("generated", "truth")}, to_steps(seams)),
             "hard cuts": seam_stats({k: series[k] for k in ("hard cuts", "truth")}, to_steps(hard))}
-    return {"f1_long": metrics.pooled_f1(rows_long), "f1_single": metrics.pooled_f1(rows_single),
+    return {"f1_long": alignment.pooled_f1(rows_long), "f1_single": alignment.pooled_f1(rows_single),
             "long_minus_single": delta, "windows": spans, "seams_frames": seams, "cuts_frames": hard, "jumps": seam,
             "rows_long": rows_long, "rows_single": rows_single}
 

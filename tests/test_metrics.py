@@ -1,5 +1,6 @@
-"""metrics.py against references: closed forms, scipy's sqrtm, brute-force MMD and matching, the TF
-VGGish front end (numpy, below), the I3D reference outputs in ../shared, and exact event times."""
+"""metrics.py, features.py and alignment.py against references: closed forms, scipy's sqrtm, brute-force
+MMD and matching, the TF VGGish front end (numpy, below), the I3D reference outputs in ../shared, and exact
+event times."""
 import json
 import math
 
@@ -13,6 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from conftest import FIXTURES, I3D_DIR, shared_file
 
+import alignment
+import checkpoint
+import features
 import metrics as M
 
 SR = 16000
@@ -22,12 +26,12 @@ SR = 16000
 def vggish():
     """A randomly initialised VGGish (seeded): the offline stand-in for the released weights."""
     torch.manual_seed(0)
-    return M.VGGish().eval()
+    return features.VGGish().eval()
 
 
 @pytest.fixture(scope="module")
 def i3d():
-    return M.load_i3d(shared_file(I3D_DIR / M.I3D_WEIGHTS))
+    return features.load_i3d(shared_file(I3D_DIR / features.I3D_WEIGHTS))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -107,24 +111,24 @@ def test_kvd_near_zero_for_one_distribution_positive_for_shifted():
 def test_hit_rate_exact_and_inclusive_edges():
     ref = [1.0, 2.0, 3.0, 4.0]
     est = [1.1, 1.9, 3.3]  # 1.1 − 1.0 = 0.10000000000000009 in binary: an edge hit only thanks to the slack
-    assert M.hit_rate(ref, est, 0.1) == 0.5
-    assert M.hit_rate(ref, est, 0.5) == 0.75
-    assert M.hit_rate(ref, [1.0 + 0.1 + 1 / SR, 2.0 - 0.1], 0.1) == 0.25  # one sample past the edge: a miss
+    assert alignment.hit_rate(ref, est, 0.1) == 0.5
+    assert alignment.hit_rate(ref, est, 0.5) == 0.75
+    assert alignment.hit_rate(ref, [1.0 + 0.1 + 1 / SR, 2.0 - 0.1], 0.1) == 0.25  # one sample past the edge: a miss
     grid = np.arange(0, 50) * 0.3 + 0.1  # round-off-laden reference times, 0.3 s apart
     for sign in (1, -1):
-        assert M.hit_rate(grid, grid + sign * 0.1, 0.1) == 1.0  # exactly at the edge: hits
-        assert M.hit_rate(grid, grid + sign * (0.1 + 1 / SR), 0.1) == 0.0  # a sample beyond: misses
-    assert M.hit_rate([1.0, 1.05], [1.02], 0.1) == 1.0  # one estimate may serve several references
-    assert M.hit_rate([1.0], [], 0.1) == 0.0 and math.isnan(M.hit_rate([], [1.0], 0.1))
-    assert M.hit_rate(torch.tensor([1.0, 3.0, math.nan]), [1.05], 0.1) == 0.5  # NaN padding (data.py) is ignored
+        assert alignment.hit_rate(grid, grid + sign * 0.1, 0.1) == 1.0  # exactly at the edge: hits
+        assert alignment.hit_rate(grid, grid + sign * (0.1 + 1 / SR), 0.1) == 0.0  # a sample beyond: misses
+    assert alignment.hit_rate([1.0, 1.05], [1.02], 0.1) == 1.0  # one estimate may serve several references
+    assert alignment.hit_rate([1.0], [], 0.1) == 0.0 and math.isnan(alignment.hit_rate([], [1.0], 0.1))
+    assert alignment.hit_rate(torch.tensor([1.0, 3.0, math.nan]), [1.05], 0.1) == 0.5  # NaN padding (synthetic.py) is ignored
 
 
 def test_onset_prf_exact_and_one_to_one():
-    p = M.onset_prf([1.0, 1.05], [1.02], 0.1)  # one-to-one: the second reference stays unmatched
+    p = alignment.onset_prf([1.0, 1.05], [1.02], 0.1)  # one-to-one: the second reference stays unmatched
     assert (p.precision, p.recall, p.f1, p.matched) == (1.0, 0.5, pytest.approx(2 / 3), 1)
-    p = M.onset_prf([0.5, 1.0, 2.0], [0.4, 1.1, 1.5, 2.6], 0.1)  # 0.4 and 1.1 on the edge, 1.5/2.6 spurious
+    p = alignment.onset_prf([0.5, 1.0, 2.0], [0.4, 1.1, 1.5, 2.6], 0.1)  # 0.4 and 1.1 on the edge, 1.5/2.6 spurious
     assert (p.matched, p.precision, p.recall) == (2, 0.5, 2 / 3)
-    assert math.isnan(M.onset_prf([], [], 0.1).f1) and M.onset_prf([1.0], [], 0.1).recall == 0.0
+    assert math.isnan(alignment.onset_prf([], [], 0.1).f1) and alignment.onset_prf([1.0], [], 0.1).recall == 0.0
 
 
 def test_match_count_is_a_maximum_matching():
@@ -132,12 +136,12 @@ def test_match_count_is_a_maximum_matching():
     for _ in range(200):
         ref, est = (np.round(rng.uniform(0, 3, rng.integers(0, 12)), 2) for _ in range(2))  # 10 ms grid: ties
         tol = rng.choice([0.05, 0.1, 0.3])
-        ok = np.abs(ref[:, None] - est[None, :]) <= tol + M.EDGE_SLACK  # (R, E)
+        ok = np.abs(ref[:, None] - est[None, :]) <= tol + alignment.EDGE_SLACK  # (R, E)
         best = 0
         if ok.size:
             r, c = scipy.optimize.linear_sum_assignment(-ok.astype(float))
             best = int(ok[r, c].sum())
-        assert M.match_count(ref, est, tol) == best
+        assert alignment.match_count(ref, est, tol) == best
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -146,23 +150,23 @@ def test_beat_hit_rate_on_click_tracks():
     beats = np.arange(0.25, 6.0, 0.5)  # 120 bpm
     ref = librosa.clicks(times=beats, sr=SR, length=6 * SR)
     half_beat_late = librosa.clicks(times=beats + 0.25, sr=SR, length=6 * SR)
-    ref_beats = M.beat_times(ref)
+    ref_beats = alignment.beat_times(ref)
     assert len(ref_beats) >= 8
-    assert M.hit_rate(ref_beats, M.beat_times(ref), 0.1) == 1.0
-    late = M.beat_times(half_beat_late)
-    assert M.hit_rate(ref_beats, late, 0.1) == 0.0  # 250 ms off: outside ±100 ms ...
-    assert M.hit_rate(ref_beats, late, 0.5) == 1.0  # ... inside ±500 ms, why the paper distrusts it
+    assert alignment.hit_rate(ref_beats, alignment.beat_times(ref), 0.1) == 1.0
+    late = alignment.beat_times(half_beat_late)
+    assert alignment.hit_rate(ref_beats, late, 0.1) == 0.0  # 250 ms off: outside ±100 ms ...
+    assert alignment.hit_rate(ref_beats, late, 0.5) == 1.0  # ... inside ±500 ms, why the paper distrusts it
 
 
 def test_audio_onsets_on_click_track():
     events = np.array([0.25, 0.7, 1.1, 1.9, 2.3, 3.05])
     wav = librosa.clicks(times=events, sr=SR, length=int(3.6 * SR), click_duration=0.02)
-    p = M.onset_prf(events, M.audio_onsets(wav), 0.1)
+    p = alignment.onset_prf(events, alignment.audio_onsets(wav), 0.1)
     assert (p.precision, p.recall) == (1.0, 1.0)
-    p = M.onset_prf(np.append(events, 3.4), M.audio_onsets(wav), 0.1)  # a stored event with no sound
+    p = alignment.onset_prf(np.append(events, 3.4), alignment.audio_onsets(wav), 0.1)  # a stored event with no sound
     assert (p.precision, p.recall) == (1.0, 6 / 7)
     wav48 = librosa.clicks(times=events, sr=48000, length=int(3.6 * 48000), click_duration=0.02)
-    assert M.onset_prf(events, M.audio_onsets(wav48, 48000), 0.1).f1 == 1.0  # resampled to 16 kHz first
+    assert alignment.onset_prf(events, alignment.audio_onsets(wav48, 48000), 0.1).f1 == 1.0  # resampled to 16 kHz first
 
 
 def test_visual_onsets_on_jumping_square():
@@ -174,9 +178,9 @@ def test_visual_onsets_on_jumping_square():
     for f in range(frames):
         pos += 8 * (f in jumps)
         video[f, :, 4:12, pos:pos + 8] = 255  # the square moves only at the jump frames
-    times = M.visual_onsets(video.to(torch.uint8), fps)
+    times = alignment.visual_onsets(video.to(torch.uint8), fps)
     assert np.allclose(times, np.array(jumps) / fps)
-    assert M.onset_prf(np.array(jumps) / fps, times, 0.1).f1 == 1.0
+    assert alignment.onset_prf(np.array(jumps) / fps, times, 0.1).f1 == 1.0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -203,7 +207,7 @@ def test_vggish_log_mel_matches_tf_reference():
     rng = np.random.default_rng(7)
     t = np.arange(int(1.3 * SR)) / SR
     wav = 0.3 * np.sin(2 * np.pi * 1000 * t) + 0.05 * rng.standard_normal(t.size)
-    ours = M.vggish_log_mel(torch.from_numpy(wav)).numpy()
+    ours = features.vggish_log_mel(torch.from_numpy(wav)).numpy()
     assert ours.shape == (1 + (t.size - 400) // 160, 64)
     assert np.allclose(ours, _tf_log_mel(wav), atol=1e-9)
     loudest = ours.mean(0).argmax()  # the band whose centre is nearest 1 kHz
@@ -257,23 +261,24 @@ def test_embed_at_resamples_to_the_embedders_rate(vggish):
 def test_vggish_weights_strict_load_and_errors(vggish, tmp_path, monkeypatch):
     path = tmp_path / "vggish-10086976.pth"
     torch.save(vggish.state_dict(), path)
-    loaded = M.load_vggish(path)
+    loaded = features.load_vggish(path)
     assert torch.equal(loaded.embeddings[4].weight, torch.load(path)["embeddings.4.weight"])
-    with pytest.raises(M.MetricsError, match=r"missing\.pth: VGGish weights not found .*vggish-10086976\.pth"):
-        M.load_vggish(tmp_path / "missing.pth")
+    with pytest.raises(checkpoint.CheckpointError, match=r"missing\.pth: VGGish weights not found .*vggish-10086976\.pth"):
+        features.load_vggish(tmp_path / "missing.pth")
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(M.MetricsError, match="bad.pth: not a torchvggish VGGish state dict"):
-        M.load_vggish(tmp_path / "bad.pth")
+    with pytest.raises(checkpoint.CheckpointError, match=r"bad\.pth: weights do not fit the torchvggish VGGish network \(17 missing, "
+                                                         r"e\.g\. \['embeddings\.0\.bias', 'embeddings\.0\.weight'\]; 0 unexpected"):
+        features.load_vggish(tmp_path / "bad.pth")
     (tmp_path / "text.pth").write_text("not a checkpoint")
-    with pytest.raises(M.MetricsError, match="text.pth: not a torchvggish VGGish state dict"):
-        M.load_vggish(tmp_path / "text.pth")
+    with pytest.raises(checkpoint.CheckpointError, match="text.pth: not a torchvggish VGGish state dict"):
+        features.load_vggish(tmp_path / "text.pth")
 
     def offline(*args, **kwargs):
         raise OSError("no network")
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(M.MetricsError) as e:
-        M.load_vggish(None)
-    assert M.VGGISH_URL in str(e.value) and "--vggish PATH" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        features.load_vggish(None)
+    assert features.VGGISH_URL in str(e.value) and "--vggish PATH" in str(e.value) and "\n" not in str(e.value)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -282,7 +287,7 @@ def test_same_pad_follows_tf_rule():
     for size in (7, 8, 9, 16, 31, 224):
         for kernel, stride in ((7, 2), (3, 1), (3, 2), (2, 2), (1, 1)):
             x = torch.zeros(1, 1, size, size, 1)
-            y = M.same_pad(x, (kernel, kernel, 1), (stride, stride, 1))
+            y = features.same_pad(x, (kernel, kernel, 1), (stride, stride, 1))
             out = F.max_pool3d(y, (kernel, kernel, 1), (stride, stride, 1))
             assert out.shape[2:4] == (math.ceil(size / stride),) * 2
             before = (y.shape[2] - size) // 2
@@ -292,7 +297,7 @@ def test_same_pad_follows_tf_rule():
 def test_i3d_preprocess_range_and_layout():
     video = torch.zeros(2, 9, 3, 16, 16, dtype=torch.uint8)
     video[1] = 255
-    x = M.i3d_preprocess(video)
+    x = features.i3d_preprocess(video)
     assert x.shape == (2, 3, 9, 224, 224)
     assert torch.allclose(x[0], torch.tensor(-1.0)) and torch.allclose(x[1], torch.tensor(1.0))
 
@@ -314,13 +319,14 @@ def test_i3d_reproduces_reference_outputs(i3d):
 
 
 def test_i3d_load_errors(tmp_path):
-    with pytest.raises(M.MetricsError, match=r"nope\.pt: I3D weights not found .*--i3d PATH"):
-        M.load_i3d(tmp_path / "nope.pt")
-    state = M.I3D().state_dict()
+    with pytest.raises(checkpoint.CheckpointError, match=r"nope\.pt: I3D weights not found .*--i3d PATH"):
+        features.load_i3d(tmp_path / "nope.pt")
+    state = features.I3D().state_dict()
     state.pop("logits.conv3d.bias")
     torch.save(state, tmp_path / "partial.pt")
-    with pytest.raises(M.MetricsError, match=r"partial\.pt: not an I3D Kinetics-400 state dict .*logits\.conv3d\.bias"):
-        M.load_i3d(tmp_path / "partial.pt")
+    with pytest.raises(checkpoint.CheckpointError, match=r"partial\.pt: weights do not fit the I3D Kinetics-400 network "
+                                                         r"\(1 missing, e\.g\. \['logits\.conv3d\.bias'\]; 0 unexpected"):
+        features.load_i3d(tmp_path / "partial.pt")
 
 
 def _blur(video, sigma):
@@ -334,12 +340,12 @@ def _blur(video, sigma):
 
 
 def test_fvd_self_zero_and_rises_with_blur(i3d):
-    data = pytest.importorskip("data")
+    media = pytest.importorskip("media")
     clip = shared_file(FIXTURES / "bigbuckbunny.mp4")
-    video = data.read_av(clip, frames=3 * M.I3D_MIN_FRAMES, size=64, need_audio=False).video  # (27, 3, 64, 64)
-    ref = video.unflatten(0, (3, M.I3D_MIN_FRAMES))  # (3, 9, 3, 64, 64): three short clips
+    video = media.read_av(clip, frames=3 * features.I3D_MIN_FRAMES, size=64, need_audio=False).video  # (27, 3, 64, 64)
+    ref = video.unflatten(0, (3, features.I3D_MIN_FRAMES))  # (3, 9, 3, 64, 64): three short clips
     sigmas = (1.0, 2.0, 4.0)
-    feats = M.i3d_logits(i3d, torch.cat([ref] + [_blur(ref, s) for s in sigmas])).numpy()  # one batch (12, 400)
+    feats = features.i3d_logits(i3d, torch.cat([ref] + [_blur(ref, s) for s in sigmas])).numpy()  # one batch (12, 400)
     ref_feats = feats[:3]
     fvd = [M.frechet_distance_features(feats[3 * k:3 * k + 3], ref_feats) for k in range(1 + len(sigmas))]
     assert abs(fvd[0]) < 1e-6 * fvd[1]
@@ -368,18 +374,18 @@ class _StubI3D(nn.Module):
 
 
 def test_command_line_end_to_end(vggish, tmp_path, monkeypatch, capsys):
-    data = pytest.importorskip("data")
+    media = pytest.importorskip("media")
     gen_dir, ref_dir = tmp_path / "gen", tmp_path / "ref"
     rng = np.random.default_rng(9)
     for name, gen_name in (("clipA", "clipA_0"), ("clipB", "clipB")):  # both ways of naming a generation
         events = np.array([0.3, 0.9, 1.6, 2.2, 3.0]) + (0.1 if name == "clipB" else 0.0)  # well apart
         wav = torch.from_numpy(librosa.clicks(times=events, sr=SR, length=int(3.6 * SR), click_duration=0.02) * 0.5)
         video = torch.from_numpy(rng.integers(0, 255, (36, 3, 32, 32), dtype=np.uint8))
-        data.write_mp4(ref_dir / f"{name}.mp4", video, wav.float())
+        media.write_mp4(ref_dir / f"{name}.mp4", video, wav.float())
         (ref_dir / f"{name}.json").write_text(json.dumps({"events": events.tolist(), "tempo": 0}))
-        data.write_mp4(gen_dir / f"{gen_name}.mp4", video, wav.float())  # a perfect "generation"
-    monkeypatch.setattr(M, "load_i3d", lambda path, device="cpu": _StubI3D())  # loading is tested above
-    monkeypatch.setattr(M, "load_vggish", lambda path, cfg, device="cpu": vggish)
+        media.write_mp4(gen_dir / f"{gen_name}.mp4", video, wav.float())  # a perfect "generation"
+    monkeypatch.setattr(features, "load_i3d", lambda path, device="cpu": _StubI3D())  # loading is tested above
+    monkeypatch.setattr(features, "load_vggish", lambda path, cfg, device="cpu": vggish)
     out = tmp_path / "report.json"
     M.main(["--gen", str(gen_dir), "--ref", str(ref_dir), "--json", str(out), "--kvd-subsets", "3", "--device", "cpu"])
     table = capsys.readouterr().out

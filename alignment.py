@@ -1,0 +1,163 @@
+"""Audio-visual alignment scores (CMMD §3.1 "Temporal Alignment"), every setting stated, and the paired
+bootstrap that compares two systems on the same clips.
+
+- beat hit rate: librosa.beat.beat_track(y, sr=16000, hop_length=256, units="time"; librosa defaults
+  otherwise: onset envelope of a 128-band mel spectrogram with n_fft 2048, start_bpm 120, tightness 100,
+  trim=True) on generated and ground-truth audio; the hit rate is the fraction of ground-truth beats with
+  at least one generated beat within ±tolerance (±100 ms, and ±500 ms which the paper reports but does not
+  trust), pooled over all pairs (total hits / total ground-truth beats).
+- onset P/R/F1: librosa.onset.onset_detect(y, sr=16000, hop_length=256, backtrack=False, units="time";
+  librosa defaults otherwise) on generated audio against the stored event times, with a one-to-one
+  matching at ±100 ms (greedy in time order, which is a maximum matching for equal tolerance windows);
+      P = matched / n_est,   R = matched / n_ref,   F1 = 2·matched / (n_est + n_ref),
+  counts pooled over clips.
+- visual onsets (audio-to-video): the motion envelope e_i = mean |x_{i+1} − x_i| over the pixels (in
+  [0, 1]) of consecutive frames, normalised to [0, 1] like librosa's onset envelope, peaks picked with
+  librosa.util.peak_pick(pre_max=1, post_max=2, pre_avg=2, post_avg=3, delta=0.1, wait=1); a peak in the
+  difference between frames i−1 and i is an event at i / fps. Scored like audio onsets.
+Tolerance edges are inclusive: |t_est − t_ref| <= tolerance + 1e-9 s (the slack absorbs float round-off:
+1.1 − 1.0 > 0.1 in binary floating point). Audio is resampled to 16 kHz first (media.resample).
+"""
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+import media
+import melspec
+
+ALIGN_SAMPLE_RATE = melspec.SAMPLE_RATE  # Hz: beat and onset detection run at the model's rate
+ALIGN_HOP = melspec.HOP  # samples (16 ms): librosa's default 512 would be 32 ms at 16 kHz
+BEAT_TOLERANCES = (0.1, 0.5)  # s, CMMD §3.1 (±100 ms proposed, ±500 ms reported "not suggested")
+ONSET_TOLERANCE = 0.1  # s, the same perceptual synchronicity threshold (CMMD §3.1, [51])
+EDGE_SLACK = 1e-9  # s, makes the tolerance edge inclusive despite float round-off
+VISUAL_PEAK_PICK = dict(pre_max=1, post_max=2, pre_avg=2, post_avg=3, delta=0.1, wait=1)  # frames
+
+
+def _times(x) -> np.ndarray:
+    """Event times as a float64 vector; NaN entries (synthetic.py pads event lists with NaN) are dropped."""
+    x = np.asarray(x.cpu() if torch.is_tensor(x) else x, dtype=np.float64).ravel()
+    return x[~np.isnan(x)]
+
+
+def _within(distance, tolerance):
+    return distance <= tolerance + EDGE_SLACK  # inclusive edge, see EDGE_SLACK
+
+
+def hit_count(reference_times, estimated_times, tolerance: float) -> int:
+    """How many reference times have at least one estimated time within ±tolerance (inclusive)."""
+    ref, est = _times(reference_times), np.sort(_times(estimated_times))
+    if ref.size == 0 or est.size == 0:
+        return 0
+    i = np.clip(np.searchsorted(est, ref), 1, est.size - 1) if est.size > 1 else np.zeros(ref.size, int)
+    nearest = np.minimum(np.abs(est[i] - ref), np.abs(est[np.maximum(i - 1, 0)] - ref))  # (R,)
+    return int(_within(nearest, tolerance).sum())
+
+
+def hit_rate(reference_times, estimated_times, tolerance: float) -> float:
+    """Fraction of reference times with an estimated time within ±tolerance (inclusive); NaN if no reference."""
+    n = _times(reference_times).size
+    return hit_count(reference_times, estimated_times, tolerance) / n if n else math.nan
+
+
+def match_count(reference_times, estimated_times, tolerance: float) -> int:
+    """Size of a maximum one-to-one matching of times within ±tolerance (inclusive). Greedy in time order
+    is optimal here: all windows have the same width, so their starts and ends are in the same order."""
+    ref, est = np.sort(_times(reference_times)), np.sort(_times(estimated_times))
+    i = j = matched = 0
+    while i < ref.size and j < est.size:
+        if est[j] < ref[i] and not _within(ref[i] - est[j], tolerance):
+            j += 1  # too early for this reference and for every later one
+        elif est[j] > ref[i] and not _within(est[j] - ref[i], tolerance):
+            i += 1  # no estimate left for this reference
+        else:
+            matched, i, j = matched + 1, i + 1, j + 1
+    return matched
+
+
+class PRF(NamedTuple):
+    precision: float  # matched / estimated (NaN with no estimates)
+    recall: float  # matched / reference (NaN with no reference)
+    f1: float  # 2·matched / (estimated + reference) (NaN with neither)
+    matched: int
+    n_ref: int
+    n_est: int
+
+
+def prf_from_counts(matched: int, n_ref: int, n_est: int) -> PRF:
+    div = lambda a, b: a / b if b else math.nan  # noqa: E731
+    return PRF(div(matched, n_est), div(matched, n_ref), div(2 * matched, n_ref + n_est), matched, n_ref, n_est)
+
+
+def onset_prf(reference_times, estimated_times, tolerance: float = ONSET_TOLERANCE) -> PRF:
+    """Precision, recall, F1 of event times under a one-to-one matching within ±tolerance (inclusive)."""
+    n_ref, n_est = _times(reference_times).size, _times(estimated_times).size
+    return prf_from_counts(match_count(reference_times, estimated_times, tolerance), n_ref, n_est)
+
+
+def _at_align_rate(wav, sample_rate: int) -> np.ndarray:
+    wav = np.asarray(wav.cpu() if torch.is_tensor(wav) else wav, dtype=np.float64)
+    return media.resample(wav, sample_rate, ALIGN_SAMPLE_RATE)
+
+
+def beat_times(wav, sample_rate: int = ALIGN_SAMPLE_RATE) -> np.ndarray:
+    """Beat times (s) by librosa.beat.beat_track at 16 kHz, hop 256, other settings librosa's defaults."""
+    import librosa
+    _, beats = librosa.beat.beat_track(y=_at_align_rate(wav, sample_rate), sr=ALIGN_SAMPLE_RATE,
+                                       hop_length=ALIGN_HOP, units="time")
+    return np.asarray(beats, np.float64)
+
+
+def audio_onsets(wav, sample_rate: int = ALIGN_SAMPLE_RATE) -> np.ndarray:
+    """Onset times (s) by librosa.onset.onset_detect at 16 kHz, hop 256, no backtracking, else defaults."""
+    import librosa
+    return np.asarray(librosa.onset.onset_detect(y=_at_align_rate(wav, sample_rate), sr=ALIGN_SAMPLE_RATE,
+                                                 hop_length=ALIGN_HOP, backtrack=False, units="time"), np.float64)
+
+
+def motion_envelope(video: torch.Tensor) -> np.ndarray:
+    """uint8 (F, 3, H, W) -> (F − 1,) mean absolute difference of consecutive frames, pixels in [0, 1]."""
+    assert video.ndim == 4 and video.shape[1] == 3, f"video must be (F, 3, H, W), got {tuple(video.shape)}"
+    x = video.float() / 255.0
+    return (x[1:] - x[:-1]).abs().mean(dim=(1, 2, 3)).double().numpy()  # entry i: change into frame i + 1
+
+
+def visual_onsets(video: torch.Tensor, fps: float) -> np.ndarray:
+    """Times (s) of motion peaks in uint8 (F, 3, H, W): a peak in the change into frame i is an event at i / fps."""
+    import librosa
+    env = motion_envelope(video)
+    if env.size < 2 or env.max() - env.min() <= 0:
+        return np.zeros(0)
+    env = (env - env.min()) / (env.max() - env.min())  # normalised like librosa's onset envelope
+    peaks = librosa.util.peak_pick(env, **VISUAL_PEAK_PICK)
+    return (peaks + 1) / fps
+
+
+def pooled_f1(rows: list[dict]) -> float:
+    """F1 of the counts summed over clips (rows with "matched", "n_ref", "n_est"): 2·Σm / (Σref + Σest)."""
+    m, r, e = (sum(x[k] for x in rows) for k in ("matched", "n_ref", "n_est"))
+    return 2 * m / (r + e) if r + e else math.nan
+
+
+def paired_bootstrap(rows_a: list[dict], rows_b: list[dict], stat=pooled_f1, n: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """stat(a) − stat(b) on the same clips, with a percentile bootstrap interval over clips (Efron &
+    Tibshirani 1993): each resample draws clips with replacement and scores both on the same draw.
+    Returns (difference, low, high)."""
+    assert len(rows_a) == len(rows_b) > 0, "paired rows: the same clips on both sides"
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        idx = rng.integers(0, len(rows_a), len(rows_a))
+        diffs.append(stat([rows_a[i] for i in idx]) - stat([rows_b[i] for i in idx]))
+    lo, hi = np.nanpercentile(diffs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return stat(rows_a) - stat(rows_b), float(lo), float(hi)
+
+
+def roughness(video: torch.Tensor) -> float:
+    """Mean absolute difference between horizontally and vertically neighbouring pixels of uint8
+    (F, 3, H, W), in [0, 1]: low for a plain background with a few shapes, about 1/3 for uniform noise.
+    It tells a rendered scene from noise, whatever the scene's timing."""
+    x = video.float() / 255.0
+    return 0.5 * ((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., 1:] - x[..., :-1]).abs().mean()).item()
