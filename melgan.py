@@ -1,16 +1,20 @@
 """Improved MelGAN vocoder: normalised log-mel (B, M, T) -> waveform (B, 256·T)
-(CMMD App. B "Improved MelGAN Vocoder", App. F.1, Table 5; SPEC §8).
+(CMMD App. B "Improved MelGAN Vocoder", App. F.1, Table 5).
 
 The networks are the official MelGAN ones (Kumar et al. 2019, descriptinc/melgan-neurips
 `mel2wav/modules.py`): a generator of transposed convolutions 8·8·2·2 (= hop 256) with residual stacks of
 dilations 1, 3, 9, and a discriminator of three NLayerDiscriminators on the waveform average-pooled by
 1, 2 and 4. Following CMMD, only the training changes, to HiFi-GAN's (Kong et al. 2020, §2.3):
 least-squares GAN losses, feature matching ×2, mel-L1 ×10 (Table 5) and 65 536-sample (4 s) segments
-with random biquad-filter augmentation (App. F.1).
+with random biquad-filter augmentation (App. F.1, biquad.py):
+    L_D = Σ_k E[(D_k(x) − 1)²] + E[D_k(G(s))²]
+    L_G = Σ_k E[(D_k(G(s)) − 1)²] + 2·Σ_k Σ_i E|D_k^i(x) − D_k^i(G(s))| + 10·E|φ(G(s)) − s|
+with x a real segment, s = φ(x) its normalised log-mel (melspec.wav_to_mel), D_k^i the i-th output of the
+k-th scale of the discriminator, its last output D_k the score map.
 
-Choices where the sources are silent or inconsistent (SPEC marks these [choice]):
-- [choice] The mel loss is the L1 of data.py's *normalised* log-mel, n = (log10 m + 5) / 3 − 1, the feature
-  the diffusion model produces; ×10 is Table 5's figure, kept. On other scales the same term reads
+Choices where the sources are silent or inconsistent, marked [choice]:
+- [choice] The mel loss is the L1 of melspec.py's *normalised* log-mel, n = (log10 m + 5) / 3 − 1, the
+  feature the diffusion model produces; ×10 is Table 5's figure, kept. On other scales the same term reads
   10·|Δn| = 3.33·|Δ log10 m| = 1.45·|Δ ln m|, so it weighs about 1/31 of HiFi-GAN's 45·|Δ ln m| (same
   1e-5 floor) and 1/3 of a ×10 on MelGAN's log10-mel, relative to the adversarial and feature terms;
   HiFi-GAN's balance would be mel_weight ≈ 311 here. The paper does not say which log scale its ×10
@@ -27,18 +31,18 @@ Choices where the sources are silent or inconsistent (SPEC marks these [choice])
   receives (identical for the official configuration, and tiny test configurations build).
 - [choice] Biquad augmentation (App. F.1 gives no parameters): with probability `aug_p` per segment, one
   RBJ-cookbook low-shelf, high-shelf or peaking filter, f0 log-uniform in `aug_freq` Hz, gain uniform
-  in ±`aug_gain_db` dB, Q log-uniform in `aug_q`; applied in the frequency domain (see `biquad_filter`),
-  then the segment is scaled down if its peak exceeds 1 (the generator ends in tanh).
+  in ±`aug_gain_db` dB, Q log-uniform in `aug_q` (biquad.py).
 - [choice] Batch 16, lr 1e-4, Adam (0.5, 0.9): official MelGAN; the paper does not state them.
 
 `python melgan.py train --data synthetic --out runs/melgan` trains; `Vocoder(path)` / `load_vocoder(path)`
-vocode; `Vocoder(None)` falls back to Griffin-Lim (`data.mel_to_wav`) with a warning.
+vocode; `Vocoder(None)` falls back to Griffin-Lim (`melspec.mel_to_wav`) with a warning. A checkpoint is a
+safetensors file of both networks with the config and the mel front end in its metadata, plus a .pt of the
+optimisers, step and RNG states (checkpoint.py writes and reads them; errors are checkpoint.CheckpointError).
 """
 import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -51,24 +55,28 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 from tqdm.auto import tqdm
 
+import biquad
+import checkpoint
+import cli
 import data
 import figures
+import media
+import melspec
 
 # ----------------------------------------------------------------------------------------------------
 # Constants with their source
 PAPER_PARAMS = 4.27e6  # trainable generator parameters, CMMD Table 5
 SEGMENT_LENGTH = 65536  # training samples per segment (4 s at 16 kHz), CMMD Table 5 and App. F.1
 FEATURE_LOSS_WEIGHT = 2.0  # CMMD Table 5 (= HiFi-GAN's λ_fm, Kong et al. 2020 §2.3)
-MEL_LOSS_WEIGHT = 10.0  # CMMD Table 5, applied to the L1 of data.py's normalised log-mel (see docstring)
+MEL_LOSS_WEIGHT = 10.0  # CMMD Table 5, applied to the L1 of melspec.py's normalised log-mel (see docstring)
 LRELU_SLOPE = 0.2  # MelGAN's LeakyReLU slope
 MAX_CHANNELS = 1024  # MelGAN NLayerDiscriminator's channel cap
 GROUP_WIDTH = 4  # MelGAN NLayerDiscriminator: groups = in_channels // 4
-BIQUAD_KINDS = ("lowshelf", "highshelf", "peaking")  # RBJ Audio EQ Cookbook (Bristow-Johnson)
 CHECKPOINT_FORMAT = "cmmd-melgan"  # safetensors metadata "format": tells our checkpoints from others
-# data.py's mel front end, stored with each checkpoint: a vocoder only inverts the front end it learnt.
-FRONT_END = {"sample_rate": data.SAMPLE_RATE, "n_fft": data.N_FFT, "hop": data.HOP, "n_mels": data.N_MELS,
-             "fmin": data.MEL_FMIN, "fmax": data.MEL_FMAX, "log_mel_min": data.LOG_MEL_MIN,
-             "log_mel_max": data.LOG_MEL_MAX}
+# melspec.py's front end, stored with each checkpoint: a vocoder only inverts the front end it learnt.
+FRONT_END = {"sample_rate": melspec.SAMPLE_RATE, "n_fft": melspec.N_FFT, "hop": melspec.HOP, "n_mels": melspec.N_MELS,
+             "fmin": melspec.MEL_FMIN, "fmax": melspec.MEL_FMAX, "log_mel_min": melspec.LOG_MEL_MIN,
+             "log_mel_max": melspec.LOG_MEL_MAX}
 MIN_MEL_STEPS = 4  # the generator's first 7-tap reflection padding needs T > 3 (as in the official code)
 VIDEO_SIZE = 16  # px: the vocoder reads only audio, so datasets decode the smallest video that is cheap
 
@@ -76,7 +84,7 @@ VIDEO_SIZE = 16  # px: the vocoder reads only audio, so datasets decode the smal
 @dataclass
 class MelGANConfig:
     """Architecture (official MelGAN defaults, scripts/train.py) and training (CMMD Table 5, App. F.1)."""
-    n_mels: int = data.N_MELS
+    n_mels: int = melspec.N_MELS
     ngf: int = 32  # generator width: the last stage has ngf channels, the first 2^len(ratios)·ngf
     ratios: tuple = (8, 8, 2, 2)  # transposed-conv upsampling, product = hop 256
     n_residual_layers: int = 3  # per stage, dilations 3^j = 1, 3, 9
@@ -98,10 +106,10 @@ class MelGANConfig:
     def __post_init__(self):
         self.ratios, self.betas = tuple(self.ratios), tuple(self.betas)
         self.aug_freq, self.aug_q = tuple(self.aug_freq), tuple(self.aug_q)
-        if math.prod(self.ratios) != data.HOP:
-            raise ValueError(f"MelGANConfig.ratios {self.ratios} must multiply to data.HOP = {data.HOP}")
-        if self.segment_length % data.HOP:
-            raise ValueError(f"segment_length {self.segment_length} must be a multiple of {data.HOP}")
+        if math.prod(self.ratios) != melspec.HOP:
+            raise ValueError(f"MelGANConfig.ratios {self.ratios} must multiply to melspec.HOP = {melspec.HOP}")
+        if self.segment_length % melspec.HOP:
+            raise ValueError(f"segment_length {self.segment_length} must be a multiple of {melspec.HOP}")
         if self.ndf % GROUP_WIDTH:
             raise ValueError(f"ndf {self.ndf} must be a multiple of {GROUP_WIDTH} (grouped convolutions)")
 
@@ -109,7 +117,7 @@ class MelGANConfig:
     def from_dict(cls, d: dict, source: str = "config") -> "MelGANConfig":
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise data.BadInput(f"{source}: unknown MelGAN config fields {sorted(unknown)}")
+            raise checkpoint.CheckpointError(f"{source}: unknown MelGAN config fields {sorted(unknown)}")
         return cls(**d)
 
 
@@ -244,72 +252,9 @@ def feature_matching_loss(real: list[list[torch.Tensor]], fake: list[list[torch.
 
 
 def mel_loss(wav_hat: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-    """HiFi-GAN §2.3 "Mel-Spectrogram Loss" on data.py's front end: mean |wav_to_mel(G(s)) − s|, s being
+    """HiFi-GAN §2.3 "Mel-Spectrogram Loss" on melspec.py's front end: mean |wav_to_mel(G(s)) − s|, s being
     the normalised log-mel."""
-    return F.l1_loss(data.wav_to_mel(wav_hat), mel)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Random biquad-filter augmentation (CMMD App. F.1)
-def biquad_coefficients(kind: str, f0: torch.Tensor, gain_db: torch.Tensor, q: torch.Tensor,
-                        sample_rate: int = data.SAMPLE_RATE) -> tuple[torch.Tensor, torch.Tensor]:
-    """RBJ Audio EQ Cookbook biquads: f0, gain_db, q (...,) -> numerator b and denominator a (..., 3)."""
-    A = 10 ** (gain_db / 40)  # amplitude: the square root of the gain, RBJ's A
-    w0 = 2 * math.pi * f0 / sample_rate
-    cos, alpha = torch.cos(w0), torch.sin(w0) / (2 * q)
-    if kind == "peaking":
-        b = [1 + alpha * A, -2 * cos, 1 - alpha * A]
-        a = [1 + alpha / A, -2 * cos, 1 - alpha / A]
-    elif kind in ("lowshelf", "highshelf"):
-        sgn = 1 if kind == "lowshelf" else -1  # the high shelf is the low shelf with cos w0 negated
-        k = 2 * A.sqrt() * alpha
-        b = [A * ((A + 1) - sgn * (A - 1) * cos + k), sgn * 2 * A * ((A - 1) - sgn * (A + 1) * cos),
-             A * ((A + 1) - sgn * (A - 1) * cos - k)]
-        a = [(A + 1) + sgn * (A - 1) * cos + k, -sgn * 2 * ((A - 1) + sgn * (A + 1) * cos),
-             (A + 1) + sgn * (A - 1) * cos - k]
-    else:
-        raise ValueError(f"unknown biquad kind {kind!r}; choose from {BIQUAD_KINDS}")
-    return torch.stack(b, -1), torch.stack(a, -1)  # (..., 3) each
-
-
-def biquad_filter(wav: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Filter (B, L) waveforms by per-row biquads b, a (B, 3), loop-free: multiply the spectrum of the
-    segment, zero-padded to N = 2L, by the biquad's frequency response
-    H(e^{jω}) = (b₀ + b₁e^{−jω} + b₂e^{−2jω}) / (a₀ + a₁e^{−jω} + a₂e^{−2jω}) at ω = 2πk/N.
-    This equals the recursive filter (scipy.signal.lfilter from rest) except for the part of the impulse
-    response beyond L samples, which wraps around; for the augmentation's stable biquads it has decayed
-    to ~1e-6 within a few thousand samples, so on 4 s segments the two agree to float precision."""
-    assert wav.ndim == 2 and b.shape == a.shape == (wav.shape[0], 3), \
-        f"need wav (B, L), b and a (B, 3); got {tuple(wav.shape)}, {tuple(b.shape)}, {tuple(a.shape)}"
-    L = wav.shape[1]
-    N = 2 * L
-    w = 2 * math.pi * torch.arange(N // 2 + 1, device=wav.device, dtype=torch.float64) / N
-    z = torch.exp(-1j * w[:, None] * torch.arange(3, device=wav.device, dtype=torch.float64))  # (N/2+1, 3): e^{-jωk}
-    H = (b.double().to(z.dtype) @ z.T) / (a.double().to(z.dtype) @ z.T)  # (B, N/2+1)
-    spec = torch.fft.rfft(wav.double(), n=N)  # (B, N/2+1)
-    return torch.fft.irfft(spec * H, n=N)[:, :L].to(wav.dtype)  # (B, L)
-
-
-def random_biquad(wav: torch.Tensor, cfg: MelGANConfig, generator: torch.Generator) -> torch.Tensor:
-    """CMMD App. F.1 augmentation: each row, with probability aug_p, through one random shelf or peak EQ."""
-    B = wav.shape[0]
-    u = torch.rand(B, 5, generator=generator, dtype=torch.float64)  # (B, 5): apply?, kind, f0, gain, Q
-    kinds = (u[:, 1] * len(BIQUAD_KINDS)).long().clamp(max=len(BIQUAD_KINDS) - 1)
-
-    def log_uniform(x, lo, hi):
-        return torch.exp(math.log(lo) + x * (math.log(hi) - math.log(lo)))
-    f0 = log_uniform(u[:, 2], *cfg.aug_freq)
-    gain = (2 * u[:, 3] - 1) * cfg.aug_gain_db
-    q = log_uniform(u[:, 4], *cfg.aug_q)
-    b = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64).repeat(B, 1)  # (B, 3): identity by default
-    a = b.clone()
-    for i, kind in enumerate(BIQUAD_KINDS):
-        rows = (kinds == i) & (u[:, 0] < cfg.aug_p)
-        if rows.any():
-            b[rows], a[rows] = biquad_coefficients(kind, f0[rows], gain[rows], q[rows])
-    y = biquad_filter(wav, b.to(wav.device), a.to(wav.device))
-    peak = y.abs().amax(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1): scale down only rows above full scale
-    return y / peak
+    return F.l1_loss(melspec.wav_to_mel(wav_hat), mel)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -325,12 +270,6 @@ def list_checkpoints(out) -> list[Path]:
     return sorted(p for p in out.glob("melgan-*.safetensors") if p.with_suffix(".pt").exists())
 
 
-def _atomic(path: Path, write):
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(out, step: int, G: Generator, D: MultiScaleDiscriminator, opt_G, opt_D,
                     generator: torch.Generator, keep: int = 3) -> Path:
     from safetensors.torch import save_file
@@ -339,12 +278,13 @@ def save_checkpoint(out, step: int, G: Generator, D: MultiScaleDiscriminator, op
     path = out / f"{_stem(step)}.safetensors"
     state = {"opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "step": step,
              "data_rng": generator.get_state(), "torch_rng": torch.get_rng_state()}
-    _atomic(path.with_suffix(".pt"), lambda p: torch.save(state, p))
+    checkpoint.torch_save(state, path.with_suffix(".pt"))
     tensors = {f"{prefix}.{k}": v.detach().cpu().contiguous()
                for prefix, net in (("generator", G), ("discriminator", D)) for k, v in net.state_dict().items()}
     meta = {"format": CHECKPOINT_FORMAT, "config": json.dumps(asdict(G.cfg)), "step": str(step),
             "front_end": json.dumps(FRONT_END)}
-    _atomic(path, lambda p: save_file(tensors, str(p), metadata=meta))
+    with checkpoint.atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     for old in list_checkpoints(out)[:-keep]:
         old.unlink()
         old.with_suffix(".pt").unlink(missing_ok=True)
@@ -353,68 +293,57 @@ def save_checkpoint(out, step: int, G: Generator, D: MultiScaleDiscriminator, op
 
 def read_checkpoint(path, nets=("generator", "discriminator")) -> tuple[MelGANConfig, dict, dict]:
     """A MelGAN checkpoint file, or the newest one in a directory -> (config, metadata, {net: state} for
-    `nets`). Raises data.BadInput with one line for anything else."""
+    `nets`). Raises checkpoint.CheckpointError with one line for anything else."""
     from safetensors import safe_open
     path = Path(path)
     if path.is_dir():
         found = list_checkpoints(path)
         if not found:
-            raise data.BadInput(f"{path}: no MelGAN checkpoint (melgan-*.safetensors) in this directory")
+            raise checkpoint.CheckpointError(f"{path}: no MelGAN checkpoint (melgan-*.safetensors) in this directory")
         path = found[-1]
-    if not path.is_file():
-        raise data.BadInput(f"{path}: no such vocoder checkpoint")
-    try:
-        with safe_open(str(path), "pt") as h:
-            meta = h.metadata() or {}
-            state = {net: {} for net in nets}
-            if meta.get("format") == CHECKPOINT_FORMAT:
-                for k in h.keys():
-                    net, _, name = k.partition(".")
-                    if net in state:
-                        state[net][name] = h.get_tensor(k)
-    except Exception as e:  # safetensors raises its own error types for non-safetensors or truncated files
-        raise data.BadInput(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise data.BadInput(f"{path}: not a MelGAN checkpoint (no '{CHECKPOINT_FORMAT}' format in its metadata)")
-    front_end = json.loads(meta["front_end"])
-    if front_end != FRONT_END:
-        diff = sorted(k for k in FRONT_END if front_end.get(k) != FRONT_END[k])
-        raise data.BadInput(f"{path}: trained on another mel front end (differs in {', '.join(diff)})")
+    with checkpoint.reading(path, "MelGAN checkpoint") as path, safe_open(str(path), "pt") as h:
+        meta = h.metadata() or {}
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise checkpoint.CheckpointError(f"{path}: not a MelGAN checkpoint (no '{CHECKPOINT_FORMAT}' format in "
+                                             f"its metadata)")
+        front_end = json.loads(meta["front_end"])
+        if front_end != FRONT_END:
+            diff = sorted(k for k in FRONT_END if front_end.get(k) != FRONT_END[k])
+            raise checkpoint.CheckpointError(f"{path}: trained on another mel front end (differs in "
+                                             f"{', '.join(diff)})")
+        state = {net: {} for net in nets}
+        for k in h.keys():
+            net, _, name = k.partition(".")
+            if net in state:
+                state[net][name] = h.get_tensor(k)
     return MelGANConfig.from_dict(json.loads(meta["config"]), str(path)), meta, state
-
-
-def _load_strict(net: nn.Module, state: dict, path, what: str):
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise data.BadInput(f"{path}: {what} weights do not fit its config ({str(e).splitlines()[0]})") from None
 
 
 def load_vocoder(path, device=None) -> Generator:
     """A trained generator from a MelGAN checkpoint (file, or the newest in a directory), in eval mode
-    with weight norm folded. Missing files and other checkpoints stop with a one-line data.BadInput."""
+    with weight norm folded. Missing files and other checkpoints stop with a one-line CheckpointError."""
     cfg, _, state = read_checkpoint(path, nets=("generator",))
-    G = Generator(cfg)
-    _load_strict(G, state["generator"], path, "generator")
+    G = checkpoint.load_strict(Generator(cfg), state["generator"], "", path, "the generator of its config")
     return G.remove_weight_norm().eval().requires_grad_(False).to(device)
 
 
 class Vocoder:
     """mel (B, M, T) -> waveform (B, 256·T): a trained MelGAN, or, with no checkpoint, Griffin-Lim on
-    data.py's front end, so the pipeline runs before a vocoder has been trained."""
+    melspec.py's front end, so the pipeline runs before a vocoder has been trained."""
 
     def __init__(self, path=None, device=None, griffin_lim_iters: int = 32):
         self.griffin_lim_iters = griffin_lim_iters
         self.generator = None if path is None else load_vocoder(path, device)
         if path is None:
-            logging.warning("melgan: no vocoder checkpoint, using Griffin-Lim (data.mel_to_wav): expect phasey,"
+            logging.warning("melgan: no vocoder checkpoint, using Griffin-Lim (melspec.mel_to_wav): expect phasey,"
                             " metallic audio; train one with `python melgan.py train`")
 
     def __call__(self, mel: torch.Tensor) -> torch.Tensor:
-        assert mel.ndim == 3 and mel.shape[1] == data.N_MELS, f"mel must be (B, {data.N_MELS}, T), got {tuple(mel.shape)}"
+        assert mel.ndim == 3 and mel.shape[1] == melspec.N_MELS, \
+            f"mel must be (B, {melspec.N_MELS}, T), got {tuple(mel.shape)}"
         if self.generator is None:
             with torch.inference_mode():
-                return data.mel_to_wav(mel, n_iter=self.griffin_lim_iters)  # (B, 256·T)
+                return melspec.mel_to_wav(mel, n_iter=self.griffin_lim_iters)  # (B, 256·T)
         self.generator.to(mel.device)
         return self.generator.vocode(mel)  # (B, 256·T)
 
@@ -439,7 +368,7 @@ def clip_for(segment: int) -> data.ClipConfig:
     """Dataset windows for `segment`-sample segments: whole video frames holding one segment, at least
     ClipConfig's 1.8 s (short windows give random offsets room, and a synthetic "dance" window shorter
     than one beat period has no beat); no margin (no negatives here), VIDEO_SIZE px video (unused)."""
-    per_frame = data.SAMPLE_RATE // data.FPS
+    per_frame = melspec.SAMPLE_RATE // media.FPS
     frames = max(-(-segment // per_frame), data.ClipConfig.frames)
     return data.ClipConfig(frames=frames, size=VIDEO_SIZE, margin=0)
 
@@ -450,7 +379,7 @@ def sample_segments(ds, n: int, segment: int, generator: torch.Generator) -> tor
     for i in torch.randint(len(ds), (n,), generator=generator).tolist():
         wav = ds[i]["audio"]
         if len(wav) < segment:
-            raise data.BadInput(f"dataset item {i}: {len(wav)} samples, shorter than --segment {segment}")
+            raise media.BadInput(f"dataset item {i}: {len(wav)} samples, shorter than --segment {segment}")
         off = int(torch.randint(len(wav) - segment + 1, (1,), generator=generator))
         out.append(wav[off:off + segment])
     return torch.stack(out).float()  # (n, L)
@@ -458,7 +387,7 @@ def sample_segments(ds, n: int, segment: int, generator: torch.Generator) -> tor
 
 def train_step(G, D, opt_G, opt_D, x: torch.Tensor, cfg: MelGANConfig) -> dict[str, float]:
     """One HiFi-GAN step: D on (x, G(s).detach()), then G on adversarial + feature + mel losses."""
-    s = data.wav_to_mel(x)  # (B, M, T)
+    s = melspec.wav_to_mel(x)  # (B, M, T)
     x_hat = G(s)  # (B, L)
     loss_D = discriminator_loss(D(x), D(x_hat.detach()))
     opt_D.zero_grad(set_to_none=True)
@@ -480,9 +409,9 @@ def train_step(G, D, opt_G, opt_D, x: torch.Tensor, cfg: MelGANConfig) -> dict[s
 def validate(G: Generator, wav: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mel-L1 of G on fixed clips (V, L) -> (mean L1, mel (V, M, T), vocoded mel, vocoded wav (V, L))."""
     with torch.inference_mode():
-        mel = data.wav_to_mel(wav)  # (V, M, T)
+        mel = melspec.wav_to_mel(wav)  # (V, M, T)
         wav_hat = G(mel)  # (V, L)
-        mel_hat = data.wav_to_mel(wav_hat)  # (V, M, T)
+        mel_hat = melspec.wav_to_mel(wav_hat)  # (V, M, T)
     return (mel_hat - mel).abs().mean().item(), mel, mel_hat, wav_hat
 
 
@@ -492,14 +421,14 @@ def _val_clips(name, clip, root, n: int, segment: int) -> torch.Tensor:
     try:
         ds = data.build_dataset(name, "val", clip, root=root)
         if len(ds) == 0:
-            raise data.BadInput(f"--data {name}: empty validation split")
-    except data.BadInput as e:
+            raise media.BadInput(f"--data {name}: empty validation split")
+    except media.BadInput as e:
         logging.warning(f"melgan: {e}; validating on the first training clips instead")
         ds = data.build_dataset(name, "train", clip, root=root)
     clips = []
     for i in range(min(n, len(ds))):
         wav = ds[i]["audio"].float()
-        starts = range(0, len(wav) - segment + 1, data.HOP)
+        starts = range(0, len(wav) - segment + 1, melspec.HOP)
         start = max(starts, key=lambda s: float(wav[s:s + segment].pow(2).sum()))
         clips.append(wav[start:start + segment])
     return torch.stack(clips)  # (V, L)
@@ -520,9 +449,9 @@ def train(name: str, out, cfg: MelGANConfig, run: TrainRun, root=None, progress:
     found = list_checkpoints(out)
     if found:
         _, _, state = read_checkpoint(found[-1])
-        _load_strict(G, state["generator"], found[-1], "generator")
-        _load_strict(D, state["discriminator"], found[-1], "discriminator")
-        extra = torch.load(found[-1].with_suffix(".pt"), map_location="cpu", weights_only=True)
+        checkpoint.load_strict(G, state["generator"], "", found[-1], "the generator of its config")
+        checkpoint.load_strict(D, state["discriminator"], "", found[-1], "the discriminator of its config")
+        extra = checkpoint.torch_load(found[-1].with_suffix(".pt"), "MelGAN training state")
         opt_G.load_state_dict(extra["opt_G"])
         opt_D.load_state_dict(extra["opt_D"])
         gen.set_state(extra["data_rng"])
@@ -546,9 +475,9 @@ def train(name: str, out, cfg: MelGANConfig, run: TrainRun, root=None, progress:
         folder = out / "samples" / f"step-{step:08d}"
         folder.mkdir(exist_ok=True)
         for i in range(len(val_wav)):
-            data.write_wav(folder / f"{i}-vocoded.wav", wav_hat[i])
+            media.write_wav(folder / f"{i}-vocoded.wav", wav_hat[i])
             if not (out / "samples" / f"{i}-ground-truth.wav").exists():
-                data.write_wav(out / "samples" / f"{i}-ground-truth.wav", val_wav[i])
+                media.write_wav(out / "samples" / f"{i}-ground-truth.wav", val_wav[i])
             figures.mel_figure(folder / f"{i}-mel.png", {"ground truth": mel[i], "vocoded": mel_hat[i]},
                                title=f"validation clip {i}, step {step}")
         log({"step": step, "val_mel_l1": l1})
@@ -559,7 +488,8 @@ def train(name: str, out, cfg: MelGANConfig, run: TrainRun, root=None, progress:
     bar = tqdm(total=run.steps, initial=step, desc="melgan", disable=not progress, dynamic_ncols=True)
     val, t0, step0, sums = float("nan"), time.time(), step, {}
     while step < run.steps:
-        x = random_biquad(sample_segments(train_set, cfg.batch_size, cfg.segment_length, gen), cfg, gen)  # (B, L)
+        x = sample_segments(train_set, cfg.batch_size, cfg.segment_length, gen)  # (B, L)
+        x = biquad.random_biquad(x, cfg, gen)
         losses = train_step(G, D, opt_G, opt_D, x.to(device), cfg)
         sums = {k: sums.get(k, 0.0) + v for k, v in losses.items()}
         step += 1
@@ -606,7 +536,7 @@ def main(argv=None):
         run = TrainRun(steps=a.steps, val_every=a.val_every, ckpt_every=a.ckpt_every, n_val=a.n_val,
                        seed=a.seed, device=a.device)
         result = train(a.data, a.out, cfg, run, root=a.data_root)
-    except (data.BadInput, ValueError) as e:
+    except cli.errors() as e:
         sys.exit(f"error: {e}")
     if result["val"]:
         print("val mel-L1: " + ", ".join(f"step {s}: {v:.4f}" for s, v in result["val"]))

@@ -1,4 +1,4 @@
-"""melgan.py: the official MelGAN shapes and size, HiFi-GAN losses by hand, the biquad augmentation against
+"""melgan.py: the official MelGAN shapes and size, HiFi-GAN losses by hand, biquad.py's augmentation against
 closed forms and scipy, checkpoints (round trip, resume, errors), the Griffin-Lim fallback and a
 measured training check (validation mel-L1 drops from its value at initialisation)."""
 import json
@@ -9,8 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import data
+import biquad
+import checkpoint
 import melgan
+import melspec
 
 TINY = dict(ngf=8, ndf=8, n_layers_D=2)  # every code path of the full model, ~0.1 s per step at 2048 samples
 SMALL = dict(ngf=16, ndf=16, n_layers_D=2)  # the slow check's model: 1.1 M generator parameters
@@ -40,8 +42,8 @@ def test_generator_has_the_papers_parameter_count():
 @pytest.mark.parametrize("T", [melgan.MIN_MEL_STEPS, 7, 112])
 def test_generator_output_is_hop_times_longer(T):
     G = melgan.Generator(tiny_cfg())
-    wav = G.vocode(torch.randn(2, data.N_MELS, T))
-    assert wav.shape == (2, data.HOP * T)
+    wav = G.vocode(torch.randn(2, melspec.N_MELS, T))
+    assert wav.shape == (2, melspec.HOP * T)
     assert wav.abs().max() < 1  # tanh
 
 
@@ -55,7 +57,7 @@ def test_generator_says_what_is_wrong_with_its_input():
 
 def test_full_generator_output_length():
     G = melgan.Generator(melgan.MelGANConfig())
-    assert G.vocode(torch.randn(1, data.N_MELS, 5)).shape == (1, 5 * data.HOP)
+    assert G.vocode(torch.randn(1, melspec.N_MELS, 5)).shape == (1, 5 * melspec.HOP)
 
 
 def test_discriminator_returns_three_scales_of_feature_maps():
@@ -72,7 +74,7 @@ def test_discriminator_returns_three_scales_of_feature_maps():
 
 def test_remove_weight_norm_keeps_the_function():
     G = melgan.Generator(tiny_cfg())
-    mel = torch.randn(1, data.N_MELS, 4)
+    mel = torch.randn(1, melspec.N_MELS, 4)
     before = G.vocode(mel)
     after = G.remove_weight_norm().vocode(mel)
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
@@ -105,7 +107,7 @@ def test_feature_matching_does_not_train_the_real_branch():
 
 def test_mel_loss_is_l1_of_normalised_log_mel():
     wav = 0.1 * torch.randn(2, 4096, generator=torch.Generator().manual_seed(0))
-    mel = data.wav_to_mel(wav)
+    mel = melspec.wav_to_mel(wav)
     assert melgan.mel_loss(wav, mel).item() == pytest.approx(0.0, abs=1e-7)
     assert melgan.mel_loss(wav, mel + 0.25).item() == pytest.approx(0.25, abs=1e-6)
 
@@ -118,22 +120,22 @@ def _one(x):
 
 def _band_energy(wav, lo, hi):
     spec = torch.fft.rfft(wav).abs() ** 2
-    f = torch.fft.rfftfreq(wav.shape[-1], 1 / data.SAMPLE_RATE)
+    f = torch.fft.rfftfreq(wav.shape[-1], 1 / melspec.SAMPLE_RATE)
     return spec[..., (f >= lo) & (f < hi)].sum(-1)
 
 
 def test_peaking_with_zero_gain_is_identity():
     wav = torch.randn(3, 8192, generator=torch.Generator().manual_seed(0))
-    b, a = melgan.biquad_coefficients("peaking", _one(1000.0), _one(0.0), _one(0.7))
+    b, a = biquad.biquad_coefficients("peaking", _one(1000.0), _one(0.0), _one(0.7))
     torch.testing.assert_close(b, a)
-    out = melgan.biquad_filter(wav, b.repeat(3, 1), a.repeat(3, 1))
+    out = biquad.biquad_filter(wav, b.repeat(3, 1), a.repeat(3, 1))
     torch.testing.assert_close(out, wav, rtol=0, atol=1e-6)
 
 
 def test_low_shelf_raises_low_frequencies_only():
     wav = torch.randn(1, 65536, generator=torch.Generator().manual_seed(0))
-    b, a = melgan.biquad_coefficients("lowshelf", _one(300.0), _one(12.0), _one(1 / math.sqrt(2)))
-    out = melgan.biquad_filter(wav, b, a)
+    b, a = biquad.biquad_coefficients("lowshelf", _one(300.0), _one(12.0), _one(1 / math.sqrt(2)))
+    out = biquad.biquad_filter(wav, b, a)
     low = 10 * math.log10(_band_energy(out, 20, 100) / _band_energy(wav, 20, 100))
     high = 10 * math.log10(_band_energy(out, 3000, 8000) / _band_energy(wav, 3000, 8000))
     assert low == pytest.approx(12.0, abs=0.5)  # the shelf's gain, well below f0
@@ -143,19 +145,19 @@ def test_low_shelf_raises_low_frequencies_only():
 @pytest.mark.parametrize("kind, dc_db, nyquist_db", [("lowshelf", 9.0, 0.0), ("highshelf", 0.0, 9.0),
                                                      ("peaking", 0.0, 0.0)])
 def test_cookbook_gains_at_dc_and_nyquist(kind, dc_db, nyquist_db):
-    b, a = melgan.biquad_coefficients(kind, _one(1000.0), _one(9.0), _one(0.9))
+    b, a = biquad.biquad_coefficients(kind, _one(1000.0), _one(9.0), _one(0.9))
     ends = {"dc": (b.sum() / a.sum()).item(),  # H(z = 1)
             "nyquist": ((b[0, 0] - b[0, 1] + b[0, 2]) / (a[0, 0] - a[0, 1] + a[0, 2])).item()}  # H(z = −1)
     assert 20 * math.log10(abs(ends["dc"])) == pytest.approx(dc_db, abs=1e-6)
     assert 20 * math.log10(abs(ends["nyquist"])) == pytest.approx(nyquist_db, abs=1e-6)
 
 
-@pytest.mark.parametrize("kind", melgan.BIQUAD_KINDS)
+@pytest.mark.parametrize("kind", biquad.BIQUAD_KINDS)
 def test_frequency_domain_filter_equals_lfilter(kind):
     signal = pytest.importorskip("scipy.signal")
     wav = torch.randn(1, 16384, generator=torch.Generator().manual_seed(1))
-    b, a = melgan.biquad_coefficients(kind, _one(80.0), _one(-12.0), _one(2.0))  # the slowest-decaying corner
-    ours = melgan.biquad_filter(wav, b, a)
+    b, a = biquad.biquad_coefficients(kind, _one(80.0), _one(-12.0), _one(2.0))  # the slowest-decaying corner
+    ours = biquad.biquad_filter(wav, b, a)
     ref = signal.lfilter(b[0].numpy(), a[0].numpy(), wav[0].double().numpy())
     torch.testing.assert_close(ours[0], torch.from_numpy(ref).float(), rtol=0, atol=1e-4)
 
@@ -163,9 +165,9 @@ def test_frequency_domain_filter_equals_lfilter(kind):
 def test_random_biquad_probability_and_peak():
     wav = 0.9 * torch.sin(torch.linspace(0, 2000, 4096)).repeat(8, 1)  # (8, 4096)
     cfg = tiny_cfg(aug_p=0.0)
-    torch.testing.assert_close(melgan.random_biquad(wav, cfg, torch.Generator().manual_seed(0)), wav,
+    torch.testing.assert_close(biquad.random_biquad(wav, cfg, torch.Generator().manual_seed(0)), wav,
                                rtol=0, atol=1e-6)
-    out = melgan.random_biquad(wav, tiny_cfg(aug_p=1.0), torch.Generator().manual_seed(0))
+    out = biquad.random_biquad(wav, tiny_cfg(aug_p=1.0), torch.Generator().manual_seed(0))
     assert out.abs().amax() <= 1 + 1e-6
     assert (out - wav).abs().amax(dim=1).min() > 1e-3  # every row filtered
 
@@ -190,7 +192,7 @@ def test_checkpoint_round_trip_is_strict_and_self_describing(tmp_path):
     for a, b in [(G, G2), (D, D2)]:
         for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
             assert ka == kb and torch.equal(va, vb)
-    mel = torch.randn(2, data.N_MELS, 6)
+    mel = torch.randn(2, melspec.N_MELS, 6)
     torch.testing.assert_close(melgan.load_vocoder(path).vocode(mel), G.vocode(mel), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(melgan.Vocoder(path)(mel), G.vocode(mel), rtol=1e-5, atol=1e-6)
 
@@ -211,7 +213,7 @@ def test_load_vocoder_errors_are_one_line(tmp_path):
     junk.write_text("not a checkpoint")
     for path, words in [(tmp_path / "missing.safetensors", "no such"), (other, "not a MelGAN checkpoint"),
                         (junk, "not a readable safetensors"), (tmp_path, "no MelGAN checkpoint")]:
-        with pytest.raises(data.BadInput) as e:
+        with pytest.raises(checkpoint.CheckpointError) as e:
             melgan.load_vocoder(path)
         assert words in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
 
@@ -221,7 +223,7 @@ def test_load_vocoder_rejects_another_front_end(tmp_path):
     path = melgan.save_checkpoint(tmp_path, 1, G, D, oG, oD, torch.Generator())
     meta = melgan.read_checkpoint(path)[1]
     save_file(load_file(str(path)), str(path), metadata={**meta, "front_end": json.dumps({**melgan.FRONT_END, "n_fft": 1024})})
-    with pytest.raises(data.BadInput, match="another mel front end.*n_fft"):
+    with pytest.raises(checkpoint.CheckpointError, match="another mel front end.*n_fft"):
         melgan.load_vocoder(path)
 
 
@@ -230,8 +232,8 @@ def test_griffin_lim_fallback_warns_and_vocodes(caplog):
         vocoder = melgan.Vocoder(None, griffin_lim_iters=4)
     assert len(caplog.records) == 1 and "Griffin-Lim" in caplog.records[0].getMessage()
     assert "\n" not in caplog.records[0].getMessage()
-    wav = 0.3 * torch.randn(2, 16 * data.HOP, generator=torch.Generator().manual_seed(0))
-    out = vocoder(data.wav_to_mel(wav))
+    wav = 0.3 * torch.randn(2, 16 * melspec.HOP, generator=torch.Generator().manual_seed(0))
+    out = vocoder(melspec.wav_to_mel(wav))
     assert out.shape == wav.shape and out.abs().max() <= 1
 
 
