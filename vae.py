@@ -30,6 +30,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+import checkpoint
+from checkpoint import CheckpointError
+
 HUB_ID = "stabilityai/sd-vae-ft-mse"  # the VAE CMMD uses (App. B)
 CONFIG_NAME = "config.json"  # diffusers file names
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -51,10 +54,6 @@ REQUIRED_VALUES = {
     "latents_std": None,
 }
 REQUIRED_BLOCK_TYPES = {"down_block_types": "DownEncoderBlock2D", "up_block_types": "UpDecoderBlock2D"}
-
-
-class CheckpointError(ValueError):
-    """A VAE checkpoint that cannot be found or does not fit; the message is one line."""
 
 
 @dataclass
@@ -249,13 +248,6 @@ def convert_legacy_attention(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def _key_list(keys: set[str], shown: int = 3) -> str:
-    """'0', or the count and the first few names: '5 (a, b, c, ...)'."""
-    if not keys:
-        return "0"
-    return f"{len(keys)} ({', '.join(sorted(keys)[:shown])}{', ...' if len(keys) > shown else ''})"
-
-
 def _load_dir(config_path: Path, weights_path: Path) -> AutoencoderKL:
     """Build the VAE from a diffusers config.json and load its safetensors strictly."""
     try:
@@ -263,23 +255,9 @@ def _load_dir(config_path: Path, weights_path: Path) -> AutoencoderKL:
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{config_path}: cannot read the VAE config ({type(e).__name__})") from None
     vae = AutoencoderKL(VAEConfig.from_diffusers(config, str(config_path)))
-    try:
-        state = convert_legacy_attention(load_file(str(weights_path)))
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-        raise CheckpointError(f"{weights_path}: cannot read the weights ({type(e).__name__}: {e})"
-                              .replace("\n", " ")) from None
-    own = vae.state_dict()
-    missing, unexpected = set(own) - set(state), set(state) - set(own)
-    if missing or unexpected:
-        raise CheckpointError(f"{weights_path} does not match {config_path.name}: "
-                              f"missing keys {_key_list(missing)}, unexpected keys {_key_list(unexpected)}")
-    wrong = {k for k in own if own[k].shape != state[k].shape}
-    if wrong:
-        k = sorted(wrong)[0]
-        raise CheckpointError(f"{weights_path} does not match {config_path.name}: {len(wrong)} shape mismatches,"
-                              f" e.g. {k} is {tuple(state[k].shape)}, expected {tuple(own[k].shape)}")
-    vae.load_state_dict(state, strict=True)
-    return vae.eval()
+    with checkpoint.reading(weights_path, "VAE weights file") as path:
+        state = convert_legacy_attention(load_file(str(path)))
+    return checkpoint.load_strict(vae, state, "", weights_path, f"the VAE of {config_path.name}").eval()
 
 
 def _download(repo_id: str) -> tuple[Path, Path]:

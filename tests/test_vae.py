@@ -7,6 +7,7 @@ import torch
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from safetensors.torch import load_file, save_file
 
+import checkpoint
 import vae
 
 diffusers = pytest.importorskip("diffusers")
@@ -157,7 +158,7 @@ def test_hub_offline_error_is_one_line(monkeypatch, error):
         raise error
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    with pytest.raises(vae.CheckpointError) as info:
+    with pytest.raises(checkpoint.CheckpointError) as info:
         vae.make_codec("sd")
     message = str(info.value)
     assert "\n" not in message and "stabilityai/sd-vae-ft-mse" in message
@@ -177,18 +178,19 @@ def test_mismatched_checkpoint_names_keys(small, tmp_path):
     _, path = small
     dropped = "decoder.conv_out.bias"
     bad = rewrite_weights(path, tmp_path / "missing", lambda s: s.pop(dropped))
-    with pytest.raises(vae.CheckpointError, match=rf"missing keys 1 \({dropped}\), unexpected keys 0") as info:
+    fit = r"weights do not fit the VAE of config\.json"
+    with pytest.raises(checkpoint.CheckpointError, match=rf"{fit} \(1 missing, e\.g\. \['{dropped}'\]; 0 unexpected") as info:
         vae.load_vae(bad)
     assert str(bad / vae.WEIGHTS_NAME) in str(info.value) and "\n" not in str(info.value)
 
     extra = "decoder.extra.weight"
     bad = rewrite_weights(path, tmp_path / "unexpected", lambda s: s.update({extra: torch.zeros(2)}))
-    with pytest.raises(vae.CheckpointError, match=rf"missing keys 0, unexpected keys 1 \({extra}\)"):
+    with pytest.raises(checkpoint.CheckpointError, match=rf"{fit} \(0 missing, e\.g\. \[\]; 1 unexpected, e\.g\. \['{extra}'\]\)"):
         vae.load_vae(bad)
 
     key = "quant_conv.bias"
     bad = rewrite_weights(path, tmp_path / "shape", lambda s: s.update({key: torch.zeros(3)}))
-    with pytest.raises(vae.CheckpointError, match=rf"1 shape mismatches, e.g. {key} is \(3,\), expected \(8,\)"):
+    with pytest.raises(checkpoint.CheckpointError, match=rf"{key} has shape \(3,\) where the VAE of config\.json has \(8,\)"):
         vae.load_vae(bad)
 
 
@@ -214,11 +216,11 @@ def test_unsupported_config_and_bad_source(small, tmp_path):
     shutil.copytree(path, tmp_path / "gelu")
     config = (tmp_path / "gelu" / vae.CONFIG_NAME)
     config.write_text(config.read_text().replace('"silu"', '"gelu"'))
-    with pytest.raises(vae.CheckpointError, match="act_fn='gelu' is not supported"):
+    with pytest.raises(checkpoint.CheckpointError, match="act_fn='gelu' is not supported"):
         vae.load_vae(tmp_path / "gelu")
-    with pytest.raises(vae.CheckpointError, match="no config.json"):
+    with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
         vae.load_vae(tmp_path)
-    with pytest.raises(vae.CheckpointError, match="not a VAE directory nor a Hub repo id"):
+    with pytest.raises(checkpoint.CheckpointError, match="not a VAE directory nor a Hub repo id"):
         vae.load_vae(tmp_path / "does" / "not-exist")
 
 
