@@ -3,7 +3,7 @@
 Times one forward pass of each network at batch 1, in one process, under torch.inference_mode:
 - CMMD, paper preset (unet.preset("paper")), at 16×16 SD-VAE latents (128 px): 18 frames + 80×112 mel;
 - CMMD, the same network at 64×64 latents (512 px);
-- MM-Diffusion at its official configuration (mmdiffusion.preset("official")): 16×3×64×64 px + 1×25 600;
+- MM-Diffusion at its official configuration (mmunet.preset("official")): 16×3×64×64 px + 1×25 600;
 - the same network as the official code computes it (researchmm/MM-Diffusion's MultimodalUNet, imported from
   ../shared/reference/mm-diffusion when that folder and einops are there), to show what the implementation costs;
 and reports parameters, GFLOP per evaluation (torch's FlopCounterMode on a meta-device copy: matmuls,
@@ -33,6 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import mmdiffusion
+import mmunet
 import unet
 
 PAPER_MS = {"CMMD 16×16": 136.0, "CMMD 64×64": 299.0, "MM-Diffusion": 721.0}  # CMMD Table 3, RTX Titan, batch 1
@@ -60,7 +61,7 @@ class Network:
 class OfficialForward(torch.nn.Module):
     """The official MultimodalUNet behind our call convention: model({"video", "audio"}, n) -> dict."""
 
-    def __init__(self, cfg: mmdiffusion.MMDiffusionConfig):
+    def __init__(self, cfg: mmunet.MMDiffusionConfig):
         super().__init__()
         import sys
         sys.path.insert(0, str(OFFICIAL_CODE))
@@ -79,7 +80,7 @@ def official_available() -> bool:
 
 
 def networks() -> list[Network]:
-    mmd = mmdiffusion.preset("official")
+    mmd = mmunet.preset("official")
     official = [Network(OFFICIAL_NAME, lambda: OfficialForward(mmd),
                         {"video": (1, mmd.frames, mmd.video_channels, mmd.image_size, mmd.image_size),
                          "audio": (1, mmd.audio_channels, mmd.audio_samples)})] if official_available() else []
@@ -88,7 +89,7 @@ def networks() -> list[Network]:
                 {"video": (1, CMMD_FRAMES, LATENT_CHANNELS, 16, 16), "audio": (1, MEL_BINS, MEL_STEPS)}),
         Network("CMMD 64×64", lambda: unet.UNet(unet.preset("paper")),
                 {"video": (1, CMMD_FRAMES, LATENT_CHANNELS, 64, 64), "audio": (1, MEL_BINS, MEL_STEPS)}),
-        Network("MM-Diffusion", lambda: mmdiffusion.MMDiffusion(mmd),
+        Network("MM-Diffusion", lambda: mmunet.MMDiffusion(mmd),
                 {"video": (1, mmd.frames, mmd.video_channels, mmd.image_size, mmd.image_size),
                  "audio": (1, mmd.audio_channels, mmd.audio_samples)}),
         *official,
@@ -208,7 +209,7 @@ def function_evaluation(args, device: torch.device) -> list[Section]:
     for label in dict.fromkeys(r["mode"] for r in fe.records):
         if (label, OFFICIAL_NAME) in stats:  # the same network and weights count, another implementation
             ratio = stats[label, OFFICIAL_NAME]["wall"] / stats[label, "MM-Diffusion"]["wall"]
-            fe.notes.append(f"{label}: the official code takes {ratio:.2f}× the time of mmdiffusion.py.")
+            fe.notes.append(f"{label}: the official code takes {ratio:.2f}× the time of mmunet.py.")
     if not official_available():
         fe.notes.append(f"no {OFFICIAL_NAME} row: {OFFICIAL_CODE} (or einops) is absent.")
 
@@ -251,13 +252,15 @@ def end_to_end(args, device: torch.device) -> list[Section]:
     import tempfile
 
     import data
+    import media
     import pipeline
     import sample
+    import synthetic
     clip = data.ClipConfig(frames=36, size=128)
     pipe = paper_pipeline(device, clip)
     if args.compile:
         pipe.net = pipeline.compile_net(pipe.net, device)
-    item = data.synthetic_clip(0, data.ClipConfig(frames=36, size=512, margin=0), "dance")
+    item = synthetic.synthetic_clip(0, data.ClipConfig(frames=36, size=512, margin=0), "dance")
     quick = args.quick and device.type == "cpu"
     settings = [("ddim", 200), (sample.DEFAULT_SAMPLER["sampler"], sample.DEFAULT_SAMPLER["steps"])]
     names = [f"{s} {n}" for s, n in settings]
@@ -265,16 +268,16 @@ def end_to_end(args, device: torch.device) -> list[Section]:
                       ["stage", *names], [])
     columns = {}
     with tempfile.TemporaryDirectory() as tmp:
-        src = data.write_mp4(f"{tmp}/in.mp4", item["video"], item["audio"])
+        src = media.write_mp4(f"{tmp}/in.mp4", item["video"], item["audio"])
         for (sampler, steps), name in zip(settings, names):
             run = min(steps, QUICK_STEPS) if quick else steps
             watch = sample.Stopwatch()
             with watch("decode mp4"):
-                frames = data.read_av(src, frames=clip.frames, size=clip.size).video.float() / 127.5 - 1
+                frames = media.read_av(src, frames=clip.frames, size=clip.size).video.float() / 127.5 - 1
             out = sample.generate(pipe, pipe.sampler(sampler=sampler, steps=run), cond={"video": frames[None]},
                                   generator=torch.Generator(device).manual_seed(0), stopwatch=watch)
             with watch("mux mp4"):
-                data.write_mp4(f"{tmp}/out.mp4", frames, out["audio"][0])
+                media.write_mp4(f"{tmp}/out.mp4", frames, out["audio"][0])
             t = {("sample" if k.startswith("sample") else k): v for k, v in watch.seconds.items()}
             t["sample"] *= steps / run
             columns[name] = (t, run != steps)

@@ -1,541 +1,31 @@
-"""The MM-Diffusion baseline: coupled video-audio U-Net with random-shift multi-modal attention
-(Ruan et al. 2023, MM-Diffusion §3.2–3.4, Fig. 3, Eq. 7–12; the baseline of CMMD's Table 3).
-
-ε-prediction (Eq. 7) with DDPM's linear β schedule over 1000 steps (§4.1). The diffusion maths is not
-repeated here: it is diffusion.py's, with `diffusion_config()` = DiffusionConfig(schedule="linear",
-prediction="eps"). Zero-shot conditional generation (§3.4) is diffusion.py's one DDIM sampler:
-replacement (λ = 0, Eq. 11) or gradient guidance (λ > 0, Eq. 12), at any number of steps; the official
-code runs it only with 1000-step DDPM, and DPM-Solver++ with any sampler. Its checkpoints' config
-(pipeline.MMDIFFUSION_SAMPLER) picks diffusion.py's guidance_form="mmdiffusion" (Eq. 12 as the official
-code runs it, see diffusion.py) and clip_x0=True (the official clip_denoised) for this model:
-    Diffusion(model.diffusion_config).sample(model, shapes, cond={"video": v0}, guidance=λ, steps=S,
-                                             **pipeline.MMDIFFUSION_SAMPLER)
-
-Model call convention (unet.UNet's, checked by unet.check_inputs): model({"video": (B, F, 3, H, W) pixels
-in [-1, 1], "audio": (B, 1, L) waveform}, n (B,)) -> {"video": ε̂ᵥ, "audio": ε̂ₐ} of the same shapes.
-
-Architecture, at the released AIST++/Landscape flags of the official code (researchmm/MM-Diffusion,
-mm_diffusion/multimodal_unet.py and ssh_scripts/multimodal_train.sh), written anew:
-- two U-Nets side by side, video on (B, C, F, H, W) and audio on (B, C, L), with the same channel widths
-  (base 128, multipliers 1, 2, 3, 4), 2 residual blocks per level, improved-diffusion residual blocks with
-  scale-shift norm, one timestep-embedding projection shared by the two paths of each block (the MM-Block
-  of Fig. 3b), skip connections from every encoder block into the decoder;
-- video residual blocks: a 2-D 3×3 conv per frame then a 1-D 3-tap conv over frames (the code's order;
-  the paper's text says 1-D then 2-D), then a 1×1×1 conv (zero-initialised); audio residual blocks: a
-  dilated 3-tap conv, then a 1×1 conv; the k-th audio block (k = 1, 2, … down the encoder, back down the
-  decoder) has dilation 2^(k mod 10), the official "doubling up to 2^N" with N = 10 (for 4 levels:
-  2, 4, … 512, 1, 2 in the encoder, 4 in the middle);
-- down/upsampling inside residual blocks (`resblock_updown`): video H, W by 2 (never frames), audio by 4
-  (average pooling / nearest), so 64×64 px → 8×8 and 25 600 → 400 samples at the bottom;
-- video self-attention (spatial over H·W per frame, then temporal over F per pixel; 4 heads at any
-  width, as the official code, which ignores num_head_channels there) at downsample rates 2, 4, 8; no
-  audio self-attention outside the middle block (the official middle block has it in both its residual
-  blocks, and the parameter count below needs it);
-- RS-MMA (Fig. 3c, Eq. 8–9) after every non-resampling residual block at rates 2, 4, 8 with windows
-  1, 4, 8, and in the middle block with a window of F and no shift (full cross-attention); head
-  channels 64.
-This has 133.68 M parameters, the official count (tests/test_mmdiffusion.py); the paper says 115 M.
-The other official flags are config fields too (audio self-attention rates, scale-shift norm off, an input
-width of base·channel_mult[0]), so that `convert` below takes any MultimodalUNet with resblock_updown.
-
-RS-MMA, as the official code computes it (multimodal_unet.py CrossAttentionBlock): pure cross-attention,
-each modality GroupNorm'd with its own 1×1 projection to q, k, v and its own zero-initialised output
-projection plus residual. Audio of length L at a level is cut into F contiguous segments of ⌊L/F⌋
-samples, the remainder going to the last one. With window S and shift R, queries of unit i (video frame
-i, or audio segment i) attend to the other modality's units (i+R), …, (i+R+S−1) mod F, one R for both
-directions. `rs_mma_mask` is this definition as a boolean (queries, keys) mask; the module computes
-exactly that attention, but on the gathered windows (SDPA per query unit over S key units) instead of the
-dense masked F·H·W × L product, which would cost F/S times as much (16× at window 1, 32×32 px) — the
-point of RS-MMA (§3.3).
-
-[choice] R ∈ {0, …, F−S} (the paper's range) is drawn per RS-MMA layer and per call in training, from
-`model.shift_generator` if set, else torch's global CPU RNG (so torch.manual_seed makes it repeatable;
-the official code draws from Python's `random`); in eval mode (sampling) R = 0, for determinism.
-`shift_in_eval=True` restores the official behaviour of redrawing at every call, in sampling too;
-`random_shift=False` is the "w/o RS" ablation (Table 4).
-
-[choice] The windows above are the paper's segments (Step I-II). The official code cuts them by index
-arithmetic instead, which gives the same windows at the released shapes (every level's L a multiple of
-F, S ≤ F, F = `frames`), but elsewhere: a video frame sees the S·⌊L/F⌋ consecutive samples from
-(i+R)·⌊L/F⌋ mod L (a remainder belongs to no frame's window; `window_samples`), a window of S > F repeats
-units (keys counted twice in the softmax) where ours is full cross-attention, and the middle block's
-window is the configured `frames` rather than the input's F. `official_windows=True` restores all three.
-[choice] The official middle block has RS-MMA only when the windows are exactly [1, 4, 8] (a list
-comparison in MultimodalUNet); ours has it unless `middle_rs_mma=False`.
-
-Official behaviours not reproduced, being bugs: CrossAttentionBlock caches its window indices on the first
-call (keyed on nothing: a later call with other shapes, or on another device, uses them); its forced
-gradient checkpointing redraws R in the backward pass, so the gradient is of another window than the
-loss; GroupNorm32 normalises the wrong axis of a (B, F, C, H, W) video when F equals C; with
-resblock_updown=False (its create_model default) the decoder never upsamples and the forward fails.
-
-[choice] Dropout 0.1 as the released training flags (the code's default is 0). Lengths: H, W must be
-divisible by 2^(levels−1) and L by 4^(levels−1), with at least F samples per level for the segments;
-the same weights take any F, H, W, L that fit.
-
-The released checkpoints (AIST++.pt, Landscape.pt, linked from the official README) convert into a
-checkpoint of train.py that sample.py runs (tests/test_mmdiffusion_official.py checks the outputs equal):
+"""MM-Diffusion's released checkpoints (researchmm/MM-Diffusion: AIST++.pt, Landscape.pt, linked from the
+official README), converted into a checkpoint of train.py that sample.py runs, for the baseline of CMMD's
+Table 3 (Ruan et al. 2023, MM-Diffusion; the network is mmunet.py):
     python mmdiffusion.py convert AIST++.pt --out mmdiff-aist.safetensors
+tests/test_mmdiffusion_official.py checks that the converted network's outputs equal the official code's.
+
+A released file is `torch.save(state_dict)` of the official MultimodalUNet. Its widths, levels, residual
+blocks, attention and RS-MMA rates and norm are read from the tensors (`infer_config`); the flags give the
+rest (defaults: the released flags). Every official tensor maps to one of ours with the expected shape and
+every one of ours is there, or the conversion stops with a one-line checkpoint.CheckpointError naming the
+file. `official_kwargs` is the other direction: the official constructor call of one of our configs.
 """
 import argparse
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from diffusion import DiffusionConfig
-from unet import check_inputs, timestep_embedding, zero_
+import checkpoint
+from checkpoint import CheckpointError
+from mmunet import MMDiffusion, MMDiffusionConfig, PathAttention, preset
 
-MODALITIES = ("video", "audio")
-OTHER = {"video": "audio", "audio": "video"}
-OFFICIAL_PARAMS = 133.68e6  # MultimodalUNet at the released AIST++ flags (tests/test_mmdiffusion.py)
 # λ of diffusion.py's "mmdiffusion" guidance equal to the official classifier_scale 3.0
 # (ssh_scripts/video2audio_sample.sh, batch 2, fp16 loss scale 2²⁰ left in the gradient; diffusion.py)
 OFFICIAL_GUIDANCE = 3.0 * 2 ** 20 / 2
 
-
-@dataclass
-class MMDiffusionConfig:
-    """Coupled U-Net hyper-parameters; the defaults are the official AIST++ model (multimodal_train.sh)."""
-    frames: int = 16  # F of training/sampling clips (--video_size 16,3,64,64); the network takes any F
-    image_size: int = 64  # H = W in pixels
-    audio_samples: int = 25_600  # L: 1.6 s at 16 kHz (--audio_size 1,25600)
-    video_channels: int = 3  # RGB pixels in [-1, 1]
-    audio_channels: int = 1  # raw waveform
-    base_channels: int = 128  # --num_channels
-    channel_mult: tuple[int, ...] = (1, 2, 3, 4)  # the official default for 64 px
-    num_res_blocks: int = 2  # --num_res_blocks
-    attention_rates: tuple[int, ...] = (2, 4, 8)  # downsample rates with video self-attention
-    audio_attention_rates: tuple[int, ...] = ()  # ... with audio self-attention (--audio_attention_resolutions -1)
-    cross_rates: tuple[int, ...] = (2, 4, 8)  # downsample rates with RS-MMA (--cross_attention_resolutions)
-    cross_windows: tuple[int, ...] = (1, 4, 8)  # RS-MMA window S in frames at each of cross_rates (§4.1)
-    middle_rs_mma: bool = True  # [choice] full cross-attention in the middle block (official: iff windows 1, 4, 8)
-    official_windows: bool = False  # [choice] RS-MMA windows cut as the official index arithmetic (docstring)
-    head_channels: int = 64  # RS-MMA: heads = channels // 64 (--num_head_channels)
-    self_attention_heads: int = 4  # video/audio self-attention heads at any width (official num_heads)
-    scale_shift_norm: bool = True  # FiLM (1 + scale)·norm(h) + shift (--use_scale_shift_norm); False: norm(h + emb)
-    audio_rate: int = 4  # audio down/upsampling factor per level (official Downsample/Upsample, 1-D)
-    dilation_cycle: int = 10  # audio dilation 2^(k mod 10) (official max_dila)
-    random_shift: bool = True  # draw R in training (--cross_attention_shift); False: R = 0 always
-    shift_in_eval: bool = False  # [choice] official: True (R redrawn in sampling too)
-    dropout: float = 0.1  # --dropout of the released training flags
-    norm_groups: int = 32  # GroupNorm groups (improved-diffusion's normalization)
-
-    def __post_init__(self):
-        # JSON round trips give lists; keep tuples so configs compare equal.
-        for name in ("channel_mult", "attention_rates", "audio_attention_rates", "cross_rates", "cross_windows"):
-            setattr(self, name, tuple(getattr(self, name)))
-        if self.head_channels < 1:  # the official num_head_channels=-1 (a fixed head count) has no equivalent
-            raise ValueError(f"mmdiffusion.py: head_channels must be positive, got {self.head_channels}")
-        if len(self.cross_rates) != len(self.cross_windows):
-            raise ValueError(f"mmdiffusion.py: cross_rates {self.cross_rates} and cross_windows "
-                             f"{self.cross_windows} differ in length")
-        for mult in self.channel_mult:
-            ch = self.base_channels * mult
-            if ch % self.norm_groups or ch % self.head_channels or ch % self.self_attention_heads:
-                raise ValueError(f"mmdiffusion.py: {ch} channels not divisible by norm_groups {self.norm_groups}, "
-                                 f"head_channels {self.head_channels} and self_attention_heads "
-                                 f"{self.self_attention_heads}")
-
-    @property
-    def levels(self) -> int:
-        return len(self.channel_mult)
-
-
-PRESETS = {
-    "official": {},  # 133.68 M parameters, the released AIST++/Landscape model
-    # CPU study next to CMMD's "small" preset (unet.py, 19.5 M, 12.9 M of it the 1-D audio path): 5.9 M, on the
-    # same 18-frame 64 px, 1.8 s clips (data.ClipConfig); in pixels that is 55 GFLOP per evaluation.
-    "small": dict(frames=18, image_size=64, audio_samples=28_800, base_channels=32, num_res_blocks=1,
-                  head_channels=32, self_attention_heads=1, dropout=0.0),
-    # Unit tests: a forward in milliseconds; L = 260 leaves a remainder segment at the second level.
-    "tiny": dict(frames=4, image_size=16, audio_samples=260, base_channels=16, channel_mult=(1, 2),
-                 num_res_blocks=1, attention_rates=(2,), cross_rates=(1, 2), cross_windows=(1, 2),
-                 head_channels=8, self_attention_heads=2, dropout=0.0, norm_groups=8),
-}
-
-
-def preset(name: str, **overrides) -> MMDiffusionConfig:
-    """The named configuration ("official", "small", "tiny"), with fields overridden by keyword."""
-    if name not in PRESETS:
-        raise ValueError(f"mmdiffusion.py: unknown preset {name!r}, choose one of {sorted(PRESETS)}")
-    return MMDiffusionConfig(**{**PRESETS[name], **overrides})
-
-
-def diffusion_config() -> DiffusionConfig:
-    """The baseline's diffusion: ε-prediction, DDPM's linear β over 1000 steps (MM-Diffusion §3.1, §4.1)."""
-    return DiffusionConfig(schedule="linear", prediction="eps", num_steps=1000)
-
-
-# ---- RS-MMA (§3.3, Eq. 8–9) -------------------------------------------------------------------------------
-
-def segment_of(F_: int, L: int) -> torch.Tensor:
-    """Segment (= frame) index (L,) of each audio position: F contiguous segments of ⌊L/F⌋, the remainder
-    in the last one (§3.3 Step I)."""
-    if L < F_:
-        raise ValueError(f"mmdiffusion.py: {L} audio positions cannot be cut into {F_} per-frame segments")
-    return (torch.arange(L) // (L // F_)).clamp_(max=F_ - 1)
-
-
-def window_units(F_: int, window: int, shift: int, repeat: bool = False) -> torch.Tensor:
-    """Key units (G, S) of each query unit: (i+R), …, (i+R+S−1) mod F (§3.3 Step II). A window of F or more
-    is full cross-attention: G = 1 group holding all F units, whatever the shift; with `repeat` (the
-    official arithmetic) a window of S > F units keeps its S units mod F, repeats included."""
-    if window == F_ or (window > F_ and not repeat):
-        return torch.arange(F_)[None]  # (1, F)
-    return (torch.arange(F_)[:, None] + shift + torch.arange(window)[None]) % F_  # (F, S)
-
-
-def window_samples(F_: int, L: int, window: int, shift: int) -> torch.Tensor | None:
-    """The official video→audio windows: frame i sees the S·⌊L/F⌋ consecutive audio positions from
-    (i+R)·⌊L/F⌋, mod L (multimodal_unet.py, CrossAttentionBlock.attention_index), as (F, S·⌊L/F⌋); None
-    where that is every position once (S = F and F | L), i.e. full cross-attention."""
-    p = L // F_
-    if window == F_ and L == F_ * p:
-        return None
-    return ((torch.arange(F_)[:, None] + shift) * p + torch.arange(window * p)[None]) % L  # (F, S·p)
-
-
-def audio_grid(F_: int, L: int, device=None) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """Audio positions laid out per segment: (slot (L,) of each position in an (F, n_max) grid, n_max,
-    valid (F·n_max,) bool of the slots that hold a position); n_max is the last (longest) segment."""
-    p = L // F_
-    seg = segment_of(F_, L).to(device)  # (L,)
-    n_max = L - (F_ - 1) * p
-    slot = seg * n_max + torch.arange(L, device=device) - seg * p  # (L,)
-    valid = torch.zeros(F_ * n_max, dtype=torch.bool, device=device).index_fill_(0, slot, True)  # (F·n_max,)
-    return slot, n_max, valid
-
-
-def rs_mma_keys(F_: int, HW: int, L: int, window: int, shift: int, official: bool = False, device=None) -> dict:
-    """The keys of each query group: {m: (index (G, K), valid (G, K) bool or None)}. Queries of modality m
-    come in G groups (G = F: unit i's tokens; G = 1: all of them, full cross-attention); index points into
-    the other modality's tokens, video (F·H·W) in (F, H, W) order, audio the (F·n_max) grid of `audio_grid`.
-    `official`: the official windows (`window_units` with repeats, `window_samples`), see the module docstring."""
-    slot, n_max, grid_valid = audio_grid(F_, L, device)
-    units = window_units(F_, window, shift, repeat=official).to(device)  # (G, S)
-    frame_tokens = (units[..., None] * HW + torch.arange(HW, device=device)).flatten(1)  # (G, S·H·W)
-    keys = {"audio": (frame_tokens, None)}  # audio segment i → the H·W tokens of its window's frames
-    samples = window_samples(F_, L, window, shift) if official else None
-    if samples is not None:
-        keys["video"] = (slot[samples.to(device)], None)  # (F, S·⌊L/F⌋) grid slots, every one a position
-    else:
-        grid = (units[..., None] * n_max + torch.arange(n_max, device=device)).flatten(1)  # (G, S·n_max)
-        keys["video"] = (grid, None if n_max == L // F_ else grid_valid[grid])
-    return keys
-
-
-def rs_mma_mask(F_: int, L: int, window: int, shift: int) -> dict[str, torch.Tensor]:
-    """RS-MMA as boolean (queries, keys) masks, True = attend: {"video": (F, L) frame i → audio positions,
-    "audio": (L, F) audio position → frames}. Query unit i (frame i, or the segment holding the position)
-    sees key units (i+R) … (i+R+S−1) mod F; the H·W tokens of a frame share its row/column."""
-    i = torch.arange(F_)
-    units = ((i[None] - i[:, None] - shift) % F_ < window) if window < F_ else torch.ones(F_, F_, dtype=torch.bool)
-    seg = segment_of(F_, L)  # (L,)
-    return {"video": units[:, seg], "audio": units[seg]}  # (F, L), (L, F)
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask=None) -> torch.Tensor:
-    """Multi-head SDPA over (N, Lq, C) queries and (N, Lk, C) keys/values -> (N, Lq, C); mask (N or 1, Lk)."""
-    N, Lq, C = q.shape
-    q, k, v = (t.reshape(N, -1, heads, C // heads).transpose(1, 2) for t in (q, k, v))  # (N, heads, L, C/heads)
-    if mask is not None:
-        mask = mask[:, None, None, :]  # (N or 1, 1, 1, Lk): broadcast over heads and queries
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, heads, Lq, C/heads)
-    return y.transpose(1, 2).reshape(N, Lq, C)
-
-
-def rs_mma_attention(q: dict, k: dict, v: dict, keys: dict, heads: int) -> dict:
-    """Cross-attention of each modality's query groups to the other's keys of `rs_mma_keys` (Eq. 8).
-
-    q, k, v[m]: (B, N_m, C) tokens, video (F·H·W) and audio in the padded (F·n_max) grid. Returns
-    {m: (B, N_m, C)}; with the default windows it equals dense SDPA with `rs_mma_mask`
-    (tests/test_mmdiffusion.py), with the official ones the official code (tests/test_mmdiffusion_official.py).
-    """
-    B, _, C = q["video"].shape
-    out = {}
-    for m in MODALITIES:
-        o = OTHER[m]
-        index, valid = keys[m]
-        G, K = index.shape
-        qm = q[m].reshape(B * G, -1, C)  # (B·G, N_m/G, C): the queries of each group
-        ko, vo = (t[:, index.flatten()].reshape(B * G, K, C) for t in (k[o], v[o]))  # (B·G, K, C)
-        mask = None if valid is None else valid.repeat(B, 1)  # (B·G, K)
-        out[m] = attend(qm, ko, vo, heads, mask).reshape(B, -1, C)  # (B, N_m, C)
-    return out
-
-
-class RSMMA(nn.Module):
-    """Random-shift multi-modal attention block (Fig. 3c): pure cross-attention between the paths, each with
-    its own GroupNorm, q/k/v projection and zero-initialised output projection, plus residual."""
-
-    def __init__(self, channels: int, window: int | None, cfg: MMDiffusionConfig):
-        super().__init__()
-        self.window = window  # None: the middle block's full cross-attention, never shifted
-        # the official middle window is the configured clip length (video_size[0]), not the input's F
-        self.full_window = cfg.frames if cfg.official_windows else None
-        self.official = cfg.official_windows
-        self.heads = channels // cfg.head_channels
-        self.norm = nn.ModuleDict({m: nn.GroupNorm(cfg.norm_groups, channels) for m in MODALITIES})
-        self.qkv = nn.ModuleDict({m: nn.Linear(channels, 3 * channels) for m in MODALITIES})
-        self.proj = nn.ModuleDict({m: zero_(nn.Linear(channels, channels)) for m in MODALITIES})
-
-    def forward(self, h: dict, shift: int) -> dict:
-        v, a = h["video"], h["audio"]
-        B, C, F_, H, W = v.shape
-        L = a.shape[2]
-        slot, n_max, _ = audio_grid(F_, L, a.device)
-        window = self.window if self.window is not None else (self.full_window or F_)
-        keys = rs_mma_keys(F_, H * W, L, window, shift, self.official, a.device)
-
-        x = {m: self.norm[m](h[m]) for m in MODALITIES}
-        x["video"] = x["video"].permute(0, 2, 3, 4, 1).reshape(B, F_ * H * W, C)  # (B, F·H·W, C)
-        grid = x["audio"].new_zeros(B, F_ * n_max, C)
-        x["audio"] = grid.index_copy_(1, slot, x["audio"].transpose(1, 2))  # (B, F·n_max, C)
-        q, k, vv = {}, {}, {}
-        for m in MODALITIES:
-            q[m], k[m], vv[m] = self.qkv[m](x[m]).chunk(3, dim=-1)  # 3 × (B, N_m, C)
-        y = rs_mma_attention(q, k, vv, keys, self.heads)
-        y = {m: self.proj[m](y[m]) for m in MODALITIES}
-        y_v = y["video"].view(B, F_, H, W, C).permute(0, 4, 1, 2, 3)  # (B, C, F, H, W)
-        y_a = y["audio"].index_select(1, slot).transpose(1, 2)  # (B, C, L): the grid's padding dropped
-        return {"video": v + y_v, "audio": a + y_a}
-
-
-# ---- residual blocks and self-attention (improved-diffusion; MM-Block, Fig. 3b) ---------------------------
-
-def conv3(modality: str, c_in: int, c_out: int, dilation: int = 1) -> nn.Module:
-    """3-tap convolution: video 2-D 3×3 per frame then 1-D over frames (on (B, C, F, H, W)), audio dilated
-    1-D (on (B, C, L))."""
-    if modality == "video":
-        return nn.Sequential(nn.Conv3d(c_in, c_out, (1, 3, 3), padding=(0, 1, 1)),
-                             nn.Conv3d(c_out, c_out, (3, 1, 1), padding=(1, 0, 0)))
-    return nn.Conv1d(c_in, c_out, 3, padding=dilation, dilation=dilation)
-
-
-def conv1(modality: str, c_in: int, c_out: int) -> nn.Module:
-    return nn.Conv3d(c_in, c_out, 1) if modality == "video" else nn.Conv1d(c_in, c_out, 1)
-
-
-class Resample(nn.Module):
-    """Video H, W by 2 (frames never), audio by `audio_rate`: average pooling down, nearest up."""
-
-    def __init__(self, modality: str, down: bool, audio_rate: int):
-        super().__init__()
-        self.scale = (1, 2, 2) if modality == "video" else (audio_rate,)
-        self.down = down
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.down:
-            return F.avg_pool3d(x, self.scale) if x.ndim == 5 else F.avg_pool1d(x, self.scale)
-        return F.interpolate(x, scale_factor=self.scale, mode="nearest")
-
-
-class ResBlock(nn.Module):
-    """One path's residual block, conditioned on the MM-Block's projection of the timestep embedding."""
-
-    def __init__(self, modality: str, c_in: int, c_out: int, cfg: MMDiffusionConfig, dilation: int,
-                 resample: str | None):
-        super().__init__()
-        self.scale_shift = cfg.scale_shift_norm
-        self.in_layers = nn.Sequential(nn.GroupNorm(cfg.norm_groups, c_in), nn.SiLU(),
-                                       conv3(modality, c_in, c_out, dilation))
-        self.resample = nn.Identity() if resample is None else Resample(modality, resample == "down", cfg.audio_rate)
-        self.out_norm = nn.GroupNorm(cfg.norm_groups, c_out)
-        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(cfg.dropout), zero_(conv1(modality, c_out, c_out)))
-        self.skip = nn.Identity() if c_in == c_out else conv1(modality, c_in, c_out)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """x (B, C_in, *S), emb (B, 2·C_out) with scale-shift norm, else (B, C_out)."""
-        h = self.resample(self.in_layers(x))  # (B, C_out, *S) at the block's output resolution
-        x = self.resample(x)
-        emb = emb.view(*emb.shape, *[1] * (h.ndim - 2))  # (B, 2·C_out or C_out, 1, …)
-        if self.scale_shift:
-            scale, shift = emb.chunk(2, dim=1)  # 2 × (B, C_out, 1, …)
-            h = self.out_norm(h) * (1 + scale) + shift  # scale-shift norm (FiLM, improved-diffusion)
-        else:
-            h = self.out_norm(h + emb)
-        return self.skip(x) + self.out_layers(h)
-
-
-class MMResBlock(nn.Module):
-    """The residual part of an MM-Block: one ResBlock per path sharing one timestep projection."""
-
-    def __init__(self, c_in: int, c_out: int, cfg: MMDiffusionConfig, dilation: int, resample: str | None = None):
-        super().__init__()
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(cfg.base_channels, (2 if cfg.scale_shift_norm else 1) * c_out))
-        self.res = nn.ModuleDict({m: ResBlock(m, c_in, c_out, cfg, dilation if m == "audio" else 1, resample)
-                                  for m in MODALITIES})
-
-    def forward(self, h: dict, emb: torch.Tensor) -> dict:
-        e = self.emb(emb)  # (B, 2·C_out) or (B, C_out)
-        return {m: self.res[m](h[m], e) for m in MODALITIES}
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with a residual over sequences (N, C, L); zero-initialised output."""
-
-    def __init__(self, channels: int, cfg: MMDiffusionConfig):
-        super().__init__()
-        self.heads = cfg.self_attention_heads
-        self.norm = nn.GroupNorm(cfg.norm_groups, channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
-        self.proj = zero_(nn.Linear(channels, channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(self.norm(x).transpose(1, 2)).chunk(3, dim=-1)  # 3 × (N, L, C)
-        return x + self.proj(attend(q, k, v, self.heads)).transpose(1, 2)  # (N, C, L)
-
-
-class PathAttention(nn.Module):
-    """Self-attention of the given paths: video spatial (H·W per frame) then temporal (F per pixel);
-    audio over L."""
-
-    def __init__(self, channels: int, cfg: MMDiffusionConfig, modalities: tuple[str, ...]):
-        super().__init__()
-        axes = {"video": ("space", "frames"), "audio": ("time",)}
-        self.attn = nn.ModuleDict({m: nn.ModuleDict({ax: SelfAttention(channels, cfg) for ax in axes[m]})
-                                   for m in modalities})
-
-    def forward(self, h: dict) -> dict:
-        h = dict(h)
-        if "video" in self.attn:
-            B, C, F_, H, W = h["video"].shape
-            s = h["video"].transpose(1, 2).reshape(B * F_, C, H * W)  # (B·F, C, H·W)
-            s = self.attn["video"]["space"](s).view(B, F_, C, H, W)  # (B, F, C, H, W)
-            t = s.permute(0, 3, 4, 2, 1).reshape(B * H * W, C, F_)  # (B·H·W, C, F)
-            t = self.attn["video"]["frames"](t).view(B, H, W, C, F_)  # (B, H, W, C, F)
-            h["video"] = t.permute(0, 3, 4, 1, 2)  # (B, C, F, H, W)
-        if "audio" in self.attn:
-            h["audio"] = self.attn["audio"]["time"](h["audio"])  # (B, C, L)
-        return h
-
-
-# ---- the coupled U-Net (Fig. 3a) --------------------------------------------------------------------------
-
-class MMDiffusion(nn.Module):
-    """Coupled U-Net: model({"video": (B, F, 3, H, W), "audio": (B, 1, L)}, n) -> ε̂ of the same shapes."""
-
-
-    def __init__(self, cfg: MMDiffusionConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.shift_generator: torch.Generator | None = None  # None: torch's global CPU RNG
-        base = cfg.base_channels
-        in_channels = {"video": cfg.video_channels, "audio": cfg.audio_channels}
-        self.time_embed = nn.Sequential(nn.Linear(base, base), nn.SiLU(), nn.Linear(base, base))
-        ch = base * cfg.channel_mult[0]  # the official input width (model_channels · channel_mult[0])
-        self.inp = nn.ModuleDict({m: conv3(m, in_channels[m], ch) for m in MODALITIES})
-
-        def extras(ch: int, rate: int) -> list:
-            """The attention layers after a residual block at this downsample rate."""
-            paths = tuple(m for m, rates in (("video", cfg.attention_rates), ("audio", cfg.audio_attention_rates))
-                          if rate in rates)
-            layers = [PathAttention(ch, cfg, paths)] if paths else []
-            if rate in cfg.cross_rates:
-                layers.append(RSMMA(ch, cfg.cross_windows[cfg.cross_rates.index(rate)], cfg))
-            return layers
-
-        def dilation(k: int) -> int:
-            return 2 ** (k % cfg.dilation_cycle)  # dilation doubling (§3.3), cycling as the official max_dila
-
-        k, skips = 1, [ch]  # k: audio residual block counter (official `dilation`)
-        self.encoder = nn.ModuleList()
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                self.encoder.append(nn.ModuleList([MMResBlock(ch, base * mult, cfg, dilation(k)),
-                                                   *extras(base * mult, 2 ** level)]))
-                k, ch = k + 1, base * mult
-                skips.append(ch)
-            if level < cfg.levels - 1:
-                self.encoder.append(nn.ModuleList([MMResBlock(ch, ch, cfg, dilation(k), "down")]))
-                k += 1
-                skips.append(ch)
-
-        self.middle = nn.ModuleList([MMResBlock(ch, ch, cfg, dilation(k)), PathAttention(ch, cfg, MODALITIES),
-                                     *([RSMMA(ch, None, cfg)] if cfg.middle_rs_mma else []),
-                                     MMResBlock(ch, ch, cfg, dilation(k)), PathAttention(ch, cfg, MODALITIES)])
-
-        self.decoder = nn.ModuleList()
-        k -= 1
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [MMResBlock(ch + skips.pop(), base * mult, cfg, dilation(k)), *extras(base * mult, 2 ** level)]
-                k, ch = k - 1, base * mult
-                if level > 0 and i == cfg.num_res_blocks:
-                    layers.append(MMResBlock(ch, ch, cfg, dilation(k), "up"))
-                self.decoder.append(nn.ModuleList(layers))
-
-        self.out = nn.ModuleDict({m: nn.Sequential(nn.GroupNorm(cfg.norm_groups, ch), nn.SiLU(),
-                                                   zero_(nn.Conv3d(ch, in_channels[m], 3, padding=1) if m == "video"
-                                                         else nn.Conv1d(ch, in_channels[m], 3, padding=1)))
-                                  for m in MODALITIES})
-
-    @property
-    def diffusion_config(self) -> DiffusionConfig:
-        return diffusion_config()
-
-    def shapes(self, batch: int) -> dict[str, tuple]:
-        """The configured clip shapes: {"video": (B, F, C, H, W), "audio": (B, 1, L)}."""
-        c = self.cfg
-        return {"video": (batch, c.frames, c.video_channels, c.image_size, c.image_size),
-                "audio": (batch, c.audio_channels, c.audio_samples)}
-
-    def draw_shift(self, window: int | None, frames: int) -> int:
-        """R for one RS-MMA call (module docstring [choice]); 0 for full cross-attention and in eval mode."""
-        cfg = self.cfg
-        if window is None or window >= frames or not cfg.random_shift or not (self.training or cfg.shift_in_eval):
-            return 0
-        return int(torch.randint(0, frames - window + 1, (1,), generator=self.shift_generator))
-
-    def _run(self, layers: nn.ModuleList, h: dict, emb: torch.Tensor) -> dict:
-        for layer in layers:
-            if isinstance(layer, MMResBlock):
-                h = layer(h, emb)
-            elif isinstance(layer, RSMMA):
-                h = layer(h, self.draw_shift(layer.window, h["video"].shape[2]))
-            else:
-                h = layer(h)
-        return h
-
-    def forward(self, x: dict[str, torch.Tensor], n: torch.Tensor) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        B, F_, H, W, L = check_inputs(x, n, cfg.video_channels, cfg.audio_channels)  # audio (B, 1, L): T = L
-        v, a = x["video"], x["audio"]
-        sv, sa = 2 ** (cfg.levels - 1), cfg.audio_rate ** (cfg.levels - 1)
-        if H % sv or W % sv or L % sa or L // sa < F_:
-            raise ValueError(f"mmdiffusion.py: video {H}×{W} must be divisible by {sv} and audio length {L} by {sa}, "
-                             f"with at least F={F_} samples left at the bottom ({L // sa})")
-
-        emb = self.time_embed(timestep_embedding(n, cfg.base_channels))  # (B, base)
-        h = {"video": v.transpose(1, 2), "audio": a}  # (B, C, F, H, W), (B, 1, L)
-        h = {m: self.inp[m](h[m]) for m in MODALITIES}
-        skips = [h]
-        for layers in self.encoder:
-            h = self._run(layers, h, emb)
-            skips.append(h)
-        h = self._run(self.middle, h, emb)
-        for layers in self.decoder:
-            s = skips.pop()
-            h = self._run(layers, {m: torch.cat([h[m], s[m]], dim=1) for m in MODALITIES}, emb)
-        out = {m: self.out[m](h[m]) for m in MODALITIES}
-        return {"video": out["video"].transpose(1, 2).to(v.dtype),  # (B, F, C, H, W)
-                "audio": out["audio"].to(a.dtype)}  # (B, 1, L)
-
-
-def param_split(model: MMDiffusion) -> dict[str, int]:
-    """Parameters of the video path, the audio path and the shared ones (timestep MLP and projections)."""
-    split = {"video": 0, "audio": 0, "shared": 0}
-    for name, p in model.named_parameters():
-        parts = name.split(".")
-        split[next((m for m in MODALITIES if m in parts), "shared")] += p.numel()
-    return split
-
-
-# ---- the official checkpoints (researchmm/MM-Diffusion AIST++.pt, Landscape.pt) ----------------------------
 # A released file is `torch.save(state_dict)` of the official MultimodalUNet (multimodal_train_util.py save(),
 # fp32 master weights). Our names differ from the official ones, and our 1×1 convolutions on tokens are
 # Linear layers, our 2-D + 1-D video convolutions Conv3d with a kernel of size 1 in the other axes; the
@@ -579,10 +69,6 @@ INFERRED = ("base_channels", "channel_mult", "num_res_blocks", "video_channels",
             "attention_rates", "audio_attention_rates", "scale_shift_norm", "middle_rs_mma")
 
 
-class ConversionError(ValueError):
-    """An official checkpoint that does not convert; one line naming the file and what is wrong."""
-
-
 def official_names(model: MMDiffusion) -> dict[str, tuple[str, str]]:
     """Our state-dict key -> (the official MultimodalUNet key of the same tensor, layout)."""
     modules = dict(_TOP)
@@ -618,11 +104,11 @@ def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusio
     tensors, their windows from flags' cross_rates/cross_windows."""
     bad = set(flags) - {f for f in MMDiffusionConfig.__dataclass_fields__ if f not in INFERRED}
     if bad:
-        raise ConversionError(f"{source}: {sorted(bad)} are read from the tensors or not config fields")
+        raise CheckpointError(f"{source}: {sorted(bad)} are read from the tensors or not config fields")
 
     def shape(key: str) -> tuple:
         if key not in state:
-            raise ConversionError(f"{source}: no tensor {key!r}: not an official MultimodalUNet state dict")
+            raise CheckpointError(f"{source}: no tensor {key!r}: not an official MultimodalUNet state dict")
         return tuple(state[key].shape)
 
     base = shape("time_embed.0.weight")[0]
@@ -635,7 +121,7 @@ def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusio
     levels = len(ups) + 1
     per_level = blocks // levels
     if blocks % levels or per_level < 2 or ups != [per_level * (n + 1) - 1 for n in range(levels - 1)]:
-        raise ConversionError(f"{source}: output_blocks do not form a U-Net decoder with resblock_updown "
+        raise CheckpointError(f"{source}: output_blocks do not form a U-Net decoder with resblock_updown "
                               f"({blocks} blocks, upsampling in {ups})")
     widths, rates = [set() for _ in range(levels)], {"video": set(), "audio": set(), "cross": set()}
     scale_shift = set()
@@ -643,7 +129,7 @@ def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusio
         level = levels - 1 - i // per_level
         width = shape(f"output_blocks.{i}.0.video_out_layers.0.GroupNorm.weight")[0]
         if width % base:
-            raise ConversionError(f"{source}: output_blocks.{i} has {width} channels, not a multiple of "
+            raise CheckpointError(f"{source}: output_blocks.{i} has {width} channels, not a multiple of "
                                   f"model_channels {base}")
         widths[level].add(width)
         emb = shape(f"output_blocks.{i}.0.emb_layers.1.weight")[0]
@@ -654,9 +140,9 @@ def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusio
             if key in state:
                 rates[kind].add(2 ** level)
     if len(scale_shift) != 1:
-        raise ConversionError(f"{source}: some blocks use scale-shift norm and others not")
+        raise CheckpointError(f"{source}: some blocks use scale-shift norm and others not")
     if any(len(w) > 1 for w in widths):  # resblock_updown=False: no upsampling ResBlocks between the levels
-        raise ConversionError(f"{source}: output_blocks change width without upsampling blocks between the levels "
+        raise CheckpointError(f"{source}: output_blocks change width without upsampling blocks between the levels "
                               f"(resblock_updown=False, whose decoder never upsamples, is not supported)")
     mult = [w.pop() // base for w in widths]
     cfg = asdict(preset("official"))
@@ -664,7 +150,7 @@ def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusio
     window_of = dict(zip(cfg["cross_rates"], cfg["cross_windows"]))
     missing = sorted(rates["cross"] - window_of.keys())
     if missing:
-        raise ConversionError(f"{source}: RS-MMA at downsample rates {missing}, but no window for them in "
+        raise CheckpointError(f"{source}: RS-MMA at downsample rates {missing}, but no window for them in "
                               f"cross_rates {tuple(cfg['cross_rates'])} / cross_windows {tuple(cfg['cross_windows'])}")
     # the tensors say where RS-MMA is; rates past the deepest level (none there) are kept from the flags
     cross = sorted(rates["cross"] | {r for r in window_of if r >= 2 ** levels})
@@ -686,16 +172,16 @@ def convert_state_dict(state: dict, source: str = "state dict", **flags) -> tupl
     names, ours = official_names(model), model.state_dict()
     missing = sorted(theirs for theirs, _ in names.values() if theirs not in state)
     if missing:
-        raise ConversionError(f"{source}: {len(missing)} weights of the inferred network are missing, "
+        raise CheckpointError(f"{source}: {len(missing)} weights of the inferred network are missing, "
                               f"e.g. {missing[0]!r}")
     unused = sorted(state.keys() - {theirs for theirs, _ in names.values()})
     if unused:
-        raise ConversionError(f"{source}: {len(unused)} tensors map to nothing in MMDiffusion, e.g. {unused[0]!r}")
+        raise CheckpointError(f"{source}: {len(unused)} tensors map to nothing in MMDiffusion, e.g. {unused[0]!r}")
     tensors = {}
     for key, (theirs, layout) in names.items():
         want = official_shape(tuple(ours[key].shape), layout)
         if tuple(state[theirs].shape) != want:
-            raise ConversionError(f"{source}: {theirs!r} has shape {tuple(state[theirs].shape)}, expected {want}")
+            raise CheckpointError(f"{source}: {theirs!r} has shape {tuple(state[theirs].shape)}, expected {want}")
         # a copy of its own: the official fp16 trainer saves views into one flat buffer
         tensors[key] = state[theirs].detach().reshape(ours[key].shape).to(torch.float32, copy=True).contiguous()
     return cfg, tensors
@@ -727,25 +213,17 @@ def official_kwargs(cfg: MMDiffusionConfig) -> dict:
 
 def load_official(path) -> dict:
     """The state dict of an official checkpoint file (torch.save of a dict of tensors), on the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises anything from UnpicklingError to RuntimeError on a bad file
-        raise ConversionError(f"{path}: not a PyTorch checkpoint ({type(e).__name__})") from None
-    if not isinstance(state, dict) or not state:
-        raise ConversionError(f"{path}: not a state dict (a dict of named tensors), but a {type(state).__name__}")
+    state = checkpoint.torch_load(path, "PyTorch state dict")
     odd = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
-    if odd is not None:
-        raise ConversionError(f"{path}: not a state dict: entry {odd!r} is not a named tensor")
+    if not state or odd is not None:
+        raise CheckpointError(f"{path}: not a state dict: " + (f"entry {odd!r} is not a named tensor" if state
+                                                                 else "it is empty"))
     return state
 
 
 def convert_file(path, out, **flags) -> Path:
     """Convert an official checkpoint into one of train.py's (`model.`/`ema.` weights, run config in its
-    metadata: pixel video, waveform audio, `diffusion_config()`); `flags` as `infer_config`."""
-    import checkpoint
+    metadata: pixel video, waveform audio, mmunet.diffusion_config()); `flags` as `infer_config`."""
     import data
     import pipeline
     import train
@@ -753,13 +231,14 @@ def convert_file(path, out, **flags) -> Path:
     cfg, tensors = convert_state_dict(load_official(path), path.name, **flags)
     clip = data.ClipConfig(frames=cfg.frames, size=cfg.image_size)
     if clip.samples != cfg.audio_samples:
-        raise ConversionError(f"{path}: audio_samples {cfg.audio_samples} is not {cfg.frames} frames at {clip.fps} fps "
+        raise CheckpointError(f"{path}: audio_samples {cfg.audio_samples} is not {cfg.frames} frames at {clip.fps} fps "
                               f"of {clip.sample_rate} Hz audio ({clip.samples}), as data.ClipConfig needs")
     run = train.TrainConfig(model="mmdiffusion", preset="paper", vae="pixel", frames=cfg.frames, size=cfg.image_size,
                             init=str(path))
     meta = {**pipeline.run_config(run), "net": asdict(cfg), "converted_from": path.name}
     # the released file is one set of weights (the EMA the authors sampled with): both prefixes hold it
-    both = {f"{prefix}.{k}": t.clone() for prefix in ("model", "ema") for k, t in tensors.items()}  # safetensors: no shared memory
+    # clones, as safetensors stores no shared memory
+    both = {f"{prefix}.{k}": t.clone() for prefix in ("model", "ema") for k, t in tensors.items()}
     return checkpoint.save(Path(out), both, meta, step=0)
 
 
@@ -797,7 +276,7 @@ def main(argv=None):
                                         "official_windows", "dropout")}
     try:
         out = convert_file(a.checkpoint, a.out, **flags)
-    except (ValueError, OSError) as e:  # ConversionError, a config that does not validate, an unwritable --out
+    except (ValueError, OSError) as e:  # CheckpointError, a config that does not validate, an unwritable --out
         sys.exit(f"error: {e}")
     print(out)
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import checkpoint
 import data
 import diffusion
+import melspec
 import unet
 import vae
 
@@ -27,24 +28,24 @@ FORMAT = "cmmd-1"
 
 
 class MelCodec(torch.nn.Module):
-    """Audio as normalised log-mel (CMMD §3): encode with data.py's front end, decode with a vocoder."""
-    channels, samples_per_step = data.N_MELS, data.HOP
+    """Audio as normalised log-mel (CMMD §3): encode with melspec.py's front end, decode with a vocoder."""
+    channels, samples_per_step = melspec.N_MELS, melspec.HOP
 
     def __init__(self, vocoder=None):
         super().__init__()
         self.vocoder = vocoder
 
     def encode(self, wav: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, M, L // 256)
-        return data.wav_to_mel(wav)
+        return melspec.wav_to_mel(wav)
 
     def steps(self, samples: int) -> int:  # T for L samples
-        return samples // data.HOP
+        return samples // melspec.HOP
 
     def known_steps(self, known: torch.Tensor) -> torch.Tensor:
         """(B, L) bool of known samples -> (B, T) bool of mel steps whose whole STFT window is known: step j
-        reads samples 256·j − 128 … 256·j + 383 (data.mel_magnitude's reflect padding and 512 window)."""
-        pad = (data.N_FFT - data.HOP) // 2
-        unknown = F.max_pool1d(F.pad((~known).float()[:, None], (pad, pad)), data.N_FFT, data.HOP)[:, 0]  # (B, T)
+        reads samples 256·j − 128 … 256·j + 383 (melspec.mel_magnitude's reflect padding and 512 window)."""
+        pad = (melspec.N_FFT - melspec.HOP) // 2
+        unknown = F.max_pool1d(F.pad((~known).float()[:, None], (pad, pad)), melspec.N_FFT, melspec.HOP)[:, 0]  # (B, T)
         return unknown[:, :self.steps(known.shape[1])] == 0
 
     def decode(self, mel: torch.Tensor) -> torch.Tensor:  # (B, M, T) -> (B, 256·T)
@@ -141,20 +142,20 @@ def run_config(cfg, init_meta: dict | None = None) -> dict:
         net = asdict(unet.preset(cfg.preset, video_channels=4 if cfg.vae == "sd" else 3 * cfg.patch ** 2, fusion=cfg.fusion))
         diff = asdict(diffusion.DiffusionConfig())
     elif cfg.model == "mmdiffusion":
-        import mmdiffusion
+        import mmunet
         if cfg.vae != "pixel" or cfg.patch != 1 or cfg.center:
             raise ValueError("--model mmdiffusion works on pixels and waveforms in [-1, 1]: use --vae pixel --patch 1 "
                              "--no-center")
         name = {"paper": "official"}.get(cfg.preset, cfg.preset)  # the baseline's full size is its official one
-        net = asdict(mmdiffusion.preset(name, frames=clip.frames, image_size=clip.size, audio_samples=clip.samples))
-        diff = asdict(mmdiffusion.diffusion_config())
+        net = asdict(mmunet.preset(name, frames=clip.frames, image_size=clip.size, audio_samples=clip.samples))
+        diff = asdict(mmunet.diffusion_config())
         sampler = dict(MMDIFFUSION_SAMPLER)
     else:
         raise ValueError(f"--model {cfg.model!r}: choose cmmd or mmdiffusion")
     return {"format": FORMAT, "model": cfg.model, "net": net, "diffusion": diff, "clip": asdict(clip),
             "codec": {"video": cfg.vae, "audio": "mel" if cfg.model == "cmmd" else "wave",
                       **({"patch": cfg.patch} if cfg.patch != 1 else {})},
-            "mel": {"log_min": data.LOG_MEL_MIN, "log_max": data.LOG_MEL_MAX}, "sampler": sampler, "train": asdict(cfg)}
+            "mel": {"log_min": melspec.LOG_MEL_MIN, "log_max": melspec.LOG_MEL_MAX}, "sampler": sampler, "train": asdict(cfg)}
 
 
 # MM-Diffusion's own sampling (its official code): gradient guidance in its form, x̂₀ clipped to [-1, 1]
@@ -192,8 +193,8 @@ def build(meta: dict, vae_path: str | None = None, vocoder=None, path=None) -> P
         if meta["model"] == "cmmd":
             net = unet.UNet(unet.UNetConfig(**meta["net"]))
         elif meta["model"] == "mmdiffusion":
-            import mmdiffusion
-            net = mmdiffusion.MMDiffusion(mmdiffusion.MMDiffusionConfig(**meta["net"]))
+            import mmunet
+            net = mmunet.MMDiffusion(mmunet.MMDiffusionConfig(**meta["net"]))
         else:
             raise KeyError("model")
         codecs = {"video": vae.make_codec(meta["codec"]["video"], vae_path or meta["train"]["vae_path"],

@@ -8,7 +8,7 @@ MM-Diffusion vs a fusion-off ablation, over several seeds, scored against the cl
 For every seed it trains, on the same synthetic clips (bounce and dance variants together):
 - nCMMD: the joint loss only, `--steps` steps;
 - nCMMD, fusion off: the same, with the two paths independent (alignment should be at chance);
-- MM-Diffusion at the same preset name (mmdiffusion.py's, smaller than CMMD's), `--steps` steps;
+- MM-Diffusion at the same preset name (mmunet.py's, smaller than CMMD's), `--steps` steps;
 and, from the nCMMD checkpoint, `--finetune` more steps at `--finetune-batch` (2, the paper's CMMD batch) of:
 - nCMMD continued without the contrastive loss (the control: the same extra training);
 - CMMD with the contrastive loss at the paper's η = 5e-5, and at a larger η.

@@ -1,11 +1,11 @@
-"""mmdiffusion.py: the official size, RS-MMA against the paper's definition and a dense masked reference,
+"""mmunet.py, the MM-Diffusion baseline's network: the official size, RS-MMA against the paper's definition and a dense masked reference,
 shapes, zero-shot conditional sampling, a training step and determinism (MM-Diffusion §3.3–3.4)."""
 import math
 
 import pytest
 import torch
 
-import mmdiffusion as M
+import mmunet as M
 import pipeline
 from diffusion import Diffusion
 
@@ -131,7 +131,7 @@ def test_tiny_forward_shapes_and_length_agnostic():
         out = model(x, torch.randint(0, 1000, (B,)))
         assert {k: t.shape for k, t in out.items()} == {k: t.shape for k, t in x.items()}
         assert all(t.isfinite().all() for t in out.values())
-    with pytest.raises(ValueError, match="mmdiffusion.py: .*audio length 30"):
+    with pytest.raises(ValueError, match="mmunet.py: .*audio length 30"):
         model(rand_inputs({"video": (1, 4, 3, 16, 16), "audio": (1, 1, 30)}, seed=0), torch.zeros(1, dtype=torch.long))
 
 

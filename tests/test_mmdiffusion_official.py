@@ -1,7 +1,7 @@
-"""mmdiffusion.py against the official MM-Diffusion code (researchmm/MM-Diffusion's MultimodalUNet, imported
-from ../shared/reference/mm-diffusion, never copied): converted random weights give the official output,
-RS-MMA's shifted windows equal the official ones, and `mmdiffusion.py convert` writes a checkpoint that
-pipeline.load and sample.py run. Skipped, with the reason, without that folder."""
+"""mmunet.py and mmdiffusion.py against the official MM-Diffusion code (researchmm/MM-Diffusion's
+MultimodalUNet, imported from ../shared/reference/mm-diffusion, never copied): converted random weights give
+the official output, RS-MMA's shifted windows equal the official ones, and `mmdiffusion.py convert` writes a
+checkpoint that pipeline.load and sample.py run. Skipped, with the reason, without that folder."""
 import math
 import random
 import subprocess
@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import checkpoint
-import data
+import media
 import mmdiffusion as M
+import mmunet
 import pipeline
 from conftest import ROOT, SHARED, shared_file
 
@@ -104,9 +105,9 @@ def inputs(batch: int, F_: int, size: int, L: int, seed: int = 1):
             torch.randint(0, 1000, (batch,), generator=g))
 
 
-def converted(official: torch.nn.Module, **flags) -> M.MMDiffusion:
+def converted(official: torch.nn.Module, **flags) -> mmunet.MMDiffusion:
     cfg, tensors = M.convert_state_dict(official.state_dict(), **flags)
-    model = M.MMDiffusion(cfg).eval()
+    model = mmunet.MMDiffusion(cfg).eval()
     model.load_state_dict(tensors)
     return model
 
@@ -126,7 +127,7 @@ def record_shifts(monkeypatch) -> list:
     return drawn
 
 
-def replay_shifts(monkeypatch, model: M.MMDiffusion, shifts: list):
+def replay_shifts(monkeypatch, model: mmunet.MMDiffusion, shifts: list):
     """Give our RS-MMA layers these shifts, in call order; the middle block (window None) is never shifted,
     in the official code neither."""
     it = iter(shifts)
@@ -183,8 +184,8 @@ def test_released_aist_config_equals_official(MultimodalUNet, monkeypatch):
     official = randomize_(MultimodalUNet(**RELEASED)).eval()
     total = sum(p.numel() for p in official.parameters())
     ours = converted(official)  # the default flags are the released ones
-    assert ours.cfg == M.preset("official")
-    assert sum(p.numel() for p in ours.parameters()) == total and abs(total / M.OFFICIAL_PARAMS - 1) < 1e-3
+    assert ours.cfg == mmunet.preset("official")
+    assert sum(p.numel() for p in ours.parameters()) == total and abs(total / mmunet.OFFICIAL_PARAMS - 1) < 1e-3
     v, a, n = inputs(1, 16, 64, 25600)
     drawn = record_shifts(monkeypatch)
     random.seed(0)
@@ -227,7 +228,7 @@ def test_convert_cli_runs_in_train_and_sample(MultimodalUNet, tmp_path):
     model, diff, codecs, clip, meta = pipe.net, pipe.diffusion, pipe.codecs, pipe.clip, pipe.config
     assert meta["model"] == "mmdiffusion" and meta["format"] == "cmmd-1" and meta["converted_from"] == "AIST++.pt"
     assert meta["codec"] == {"video": "pixel", "audio": "wave"} and isinstance(codecs["audio"], pipeline.WaveCodec)
-    assert meta["diffusion"] == asdict(M.diffusion_config()) and diff.cfg == M.diffusion_config()
+    assert meta["diffusion"] == asdict(mmunet.diffusion_config()) and diff.cfg == mmunet.diffusion_config()
     assert M.official_kwargs(model.cfg) == kwargs and (clip.frames, clip.size) == (4, 16)
     v, a, n = inputs(1, 4, 16, 6400)
     with torch.no_grad():  # eval mode: our shift is 0, so the official one is switched off to compare
@@ -241,11 +242,11 @@ def test_convert_cli_runs_in_train_and_sample(MultimodalUNet, tmp_path):
     assert all(torch.equal(tensors[f"model.{k}"], tensors[f"ema.{k}"]) for k in model.state_dict())
 
     g = torch.Generator().manual_seed(0)
-    clip_mp4 = data.write_mp4(tmp_path / "clip.mp4", torch.rand(4, 3, 16, 16, generator=g) * 2 - 1,
+    clip_mp4 = media.write_mp4(tmp_path / "clip.mp4", torch.rand(4, 3, 16, 16, generator=g) * 2 - 1,
                               0.3 * torch.randn(6400, generator=g))
     proc = cli("--ckpt", ckpt, "--v2a", clip_mp4, "--steps", "2", "--out", tmp_path / "out", script="sample.py")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    back = data.read_av(tmp_path / "out" / "clip_v2a.mp4", size=16)
+    back = media.read_av(tmp_path / "out" / "clip_v2a.mp4", size=16)
     assert back.video.shape[0] == 4 and back.audio.abs().max() > 0
 
 
@@ -261,9 +262,9 @@ def test_convert_bad_input_one_line(MultimodalUNet, tmp_path, capsys):
     torch.save(MultimodalUNet(**{**kwargs, "resblock_updown": False}).state_dict(), tmp_path / "no-updown.pt")
     torch.save(MultimodalUNet(**{**kwargs, "video_out_channels": 6, "audio_out_channels": 2}).state_dict(),
                tmp_path / "sigma.pt")  # learn_sigma
-    cases = [("missing.pt", "missing.pt: no such file"),
-             ("notes.pt", "notes.pt: not a PyTorch checkpoint"),
-             ("list.pt", "list.pt: not a state dict (a dict of named tensors), but a list"),
+    cases = [("missing.pt", "missing.pt: no such PyTorch state dict"),
+             ("notes.pt", "notes.pt: not a PyTorch state dict"),
+             ("list.pt", "list.pt: not a PyTorch state dict (a list, not a dict)"),
              ("wrapped.pt", "wrapped.pt: not a state dict: entry 'model' is not a named tensor"),
              ("classes.pt", "classes.pt: 1 tensors map to nothing in MMDiffusion, e.g. 'label_emb.weight'"),
              ("shape.pt", "shape.pt: 'time_embed.2.bias' has shape (33,), expected (32,)"),
@@ -285,6 +286,6 @@ def test_convert_bad_input_one_line(MultimodalUNet, tmp_path, capsys):
 def test_official_preset_is_the_released_flags():
     """official_kwargs of the official preset is the released constructor call (dropout: 0.1 of the training
     flags, multimodal_train.sh, against the sampling scripts' default 0)."""
-    assert M.official_kwargs(M.preset("official")) == {**RELEASED, "dropout": 0.1}
+    assert M.official_kwargs(mmunet.preset("official")) == {**RELEASED, "dropout": 0.1}
     with pytest.raises(ValueError, match="middle RS-MMA iff"):
-        M.official_kwargs(M.preset("official", middle_rs_mma=False))
+        M.official_kwargs(mmunet.preset("official", middle_rs_mma=False))
