@@ -47,3 +47,21 @@ def test_seams_smoke(ckpt, tmp_path):
         assert len(r["windows"]) >= 2 and r["seams_frames"] and len(r["rows_long"]) == 2
         assert set(r["jumps"]) == {"inpainted seams", "hard cuts"}
     assert "| v2a |" in stdout and "| a2v |" in stdout
+
+
+def test_cheapest_match_needs_every_larger_step_count():
+    """A lucky small step count whose larger neighbours do not match never sets the default."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import samplers
+    settings = [("ddim", 10), ("ddim", 25), ("ddim", 200), ("dpmsolver++", 10), ("dpmsolver++", 25)]
+    upper = {("ddim", 10): 0.01, ("ddim", 25): -0.01, ("ddim", 200): 0.0,  # ddim 10 lucky, 25 does not match
+             ("dpmsolver++", 10): -0.02, ("dpmsolver++", 25): 0.03}
+    results, deltas = {}, {}
+    for g in samplers.guidance_settings():
+        for s, n in settings:
+            k = samplers.key(g, s, n)
+            results[k] = {"passes": {"v2a": n, "a2v": n}}
+            deltas[k] = {d: (0.0, -0.1, upper[(s, n)]) for d in ("v2a", "a2v")}
+    assert samplers.cheapest_match(results, deltas, settings) == "dpmsolver++ 25"
+    deltas[samplers.key("λ = 0", "dpmsolver++", 25)]["a2v"] = (-0.2, -0.3, -0.1)  # fails without guidance
+    assert samplers.cheapest_match(results, deltas, settings) == "ddim 200"
