@@ -148,9 +148,9 @@ def newest_under(root=RUNS, pattern: str = PATTERN) -> Path | None:
 
 
 def resolve(ckpt: str | None, root=RUNS) -> tuple[Path, str]:
-    """`--ckpt` as a file, and how it was found: a path; else a Hugging Face Hub repo id (org/name, its
-    HUB_FILENAME, downloaded or from the local Hub cache); else, with no --ckpt, the newest checkpoint under
-    `root` (runs/, where `python demo.py` and train.py write)."""
+    """`--ckpt` as a file, and how it was found: a path (a run folder: its newest checkpoint); else a Hugging
+    Face Hub repo id (org/name, its HUB_FILENAME, downloaded or from the local Hub cache); else, with no
+    --ckpt, the newest checkpoint under `root` (runs/, where `python demo.py` and train.py write)."""
     if ckpt is None:
         found = newest_under(root)
         if found is None:
@@ -158,6 +158,11 @@ def resolve(ckpt: str | None, root=RUNS) -> tuple[Path, str]:
                                   f"(CPU, minutes) or `python train.py --out runs/NAME ...`, or pass --ckpt PATH")
         return found, f"using the newest checkpoint under {Path(root)}/: {found}"
     path = Path(ckpt).expanduser()
+    if path.is_dir():  # a run folder: its newest checkpoint
+        found = latest(path)
+        if found is None:
+            raise CheckpointError(f"{path}: a folder with no checkpoint ({PATTERN}) in it")
+        return found, f"using the newest checkpoint in {path}/: {found.name}"
     if path.exists() or not HUB_REPO.match(ckpt) or ckpt.endswith(".safetensors"):
         return path, ""
     import huggingface_hub

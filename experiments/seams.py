@@ -147,10 +147,7 @@ def parse_args(argv=None):
 
 
 def run(a):
-    path = Path(a.ckpt)
-    ckpt = checkpoint.latest(path) if path.is_dir() else path
-    if ckpt is None:
-        raise checkpoint.CheckpointError(f"{path}: no checkpoint in this folder (run `python demo.py` first)")
+    ckpt, _ = checkpoint.resolve(a.ckpt)  # a file, or a run folder's newest
     out = Path(a.out)
     cli.check_writable_dir(out)
     if a.smoke:

@@ -63,3 +63,13 @@ def test_read_errors_are_one_line(tmp_path):
         with pytest.raises(checkpoint.CheckpointError, match=re.escape(message)) as info:
             checkpoint.read(path)
         assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_resolve_a_run_folder_gives_its_newest(tmp_path):
+    for step in (5, 10):
+        checkpoint.save(tmp_path / "run" / f"ckpt-{step:08d}.safetensors", {"w": torch.zeros(1)}, {"format": "cmmd-1"})
+    path, how = checkpoint.resolve(str(tmp_path / "run"))
+    assert path.name == "ckpt-00000010.safetensors" and "newest" in how
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match="a folder with no checkpoint"):
+        checkpoint.resolve(str(tmp_path / "empty"))
