@@ -17,6 +17,7 @@ unless --tf32 (the paper's RTX Titan has no TF32); --compile adds torch.compile'
 
     python bench.py --quick                      # CPU, a few minutes
     python bench.py --device cuda --compile --json bench.json
+    python bench.py --demo-step                  # the demo's training step, old network against new
 """
 import argparse
 import json
@@ -26,7 +27,7 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -324,8 +325,67 @@ def samplers(args, device: torch.device, pipe, clip) -> Section:
     return section
 
 
+DEMO_STEP_RUNS = 40  # timed training steps per setting and round of demo_training (after DEMO_STEP_WARMUP)
+DEMO_STEP_WARMUP = 5
+
+
+def demo_training(args, device: torch.device) -> list[Section]:
+    """Seconds per training step of demo.py's run (nCMMD, batch 8, 16 px frames, Adam) for the old demo
+    network (the tiny preset on raw pixels) and the demo's own (demo.DEMO_TRAIN), in one process, the two
+    interleaved over three rounds so that a machine's drift falls on both alike."""
+    import data
+    import demo
+    import negatives
+    import pipeline
+    import train
+    settings = {"tiny preset, raw pixels (the old demo)": dict(preset="tiny", patch=1, center=False),
+                "demo.DEMO_TRAIN (the demo)": {}}
+    steps = {}
+    for name, change in settings.items():
+        cfg = replace(demo.DEMO_TRAIN, **change)
+        meta = pipeline.run_config(cfg)
+        clip = data.ClipConfig(**meta["clip"])
+        dataset = data.SyntheticDataset(clip, "train", num_clips=64, seed=0)
+        if cfg.center:
+            raw = {k: c.to(device) for k, c in pipeline.build(meta).codecs.items()}
+            meta["codec"]["center"] = pipeline.codec_means(raw, dataset, device)
+        pipe = pipeline.build(meta)
+        model, codecs = pipe.net.to(device).train(), {k: c.to(device) for k, c in pipe.codecs.items()}
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        neg_cfg = train.negatives_config(clip, codecs, cfg.negatives)
+        batch = torch.utils.data.default_collate([dataset[i] for i in range(cfg.batch)])
+        gen = torch.Generator(device).manual_seed(0)
+
+        def step(model=model, codecs=codecs, opt=opt, neg_cfg=neg_cfg, batch=batch, gen=gen, diff=pipe.diffusion):
+            pos = negatives.positive(pipeline.encode_batch(batch, codecs, device), neg_cfg)
+            loss, _ = diff.joint_loss(model, pos, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        steps[name] = (step, sum(p.numel() for p in model.parameters()))
+    times = {name: [] for name in steps}
+    for _ in range(3):
+        for name, (step, _) in steps.items():
+            for _ in range(DEMO_STEP_WARMUP):
+                step()
+            for _ in range(DEMO_STEP_RUNS):
+                t = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - t)
+    old, new = (statistics.median(t) for t in times.values())
+    section = Section("Demo training step (batch 8, 16 px, seconds)", ["network", "parameters", "median", "min", "max"],
+                      [[name, f"{params / 1e6:.2f} M", f"{statistics.median(times[name]):.3f}", f"{min(times[name]):.3f}",
+                        f"{max(times[name]):.3f}"] for name, (_, params) in steps.items()])
+    section.notes = [f"old / new = {old / new:.2f}× per step; {3 * DEMO_STEP_RUNS} timed steps each, interleaved in "
+                     f"three rounds; {torch.get_num_threads()} threads."]
+    section.records = [dict(network=name, seconds=t) for name, t in times.items()]
+    return [section]
+
+
 def sections(args, device: torch.device) -> list[Section]:
     """Every table of the report, in order: each measurement is a builder returning its Sections."""
+    if args.demo_step:
+        return demo_training(args, device)
     return function_evaluation(args, device) + ([] if args.no_e2e else end_to_end(args, device))
 
 
@@ -350,6 +410,8 @@ def main():
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 with --quick, else torch's choice)")
     p.add_argument("--json", help="also write the report's records to this JSON file")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end sample.py latency table")
+    p.add_argument("--demo-step", action="store_true",
+                   help="only the demo's training step time, old network against new (demo_training)")
     args = p.parse_args()
 
     threads = args.threads or (1 if args.quick else None)  # --quick: see the module docstring

@@ -99,12 +99,13 @@ def test_oracle_recovers_x0(cfg, sampler):
 
 
 def guided_dpm_loop(d, model, v0, steps, seed, lam):
-    """Video→audio with DPM-Solver++(2M) and CMMD guidance written out: the guided â₀ is what the solver
-    integrates and what its history keeps (the [choice] of Diffusion.sample)."""
+    """Video→audio with DPM-Solver++(2M) and CMMD guidance written out: the solver integrates the guided â₀
+    plus the second-order correction of the network's own x̂₀, which is what its history keeps (the [choice]
+    of Diffusion.sample)."""
     g = gen(seed)
     eps_v, a = torch.randn(SHAPES["video"], generator=g), torch.randn(SHAPES["audio"], generator=g)
     ts = d.timesteps(steps)
-    prev = None  # (â₀, h) of the previous step
+    prev = None  # (the network's x̂₀, h) of the previous step
     for i, n in enumerate(ts):
         ab = d.alphas_cumprod[n].item()
         ab_prev = d.alphas_cumprod[ts[i + 1]].item() if i + 1 < len(ts) else 1.0
@@ -119,9 +120,10 @@ def guided_dpm_loop(d, model, v0, steps, seed, lam):
             return a0_hat
         lam_s, lam_t = (0.5 * math.log(x / (1 - x)) for x in (ab, ab_prev))
         h = lam_t - lam_s
-        D = a0_hat if prev is None else (1 + h / (2 * prev[1])) * a0_hat - h / (2 * prev[1]) * prev[0]
+        a0_bar = a0_bar.detach()
+        D = a0_hat if prev is None else a0_hat + h / (2 * prev[1]) * (a0_bar - prev[0])
         a = math.sqrt((1 - ab_prev) / (1 - ab)) * a.detach() + math.sqrt(ab_prev) * (1 - math.exp(-h)) * D
-        prev = (a0_hat, h)
+        prev = (a0_bar, h)
 
 
 def test_dpmsolver_guidance_matches_hand_loop():
