@@ -1,4 +1,4 @@
-"""Speed of one function evaluation: CMMD vs MM-Diffusion (CMMD Table 3, "Performance"; SPEC §6).
+"""Speed of one function evaluation: CMMD vs MM-Diffusion (CMMD Table 3, "Performance"; App. B).
 
 Times one forward pass of each network at batch 1, in one process, under torch.inference_mode:
 - CMMD, paper preset (unet.preset("paper")), at 16×16 SD-VAE latents (128 px): 18 frames + 80×112 mel;
@@ -27,7 +27,7 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,8 +38,8 @@ import mmunet
 import unet
 
 PAPER_MS = {"CMMD 16×16": 136.0, "CMMD 64×64": 299.0, "MM-Diffusion": 721.0}  # CMMD Table 3, RTX Titan, batch 1
-CMMD_FRAMES, MEL_BINS, MEL_STEPS = 18, 80, 112  # a training clip (SPEC §1, data.ClipConfig)
-LATENT_CHANNELS = 4  # SD-VAE latents (SPEC §1)
+CMMD_FRAMES, MEL_BINS, MEL_STEPS = 18, 80, 112  # a training clip (CMMD §3 "Feature Extraction", data.ClipConfig)
+LATENT_CHANNELS = 4  # SD-VAE latents (CMMD §3, App. B; vae.py)
 STEP_N = 500  # the diffusion step fed to the networks; the cost does not depend on it
 QUICK = dict(warmup=1, runs=3, budget=60.0)  # --quick: at most `budget` s of timed runs per model on a CPU
 QUICK_STEPS = 5  # sampler steps actually run per setting with --quick on a CPU (the rest extrapolated)
@@ -246,13 +246,14 @@ def paper_pipeline(device: torch.device, clip):
 
 def end_to_end(args, device: torch.device) -> list[Section]:
     """Latency of `sample.py --v2a` on one 3.6 s clip (36 frames at 128 px), stage by stage: decode the
-    mp4, SD-VAE encode, the sampler (the paper's 200 DDIM steps, and sample.py's default), MelGAN vocoder,
-    mux; then the sampling time per clip of every sampler and step count, without and with guidance.
+    mp4, SD-VAE encode, the sampler (the paper's, diffusion.PAPER_SAMPLER, and sample.py's default), MelGAN
+    vocoder, mux; then the sampling time per clip of every sampler and step count, without and with guidance.
     With --quick on a CPU each sampler runs QUICK_STEPS steps and longer runs are extrapolated from them
     (a step's cost does not depend on the step count)."""
     import tempfile
 
     import data
+    import diffusion
     import media
     import pipeline
     import sample
@@ -263,7 +264,7 @@ def end_to_end(args, device: torch.device) -> list[Section]:
         pipe.net = pipeline.compile_net(pipe.net, device)
     item = synthetic.synthetic_clip(0, data.ClipConfig(frames=36, size=512, margin=0), "dance")
     quick = args.quick and device.type == "cpu"
-    settings = [("ddim", 200), (sample.DEFAULT_SAMPLER["sampler"], sample.DEFAULT_SAMPLER["steps"])]
+    settings = [(s["sampler"], s["steps"]) for s in (diffusion.PAPER_SAMPLER, sample.DEFAULT_SAMPLER)]
     names = [f"{s} {n}" for s, n in settings]
     section = Section("End-to-end `sample.py --v2a`, 3.6 s clip at 128 px (batch 1, seconds)",
                       ["stage", *names], [])
@@ -344,7 +345,7 @@ def demo_training(args, device: torch.device) -> list[Section]:
                 "demo.DEMO_TRAIN (the demo)": {}}
     steps = {}
     for name, change in settings.items():
-        cfg = train.TrainConfig(**{**demo.DEMO_TRAIN, **change})
+        cfg = replace(demo.DEMO_TRAIN, **change)
         meta = pipeline.run_config(cfg)
         clip = data.ClipConfig(**meta["clip"])
         dataset = data.SyntheticDataset(clip, "train", num_clips=64, seed=0)

@@ -1,4 +1,4 @@
-"""Files that must never be half-written, and the checkpoints that describe themselves (STYLE item 8).
+"""Files that must never be half-written, and the checkpoints that describe themselves.
 
 - `atomic_path` / `write_text`: every output the project writes (mp4, wav, png, html, json, shard,
   checkpoint) is first written under a temporary name in its own folder, then renamed over the target,

@@ -1,5 +1,5 @@
-"""What the command-line scripts share: flags generated from a dataclass config (STYLE item 2), and
-the one-line error on stderr with a non-zero exit for every problem a user can cause (STYLE item 13)."""
+"""What the command-line scripts share: flags generated from a dataclass config (its defaults live only
+there), and the one-line error on stderr with a non-zero exit for every problem a user can cause."""
 import argparse
 import dataclasses
 import math

@@ -8,6 +8,7 @@ a page to watch and listen to (OUT/index.html).
     python demo.py --eval-only --split val --guidance-v2a 3 --guidance-a2v 30   # choose λ on validation clips
 """
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ import alignment
 import checkpoint
 import cli
 import data
+import diffusion
 import figures
 import media
 import melspec
@@ -34,10 +36,11 @@ GUIDANCE = {"v2a": 3.0, "a2v": 30.0}
 SAMPLER = {"sampler": "ddim", "steps": 25}  # chosen on validation clips (README, "Sampling")
 REFERENCES = ("ground truth", "shifted 400 ms", "other clip")
 DIRECTIONS = {"v2a": "video → audio", "a2v": "audio → video"}
-# The demo's run: a tiny nCMMD on 16 px clips through the centred patch-2 pixel codec (pipeline.Centered), fixed steps.
-DEMO_TRAIN = dict(preset="cpu", vae="pixel", patch=2, center=True, size=16, batch=8, lr=2e-3, lr_min=1e-4, lr_schedule="cosine",
-                  warmup=100, ema=0.999, ckpt_every=500, preview_every=0, workers=0)
-DEMO_STEPS = 1200
+# The demo's run: a tiny nCMMD on 16 px clips through the centred patch-2 pixel codec (pipeline.Centered), a fixed
+# number of steps on any machine; the flags below override preset, batch, lr and steps.
+DEMO_TRAIN = train.TrainConfig(preset="cpu", vae="pixel", patch=2, center=True, size=16, batch=8, steps=1200, lr=2e-3,
+                               lr_min=1e-4, lr_schedule="cosine", warmup=100, ema=0.999, ckpt_every=500,
+                               preview_every=0, workers=0)
 
 
 def event_scores(events: np.ndarray, found: np.ndarray) -> dict:
@@ -176,16 +179,16 @@ def table_rows(result: dict, margin: dict) -> list[list]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="run directory")
-    p.add_argument("--steps", type=int, default=DEMO_STEPS, help="training steps (the same on every machine)")
+    p.add_argument("--steps", type=int, default=DEMO_TRAIN.steps, help="training steps (the same on every machine)")
     p.add_argument("--minutes", type=float, default=0.0, help="optional cap on the training time (0: none); "
                    "a capped run's result depends on the machine's speed")
-    p.add_argument("--preset", default=DEMO_TRAIN["preset"], help="network preset",
+    p.add_argument("--preset", default=DEMO_TRAIN.preset, help="network preset",
                    choices=train.TrainConfig.__dataclass_fields__["preset"].metadata["choices"])
     p.add_argument("--train-clips", type=int, default=512, help="synthetic training clips, generated once")
-    p.add_argument("--batch", type=int, default=DEMO_TRAIN["batch"], help="clips per step")
-    p.add_argument("--lr", type=float, default=DEMO_TRAIN["lr"], help="peak Adam learning rate (cosine to lr-min)")
+    p.add_argument("--batch", type=int, default=DEMO_TRAIN.batch, help="clips per step")
+    p.add_argument("--lr", type=float, default=DEMO_TRAIN.lr, help="peak Adam learning rate (cosine to lr-min)")
     p.add_argument("--clips", type=int, default=64, help="held-out clips to evaluate")
-    p.add_argument("--sampler", default=SAMPLER["sampler"], choices=["ddim", "dpmsolver++"], help="sampler")
+    p.add_argument("--sampler", default=SAMPLER["sampler"], choices=diffusion.SAMPLERS, help="sampler")
     p.add_argument("--sample-steps", type=int, default=SAMPLER["steps"], help="sampling steps")
     for d, name in DIRECTIONS.items():
         p.add_argument(f"--guidance-{d}", type=float, default=GUIDANCE[d], help=f"λ of {name} (Eq. 3; 0: replacement)")
@@ -213,11 +216,11 @@ def run(a):
     if a.eval_only and train.latest_checkpoint(out / "model") is None:
         raise ValueError(f"{out / 'model'}: no checkpoint to evaluate (run without --eval-only first)")
     cli.check_writable_dir(out)
-    cfg = train.TrainConfig(**{**DEMO_TRAIN, "preset": a.preset, "batch": a.batch, "lr": a.lr, "steps": a.steps,
-                               "time_limit": a.minutes, "seed": a.seed, "data": str(out / "shards"), "out": str(out / "model")})
+    cfg = dataclasses.replace(DEMO_TRAIN, preset=a.preset, batch=a.batch, lr=a.lr, steps=a.steps, time_limit=a.minutes,
+                              seed=a.seed, data=str(out / "shards"), out=str(out / "model"))
     train.check_config(cfg)  # --lr, --minutes: before the clips are generated
     print(f"1/3 generating {a.train_clips} synthetic training clips once", file=sys.stderr)
-    clip = data.ClipConfig(size=DEMO_TRAIN["size"])
+    clip = data.ClipConfig(size=DEMO_TRAIN.size)
     data.prepare("synthetic", out / "shards", clip=clip, seed=a.seed, num_clips={"train": a.train_clips}, progress=False)
     if not a.eval_only:
         print(f"2/3 training a {a.preset} nCMMD on synthetic {clip.size} px clips for {a.steps} steps "

@@ -90,7 +90,7 @@ class Diffusion:
         self.betas = make_betas(cfg)  # (N,)
         self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)  # (N,) ᾱₙ
 
-    # ---- closed forms (CMMD §2.1 / SPEC §2; Salimans & Ho 2022 §4) -------------------------------------
+    # ---- closed forms (CMMD §2.1; Salimans & Ho 2022 §4) -----------------------------------------------
 
     def _coefs(self, n: torch.Tensor, x: torch.Tensor):
         """√ᾱₙ and √(1−ᾱₙ) for a step per example n (B,), shaped (B, 1, …) to broadcast against x."""
@@ -113,7 +113,7 @@ class Diffusion:
     def _x0_eps(self, x_n, out, sa, s1a):
         """(x̂₀, ε̂) from the network output, with √ᾱₙ and √(1−ᾱₙ) given (tensors or floats)."""
         if self.cfg.prediction == "v":
-            # x̂₀ and ε̂ from 𝐯̂ (Salimans & Ho 2022, App. D; SPEC §2)
+            # x̂₀ and ε̂ from 𝐯̂ (Salimans & Ho 2022, App. D; the 𝐯 of CMMD §2.1)
             return sa * x_n - s1a * out, s1a * x_n + sa * out
         return (x_n - s1a * out) / sa, out  # x̂₀ from ε̂ (Ho et al. 2020, Eq. 4 inverted)
 
@@ -198,7 +198,7 @@ class Diffusion:
         each of its sample's full shape; mask: {modality: (B, F) or (B, T) bool}, True at the frames or mel
         steps of cond[modality] that are known (temporal inpainting: continuation, long generation). A
         modality in cond without a mask is known whole: {"video": v0} is video→audio, {"audio": a0}
-        audio→video; cond=None is joint generation. `cfg` (SamplerConfig, default the paper's: 200 DDIM steps,
+        audio→video; cond=None is joint generation. `cfg` (SamplerConfig, default the paper's: PAPER_SAMPLER,
         replacement) is overridden field by field by keyword (steps=25, guidance=10, ...).
 
         Every step, for each sampler alike (`Known` holds what follows):
@@ -325,15 +325,15 @@ def dpmpp_2m_update(x_n, x0, eps, ab, ab_prev, sigma, history, x0_net):
 
 UPDATES = {"ddim": ddim_update, "dpmsolver++": dpmpp_2m_update}
 SAMPLERS = tuple(UPDATES)
-DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 200  # CMMD §3: 200 DDIM steps
+PAPER_SAMPLER = {"sampler": "ddim", "steps": 200}  # the paper's sampler: 200 DDIM steps (CMMD App. B.2, Table 4)
 
 
 @dataclass
 class SamplerConfig:
-    """How `Diffusion.sample` samples; the defaults are the paper's (CMMD §3)."""
-    sampler: str = field(default=DEFAULT_SAMPLER, metadata={
+    """How `Diffusion.sample` samples; by default as the paper does (PAPER_SAMPLER, replacement)."""
+    sampler: str = field(default=PAPER_SAMPLER["sampler"], metadata={
         "help": "ddim (Song et al. 2021) or dpmsolver++ (Lu et al. 2022, multistep 2M)", "choices": list(UPDATES)})
-    steps: int = field(default=DEFAULT_STEPS, metadata={
+    steps: int = field(default=PAPER_SAMPLER["steps"], metadata={
         "help": "sampling steps, one network evaluation each (guidance adds a backward pass to each)"})
     guidance: float = field(default=0.0, metadata={"help": "λ of the guidance (CMMD Eq. 3); 0: replacement (Eq. 5)"})
     guidance_form: str = field(default="cmmd", metadata={

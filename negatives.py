@@ -1,7 +1,7 @@
 """Negative pairs for the joint contrastive loss (CMMD §2.2 "Creating Negative Samples", App. B.2, Eq. 6).
 
 The data pipeline yields WINDOWS: the positive clip with a margin of real neighbouring content on each side
-of the time axis (CONTRACTS.md, data.py): video (B, F + 2m, C, H, W) with m frames (time axis 1), audio
+of the time axis (data.py, ClipConfig.margin): video (B, F + 2m, C, H, W) with m frames (time axis 1), audio
 (B, M, T + 2m_a) with m_a mel steps, or samples for a waveform (time axis last). The positive is the centre.
 A negative of one modality is paired with the other modality's positive, e.g. (v, a¬) and (v¬, a). Kinds:
   "shift":        the signal moved 2–4 video frames (200–400 ms; 12–25 mel steps) backward or forward,
@@ -29,7 +29,7 @@ KINDS = ("shift", "segment_swap", "swap")
 VIDEO_MARGIN = 4  # frames each side, data.ClipConfig.margin
 VIDEO_SHIFT = (2, 4)  # frames, 200–400 ms at 10 fps (CMMD App. B.2)
 AUDIO_MARGIN_MEL = 25  # mel steps, data.ClipConfig.margin_mel = 6400 // 256
-AUDIO_SHIFT_MEL = (12, 25)  # mel steps, 200–400 ms at a 16 ms hop (SPEC §4)
+AUDIO_SHIFT_MEL = (12, 25)  # mel steps, 200–400 ms at a 16 ms hop (CMMD App. B.2)
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """A trained model as the scripts use it: a checkpoint's config becomes the network, its diffusion, its
-codecs, its clip geometry and its sampler settings (CMMD §3, App. B; STYLE item 8).
+codecs, its clip geometry and its sampler settings (CMMD §3, App. B), so that a checkpoint alone is a model.
 
 The config (`run_config`, stored whole in every checkpoint by train.py and mmdiffusion.py's converter):
   {"format": "cmmd-1", "model": "cmmd" | "mmdiffusion", "net": network config, "diffusion": DiffusionConfig,

@@ -34,7 +34,8 @@ import melspec
 import pipeline
 
 MODES = ("v2a", "a2v", "continue", "joint")
-# The cheapest sampler setting that matched 200 DDIM steps on held-out clips (README, "Sampling speed")
+# sample.py's default: the cheapest setting that matched the paper's sampler (diffusion.PAPER_SAMPLER) on
+# held-out clips, with and without guidance (experiments/samplers.py, cheapest_match)
 DEFAULT_SAMPLER = {"sampler": "dpmsolver++", "steps": 25}
 DEFAULT_WINDOW = 36  # frames per window: twice the training length, as the paper samples (CMMD §3)
 DEFAULT_OVERLAP = 12  # frames each window shares with the one before (1.2 s)

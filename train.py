@@ -10,8 +10,9 @@ A checkpoint is `ckpt-STEP.safetensors` (raw and EMA weights, the whole run conf
 written to temporary names and renamed, the state first: a checkpoint exists once its .safetensors does.
 """
 import argparse
-import dataclasses
+import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -27,9 +28,11 @@ from tqdm import tqdm
 import checkpoint
 import cli
 import data
+import diffusion
 import media
 import negatives
 import pipeline
+import sample
 import vae
 
 # The paper's optimiser (CMMD App. B.2): Adam at 1e-4, ×0.8 every 80 k steps, down to 2e-5.
@@ -69,13 +72,15 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0: off)"})
     contrastive: bool = field(default=False, metadata={"help": "add the contrastive loss (CMMD Eq. 6)"})
     eta: float = field(default=PAPER_ETA, metadata={"help": "η, weight of the negative terms of Eq. 6"})
-    negatives: int = field(default=1, metadata={"help": "negative batches per modality and step (SPEC §4)"})
+    negatives: int = field(default=1, metadata={"help": "negative batches per modality and step (CMMD §2.2)"})
     init: str | None = field(default=None, metadata={"help": "start from this checkpoint's weights (fine-tune)"})
     ckpt_every: int = field(default=5000, metadata={"help": "steps between checkpoints"})
     keep: int = field(default=3, metadata={"help": "checkpoints kept in --out"})
     preview_every: int = field(default=5000, metadata={"help": "steps between preview samples (0: off)"})
-    preview_steps: int = field(default=25, metadata={"help": "sampling steps of a preview"})
-    preview_sampler: str = field(default="dpmsolver++", metadata={"help": "sampler of a preview", "choices": ["ddim", "dpmsolver++"]})
+    preview_steps: int = field(default=sample.DEFAULT_SAMPLER["steps"], metadata={
+        "help": "sampling steps of a preview (sample.py's default)"})
+    preview_sampler: str = field(default=sample.DEFAULT_SAMPLER["sampler"], metadata={
+        "help": "sampler of a preview (sample.py's default)", "choices": list(diffusion.SAMPLERS)})
     log_every: int = field(default=50, metadata={"help": "steps between JSONL log lines"})
     time_limit: float = field(default=0.0, metadata={"help": "stop (and save) after this many minutes (0: none)"})
     seed: int = field(default=0, metadata={"help": "seed of data order, noise, steps and negatives"})
@@ -84,10 +89,11 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Checkpoints: weights and config in checkpoint.py's format, the resume state beside them
-def save_checkpoint(out: Path, step: int, meta: dict, model, ema, opt, gen: torch.Generator, keep: int) -> Path:
-    """ckpt-STEP.pt (resume state), then ckpt-STEP.safetensors (raw and EMA weights, the config), each
-    written atomically: a checkpoint exists once its .safetensors does. Keeps the newest `keep`."""
+# The run on disk: weights and config in checkpoint.py's format, the resume state beside them
+def save(out: Path, step: int, meta: dict, model, ema, opt, gen: torch.Generator, keep: int) -> Path:
+    """ckpt-STEP.pt (optimizer, generator and RNG states), then ckpt-STEP.safetensors (raw and EMA weights,
+    the config), each written atomically: a checkpoint exists once its .safetensors does. Keeps the newest
+    `keep`."""
     stem = out / f"ckpt-{step:08d}"
     state = {"step": step, "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -104,6 +110,30 @@ def save_checkpoint(out: Path, step: int, meta: dict, model, ema, opt, gen: torc
 def latest_checkpoint(out: Path) -> Path | None:
     """The newest complete checkpoint of a run (its resume state beside it)."""
     return checkpoint.latest(out, complete=lambda p: p.with_suffix(".pt").exists())
+
+
+def restore(cfg: TrainConfig, model, ema, opt, gen: torch.Generator) -> tuple[int, Path | None]:
+    """Load where the run starts into the network, its EMA, the optimizer and the generator; return (the steps
+    already done, the checkpoint resumed from or None). A run resumes from its own newest checkpoint: raw and
+    EMA weights, optimizer, generator and RNG states, so that the rest of it is bit for bit an uninterrupted
+    run's. Otherwise a fine-tune (--init) starts the network and its EMA both from the parent's raw weights,
+    with a fresh optimizer; otherwise nothing is loaded."""
+    resume = latest_checkpoint(Path(cfg.out))
+    source = resume or cfg.init
+    if source is None:
+        return 0, None
+    _, tensors = checkpoint.read(source)
+    for module, prefix in ((model, "model."), (ema, "ema." if resume else "model.")):
+        checkpoint.load_strict(module, tensors, prefix, source)
+    if resume is None:
+        return 0, None
+    state = torch.load(resume.with_suffix(".pt"), map_location="cpu", weights_only=False)
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["step"], resume
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -141,8 +171,32 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else lr
 
 
+def descend(opt: torch.optim.Optimizer, model, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
+    """θ ← θ − ε·∇θ L (Algorithm 1's last line): one Adam step at ε = lr, the gradient's norm clipped to
+    `grad_clip` (0: not clipped)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+
+
+@torch.no_grad()
+def ema_update(ema, model, step: int, decay: float) -> None:
+    """θ_ema ← d·θ_ema + (1 − d)·θ with d = min(decay, (1 + step) / (10 + step)): a warm-up, so that short runs
+    sample from trained weights. Buffers are copied."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - d)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
 def negatives_config(clip: data.ClipConfig, codecs: dict, per_modality: int) -> negatives.NegativesConfig:
-    """SPEC §4's shifts in the audio codec's own steps (mel steps or samples), checked against the windows."""
+    """The shifts of CMMD App. B.2 (2–4 frames) in the audio codec's own steps (mel steps or samples),
+    checked against the data windows' margins."""
     if isinstance(codecs["audio"], pipeline.WaveCodec):
         cfg = negatives.NegativesConfig.waveform(clip.samples // clip.frames, num_per_modality=per_modality)
     else:
@@ -165,8 +219,10 @@ def check_config(cfg: TrainConfig) -> None:
     cli.check_writable_dir(cfg.out)
 
 
-def setup(cfg: TrainConfig):
-    """Device and DDP preamble: (device, rank, world size)."""
+@contextlib.contextmanager
+def process_group(cfg: TrainConfig):
+    """The device and DDP preamble: yields (device, rank, world size). Under torchrun the process group lives
+    for the block and is destroyed however the block ends: trained, already trained, out of time, or an error."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     if cfg.device == "auto":
@@ -180,7 +236,28 @@ def setup(cfg: TrainConfig):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, rank, world
+    try:
+        yield device, rank, world
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def build_run(cfg: TrainConfig, device) -> tuple[dict, pipeline.Pipeline, torch.utils.data.Dataset]:
+    """The run's config (a fine-tune's keeps its parent's network, codecs and clip geometry), its untrained
+    pipeline on `device`, checked on a zero clip, and its training clips."""
+    parent = checkpoint.read(cfg.init)[0] if cfg.init else None
+    meta = pipeline.run_config(cfg, parent)
+    dataset = data.build_dataset(cfg.data, "train", data.ClipConfig(**meta["clip"]), root=cfg.data_root,
+                                 num_clips=cfg.num_clips, seed=cfg.seed)
+    if cfg.center and parent is None:  # a fine-tune keeps its parent's μ
+        raw = {k: c.to(device) for k, c in pipeline.build(meta).codecs.items()}
+        meta["codec"]["center"] = pipeline.codec_means(raw, dataset, device)
+    pipe = pipeline.build(meta, path=cfg.init)
+    pipe.net.to(device)
+    pipe.codecs = {k: c.to(device) for k, c in pipe.codecs.items()}
+    check_network(pipe, device)
+    return meta, pipe, dataset
 
 
 def check_network(pipe: pipeline.Pipeline, device) -> None:
@@ -203,131 +280,115 @@ def check_network(pipe: pipeline.Pipeline, device) -> None:
     pipe.net.train()
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> Path:
-    check_config(cfg)
-    device, rank, world = setup(cfg)
-    out = Path(cfg.out)
-    torch.manual_seed(cfg.seed)
-    init_meta = init_tensors = None
-    if cfg.init:
-        init_meta, init_tensors = checkpoint.read(cfg.init)
-    meta = pipeline.run_config(cfg, init_meta)
-    dataset = data.build_dataset(cfg.data, "train", data.ClipConfig(**meta["clip"]), root=cfg.data_root,
-                                 num_clips=cfg.num_clips, seed=cfg.seed)
-    if cfg.center and init_meta is None:  # a fine-tune keeps its parent's μ
-        raw = {k: c.to(device) for k, c in pipeline.build(meta).codecs.items()}
-        meta["codec"]["center"] = pipeline.codec_means(raw, dataset, device)
-    pipe = pipeline.build(meta, path=cfg.init)
-    model, diff, codecs, clip = pipe.net, pipe.diffusion, pipe.codecs, pipe.clip
-    model.to(device)
-    codecs = {k: c.to(device) for k, c in codecs.items()}
-    check_network(pipe, device)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    gen = torch.Generator(device).manual_seed(cfg.seed + 7919 * rank)  # n, noise, negatives
-    start, resume = 0, latest_checkpoint(out)
-    if resume is not None:
-        _, tensors = checkpoint.read(resume)
-        checkpoint.load_strict(model, tensors, "model.", resume)
-        checkpoint.load_strict(ema, tensors, "ema.", resume)
-        state = torch.load(resume.with_suffix(".pt"), map_location="cpu", weights_only=False)
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        start = state["step"]
-        if rank == 0:
-            print(f"resuming from {resume} at step {start}", file=sys.stderr)
-    elif init_tensors is not None:
-        checkpoint.load_strict(model, init_tensors, "model.", cfg.init)
-        checkpoint.load_strict(ema, init_tensors, "model.", cfg.init)
-    if start >= cfg.steps:
-        print(f"{out}: already trained to step {start} (--steps {cfg.steps})", file=sys.stderr)
-        return resume
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+def has_validation_clip(cfg: TrainConfig, clip: data.ClipConfig) -> bool:
+    """Whether there is a validation clip to preview: a folder's hash split can give none (chance about
+    0.95^N for N files); then previews are off, with a warning."""
+    try:
+        data.build_dataset(cfg.data, "val", clip, root=cfg.data_root, num_clips=1, seed=cfg.seed)
+    except media.BadInput as e:
+        print(f"warning: previews are off: no validation clip to preview ({e})", file=sys.stderr)
+        return False
+    return True
 
-    previews = rank == 0 and cfg.preview_every > 0
-    if previews:  # a folder's hash split can give no validation clip (chance about 0.95^N for N files)
-        try:
-            data.build_dataset(cfg.data, "val", clip, root=cfg.data_root, num_clips=1, seed=cfg.seed)
-        except media.BadInput as e:
-            print(f"warning: previews are off: no validation clip to preview ({e})", file=sys.stderr)
-            previews = False
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=StepBatchSampler(len(dataset), cfg.batch, cfg.seed, start, cfg.steps, rank, world),
-        num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=False)
-    neg_cfg = negatives_config(clip, codecs, cfg.negatives)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    log = None  # opened at its first line: a run that fails before one leaves no empty log
-    t0, last_ckpt, step = time.time(), resume, start
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=rank != 0 or not progress, dynamic_ncols=True)
-    model.train()
-    for step, batch in enumerate(loader, start=start + 1):
-        for g in opt.param_groups:
-            g["lr"] = learning_rate(cfg, step - 1)
-        windows = pipeline.encode_batch(batch, codecs, device)
-        pos = negatives.positive(windows, neg_cfg)
-        with autocast:
-            if cfg.contrastive:
-                negs = negatives.draw_negatives(windows, neg_cfg, generator=gen)
-                loss, terms = diff.contrastive_loss(ddp_model, pos, negs, cfg.eta, generator=gen)
-            else:
-                loss, terms = diff.joint_loss(ddp_model, pos, generator=gen)
-        # Stop flags agreed by every process, so that no rank is left waiting in an all-reduce.
-        stop = torch.tensor([float(not torch.isfinite(loss)),
-                             float(cfg.time_limit > 0 and time.time() - t0 > cfg.time_limit * 60)], device=device)
-        if world > 1:
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-        nonfinite, out_of_time = bool(stop[0]), bool(stop[1])
-        if nonfinite:
-            value = loss.item() if not torch.isfinite(loss) else "on another process"
-            msg = f"error: non-finite loss ({value}) at step {step}; last good checkpoint: {last_ckpt or 'none'}"
-            bar.close()
-            sys.exit(msg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():  # EMA with warm-up, so short runs sample from trained weights
-            decay = min(cfg.ema, (1 + step) / (10 + step))
-            for e, p in zip(ema.parameters(), model.parameters()):
-                e.lerp_(p, 1 - decay)
-            for e, b in zip(ema.buffers(), model.buffers()):
-                e.copy_(b)
-        if rank != 0:
-            if out_of_time:
-                break
-            continue
-        logged = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in logged.items()})
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            memory = {"gpu_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)} if device.type == "cuda" else {}
-            log = log or open(out / "log.jsonl", "a")
-            log.write(json.dumps({"step": step, "lr": learning_rate(cfg, step - 1), "time": round(time.time() - t0, 2),
-                                  **logged, **memory}) + "\n")
-            log.flush()
-        if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
-            last_ckpt = save_checkpoint(out, step, meta, model, ema, opt, gen, cfg.keep)
-        if previews and (step % cfg.preview_every == 0 or step == cfg.steps):
-            preview(dataclasses.replace(pipe, net=ema), cfg, out / "previews" / f"step-{step:08d}")
-        if out_of_time:
-            print(f"time limit of {cfg.time_limit} min reached at step {step}", file=sys.stderr)
-            break
-    bar.close()
+
+def agreed_stop(loss: torch.Tensor, out_of_time: bool, device, world: int) -> tuple[bool, bool]:
+    """(a non-finite loss, out of time) on any process: every process stops at the same step, so that none
+    is left waiting in an all-reduce."""
+    stop = torch.tensor([float(not torch.isfinite(loss)), float(out_of_time)], device=device)
     if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return last_ckpt
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+    return bool(stop[0]), bool(stop[1])
+
+
+def log(out: Path, record: dict, device) -> None:
+    """One line of OUT/log.jsonl, with the peak GPU memory on a GPU; the file is made at its first line, so a
+    run that fails before one leaves none."""
+    if device.type == "cuda":
+        record = {**record, "gpu_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)}
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train by CMMD's Algorithm 1 and return the newest checkpoint: CMMD with the contrastive loss (Eq. 6)
+    with --contrastive, else nCMMD with the joint loss alone (Eq. 2). A step, line by line of Algorithm 1:
+
+        v₀, a₀ ~ 𝒟                           a batch of windows (StepBatchSampler), encoded
+        v₀¬, a₀¬ ~ V′, A′ made of 𝒟, v₀, a₀   negatives.draw_negatives (--contrastive only)
+        n ~ U(1, …, N);  ε ~ N(0, I)          drawn from `gen` inside the loss
+        L_cont = L − η·L¬                     Diffusion.contrastive_loss (Eq. 6); nCMMD: L, Diffusion.joint_loss
+        θ ← θ − ε·∇θ L_cont                   descend
+
+    Around it: the EMA of θ that sampling uses (ema_update), a checkpoint every --ckpt-every steps (save),
+    the start from the run's newest checkpoint or from a fine-tune's parent (restore), and a stop on a
+    non-finite loss or at the time limit that every DDP process agrees on (agreed_stop)."""
+    check_config(cfg)
+    with process_group(cfg) as (device, rank, world):
+        out = Path(cfg.out)
+        torch.manual_seed(cfg.seed)
+        meta, pipe, dataset = build_run(cfg, device)
+        model, diff, codecs, clip = pipe.net, pipe.diffusion, pipe.codecs, pipe.clip
+        ema = copy.deepcopy(model).requires_grad_(False)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        gen = torch.Generator(device).manual_seed(cfg.seed + 7919 * rank)  # n, noise, negatives
+        start, last_ckpt = restore(cfg, model, ema, opt, gen)
+        if last_ckpt is not None and rank == 0:
+            print(f"resuming from {last_ckpt} at step {start}", file=sys.stderr)
+        if start >= cfg.steps:
+            print(f"{out}: already trained to step {start} (--steps {cfg.steps})", file=sys.stderr)
+            return last_ckpt
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        previews = rank == 0 and cfg.preview_every > 0 and has_validation_clip(cfg, clip)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=StepBatchSampler(len(dataset), cfg.batch, cfg.seed, start, cfg.steps, rank, world),
+            num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=False)
+        neg_cfg = negatives_config(clip, codecs, cfg.negatives)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        t0 = time.time()
+        model.train()
+        with tqdm(total=cfg.steps, initial=start, desc="train", disable=rank != 0 or not progress,
+                  dynamic_ncols=True) as bar:
+            for step, batch in enumerate(loader, start=start + 1):
+                windows = pipeline.encode_batch(batch, codecs, device)  # v₀, a₀ with their margins
+                pos = negatives.positive(windows, neg_cfg)
+                with autocast:
+                    if cfg.contrastive:
+                        negs = negatives.draw_negatives(windows, neg_cfg, generator=gen)  # v₀¬, a₀¬
+                        loss, terms = diff.contrastive_loss(ddp_model, pos, negs, cfg.eta, generator=gen)  # Eq. 6
+                    else:
+                        loss, terms = diff.joint_loss(ddp_model, pos, generator=gen)  # Eq. 2
+                nonfinite, out_of_time = agreed_stop(
+                    loss, cfg.time_limit > 0 and time.time() - t0 > cfg.time_limit * 60, device, world)
+                if nonfinite:
+                    value = loss.item() if not torch.isfinite(loss) else "on another process"
+                    sys.exit(f"error: non-finite loss ({value}) at step {step}; "
+                             f"last good checkpoint: {last_ckpt or 'none'}")
+                descend(opt, model, loss, learning_rate(cfg, step - 1), cfg.grad_clip)
+                ema_update(ema, model, step, cfg.ema)
+                if rank == 0:
+                    logged = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in logged.items()})
+                    if step % cfg.log_every == 0 or step == cfg.steps:
+                        log(out, {"step": step, "lr": learning_rate(cfg, step - 1), "time": round(time.time() - t0, 2),
+                                  **logged}, device)
+                    if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
+                        last_ckpt = save(out, step, meta, model, ema, opt, gen, cfg.keep)
+                    if previews and (step % cfg.preview_every == 0 or step == cfg.steps):
+                        preview(dataclasses.replace(pipe, net=ema), cfg, out / "previews" / f"step-{step:08d}")
+                if out_of_time:
+                    if rank == 0:
+                        print(f"time limit of {cfg.time_limit} min reached at step {step}", file=sys.stderr)
+                    break
+        if world > 1:
+            dist.barrier()  # no process returns before rank 0 has written the last checkpoint
+        return last_ckpt
 
 
 def preview(pipe: pipeline.Pipeline, cfg: TrainConfig, stem: Path):
     """Video→audio and audio→video on the first validation clip: STEM_v2a.* and STEM_a2v.* (mp4s, mel PNGs)."""
-    import sample
     clip, device = pipe.clip, pipe.device
     val = data.build_dataset(cfg.data, "val", clip, root=cfg.data_root, num_clips=1, seed=cfg.seed)[0]
     m, ms = clip.margin, clip.margin_samples

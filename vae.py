@@ -6,7 +6,11 @@ CMMD (§3 "Feature Extraction", App. B) diffuses video in the latent space of th
 `stabilityai/sd-vae-ft-mse`: every frame is encoded on its own, 128 px -> 4×16×16, and the latent is
 multiplied by the scaling factor 0.18215 so that it has roughly unit variance. The MM-Diffusion baseline
 and tiny CPU runs diffuse pixels directly, through `PixelCodec`. Both codecs share one interface
-(`encode`, `decode`, `channels`, `factor`), so no other file branches on which one is in use.
+(`encode`, `decode`, `channels`, `factor`); the network, the samplers, train.py and sample.py use only that.
+Which codec is in use is looked at only in `make_codec` here, in data.py's `prepare --vae sd` (which stores
+SD-VAE latents in the shards), and in pipeline.py: `run_config` (the network's input channels, 4 latent or
+3·p² pixel channels; --patch is the pixel codec's; MM-Diffusion runs on pixels) and `encode_batch` (a
+shard's stored latents stand in for encoding its frames).
 
 The autoencoder is written here from scratch. Its parameter names follow the diffusers checkpoint layout
 (`encoder.down_blocks.0.resnets.0.norm1`, `encoder.mid_block.attentions.0.to_q`, `quant_conv`, ...), so

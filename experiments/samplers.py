@@ -32,11 +32,12 @@ import checkpoint  # noqa: E402
 import cli  # noqa: E402
 import data  # noqa: E402
 import demo  # noqa: E402
+import diffusion  # noqa: E402
 import figures  # noqa: E402
 import pipeline  # noqa: E402
 
 SETTINGS = [("ddim", s) for s in (10, 15, 25, 50, 100, 200)] + [("dpmsolver++", s) for s in (10, 15, 25, 50)]
-REFERENCE = ("ddim", 200)  # the paper's sampler (CMMD §3)
+REFERENCE = (diffusion.PAPER_SAMPLER["sampler"], diffusion.PAPER_SAMPLER["steps"])  # the paper's sampler
 SMOKE = [("ddim", 2), ("dpmsolver++", 2)]
 
 

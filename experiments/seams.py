@@ -22,7 +22,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,6 +31,7 @@ import checkpoint  # noqa: E402
 import cli  # noqa: E402
 import data  # noqa: E402
 import demo  # noqa: E402
+import diffusion  # noqa: E402
 import media  # noqa: E402
 import melspec  # noqa: E402
 import pipeline  # noqa: E402
@@ -138,7 +138,7 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=14.4, help="length of each clip")
     p.add_argument("--window", type=int, default=sample.DEFAULT_WINDOW, help="frames per window")
     p.add_argument("--overlap", type=int, default=sample.DEFAULT_OVERLAP, help="frames shared with the window before")
-    p.add_argument("--sampler", default=demo.SAMPLER["sampler"], choices=["ddim", "dpmsolver++"])
+    p.add_argument("--sampler", default=demo.SAMPLER["sampler"], choices=diffusion.SAMPLERS)
     p.add_argument("--steps", type=int, default=demo.SAMPLER["steps"])
     p.add_argument("--batch", type=int, default=16, help="clips sampled together")
     p.add_argument("--seed", type=int, default=0)

@@ -19,6 +19,7 @@ table (mean ± std over seeds) goes to OUT/results.md, every number to OUT/resul
 are kept in OUT/seedN/scores.json as they come, so an interrupted study resumes where it stopped.
 """
 import argparse
+import dataclasses
 import json
 import re
 import statistics
@@ -37,18 +38,19 @@ import train  # noqa: E402
 LARGE_ETA = 5e-3  # the "larger η": 100× the paper's, where the negative terms are visible in the loss
 
 
-def runs(a) -> list[tuple[str, list[str], str | None]]:
-    """(name, train.py flags, name of the run to fine-tune from) in training order."""
-    base = ["--preset", a.preset, "--vae", "pixel", "--size", str(a.size), "--lr", str(a.lr), "--lr-min", str(a.lr),
-            "--ema", "0.999", "--preview-every", "0", "--workers", "0"]
-    main = ["--batch", str(a.batch), "--steps", str(a.steps)]
-    more = ["--batch", str(a.finetune_batch), "--steps", str(a.finetune)]
-    every = [("nCMMD", base + main, None),
-             ("nCMMD, fusion off", base + main + ["--no-fusion"], None),
-             ("MM-Diffusion", base + main + ["--model", "mmdiffusion"], None),
-             ("nCMMD + fine-tune (control)", base + more, "nCMMD"),
-             ("CMMD η=5e-5", base + more + ["--contrastive", "--eta", "5e-5"], "nCMMD"),
-             (f"CMMD η={LARGE_ETA:g}", base + more + ["--contrastive", "--eta", str(LARGE_ETA)], "nCMMD")]
+def runs(a) -> list[tuple[str, train.TrainConfig, str | None]]:
+    """(name, training config, name of the run to fine-tune from) in training order; the data, output
+    folder, seed and parent checkpoint are each seed's (main)."""
+    base = train.TrainConfig(preset=a.preset, vae="pixel", size=a.size, lr=a.lr, lr_min=a.lr, ema=0.999,
+                             ckpt_every=max(a.steps, a.finetune), preview_every=0, workers=0)
+    main = dataclasses.replace(base, batch=a.batch, steps=a.steps)
+    more = dataclasses.replace(base, batch=a.finetune_batch, steps=a.finetune)
+    every = [("nCMMD", main, None),
+             ("nCMMD, fusion off", dataclasses.replace(main, fusion=False), None),
+             ("MM-Diffusion", dataclasses.replace(main, model="mmdiffusion"), None),
+             ("nCMMD + fine-tune (control)", more, "nCMMD"),
+             ("CMMD η=5e-5", dataclasses.replace(more, contrastive=True, eta=train.PAPER_ETA), "nCMMD"),
+             (f"CMMD η={LARGE_ETA:g}", dataclasses.replace(more, contrastive=True, eta=LARGE_ETA), "nCMMD")]
     unknown = set(a.skip) - {slug(name) for name, _, _ in every} - {"ncmmd"}
     if unknown or "ncmmd" in a.skip:
         raise SystemExit(f"error: --skip {' '.join(sorted(unknown or {'ncmmd'}))}: not a run that can be skipped "
@@ -89,7 +91,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/study", help="study directory (runs resume from their checkpoints)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (data order, init, noise); default 0 1 2, or 0 with --smoke")
-    p.add_argument("--preset", default="tiny", help="network preset of every model")
+    p.add_argument("--preset", default="tiny", help="network preset of every model",
+                   choices=train.TrainConfig.__dataclass_fields__["preset"].metadata["choices"])
     p.add_argument("--size", type=int, default=16, help="frame side in pixels")
     p.add_argument("--batch", type=int, default=8, help="clips per step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, constant")
@@ -135,11 +138,10 @@ def main(argv=None):
         if a.parallel and len(a.seeds) > 1:
             continue
         ckpts = {}
-        for name, flags, parent in runs(a):
+        for name, run_cfg, parent in runs(a):
             run_dir = out / f"seed{seed}" / slug(name)
-            extra = ["--init", str(ckpts[parent])] if parent else []
-            cfg = train.parse_args(["--data", str(out / "shards"), "--out", str(run_dir), "--seed", str(seed),
-                                    "--ckpt-every", str(max(a.steps, a.finetune)), *flags, *extra])
+            cfg = dataclasses.replace(run_cfg, data=str(out / "shards"), out=str(run_dir), seed=seed,
+                                      init=str(ckpts[parent]) if parent else None)
             print(f"seed {seed}: {name}", file=sys.stderr)
             ckpts[name] = train.train(cfg, progress=not a.smoke)
             if name in scores:

@@ -1,4 +1,5 @@
 """train.py end to end on tiny configs: resume, checkpoints, the NaN guard, DDP."""
+import copy
 import json
 import os
 import subprocess
@@ -51,6 +52,26 @@ def test_checkpoint_describes_itself(tmp_path):
         checkpoint.read(tmp_path / "nope.safetensors")
 
 
+def test_restore_fine_tune_then_resume(tmp_path):
+    """restore: a fine-tune (--init) starts the network and its EMA from the parent's raw weights with a fresh
+    optimizer; once the run has a checkpoint of its own, it resumes from that instead (raw and EMA weights)."""
+    parent = run_train(tmp_path / "parent", "--steps", "2")
+    cfg = train.parse_args([*TINY, "--out", str(tmp_path / "child"), "--init", str(parent), "--steps", "1"])
+    meta, tensors = checkpoint.read(parent)
+    model = pipeline.build(meta).net
+    ema = copy.deepcopy(model)
+    opt = torch.optim.Adam(model.parameters())
+    with torch.random.fork_rng():  # a resume sets the global RNG state
+        assert train.restore(cfg, model, ema, opt, torch.Generator()) == (0, None) and not opt.state
+        for module in (model, ema):
+            assert all(torch.equal(v, tensors[f"model.{k}"]) for k, v in module.state_dict().items())
+        child = train.train(cfg, progress=False)
+        assert train.restore(cfg, model, ema, opt, torch.Generator()) == (1, child) and opt.state
+        tensors = checkpoint.read(child)[1]
+        for module, prefix in ((model, "model."), (ema, "ema.")):
+            assert all(torch.equal(v, tensors[prefix + k]) for k, v in module.state_dict().items())
+
+
 def test_learning_rate_schedule():
     cfg = train.TrainConfig()
     assert train.learning_rate(cfg, 0) == 1e-4
@@ -83,6 +104,9 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [p.name for p in tmp_path.glob("ckpt-*.safetensors")] == ["ckpt-00000003.safetensors"]
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1  # only rank 0 logs
+    # the same command again: already trained, every process returns at once (its process group destroyed)
+    proc = subprocess.run(proc.args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0 and proc.stderr.count("already trained to step 3") == 2, proc.stderr[-2000:]
 
 
 def test_ddp_time_limit_stops_every_process(tmp_path):
