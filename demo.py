@@ -229,6 +229,10 @@ def run(a):
     t_train = time.time() - t0
     pipe = pipeline.load(ckpt)
     guidance = {d: getattr(a, f"guidance_{d}") for d in DIRECTIONS}
+    if not a.eval_only:  # sample.py on this run's checkpoints samples as the demo does (sample.RUN_SETTINGS)
+        checkpoint.write_text(Path(cfg.out) / sample.RUN_SETTINGS, json.dumps(
+            {d: {"sampler": a.sampler, "steps": a.sample_steps, "guidance": lam}
+             for d, lam in guidance_weights(pipe, guidance).items()}, indent=1))
     print(f"3/3 sampling {a.clips} {a.split} clips both ways ({a.sampler}, {a.sample_steps} steps, guidance λ "
           f"v2a {guidance['v2a']:g}, a2v {guidance['a2v']:g})", file=sys.stderr)
     held_out = data.SyntheticDataset(pipe.clip, a.split, num_clips=a.clips, seed=a.seed)

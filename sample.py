@@ -16,6 +16,7 @@ under runs/ (e.g. the demo's) is used. A folder among the inputs means every med
 """
 import argparse
 import contextlib
+import json
 import math
 import sys
 import time
@@ -37,6 +38,9 @@ MODES = ("v2a", "a2v", "continue", "joint")
 # sample.py's default: the cheapest setting that matched the paper's sampler (diffusion.PAPER_SAMPLER) on
 # held-out clips, with and without guidance (experiments/samplers.py, cheapest_match)
 DEFAULT_SAMPLER = {"sampler": "dpmsolver++", "steps": 25}
+# Beside a run's checkpoints: the sampler settings chosen for them on validation clips, per mode (demo.py
+# writes its λ there), which stand in for DEFAULT_SAMPLER where the user gives no flag
+RUN_SETTINGS = "sampling.json"
 DEFAULT_WINDOW = 36  # frames per window: twice the training length, as the paper samples (CMMD §3)
 DEFAULT_OVERLAP = 12  # frames each window shares with the one before (1.2 s)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
@@ -297,6 +301,21 @@ def check_args(a) -> torch.device:
     return device
 
 
+def run_settings(ckpt: Path, mode: str) -> dict:
+    """The sampler settings (SamplerConfig fields) chosen for `mode` in the RUN_SETTINGS file beside `ckpt`:
+    {"v2a": {"sampler": "ddim", "steps": 25, "guidance": 3.0}, ...}; {} without one."""
+    f = Path(ckpt).parent / RUN_SETTINGS
+    if not f.is_file():
+        return {}
+    try:
+        chosen = json.loads(f.read_text()).get(mode, {})
+        diffusion.SamplerConfig(**chosen)  # names and values checked before any work
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise checkpoint.CheckpointError(f"{f}: not sampler settings per mode ({type(e).__name__}: "
+                                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return chosen
+
+
 def main(argv=None):
     cli.run(run, parse_args(argv))
 
@@ -310,6 +329,10 @@ def run(a):
         print(how, file=sys.stderr)
     meta, _ = checkpoint.read(path)
     clip = pipeline.build(meta, a.vae_path, path=path).clip  # checks the config before any input is read
+    chosen = run_settings(path, mode)
+    if chosen:
+        print(f"{mode} settings chosen for this run ({path.parent / RUN_SETTINGS}): "
+              + ", ".join(f"{k} {v}" for k, v in chosen.items()), file=sys.stderr)
     files = [] if mode == "joint" else expand_inputs(a.cont if mode == "continue" else getattr(a, mode), mode)
     stems = output_stems(files, mode)
     # Read every input before the model: a single bad file fails in a second; among many it is skipped.
@@ -331,7 +354,7 @@ def run(a):
     pipe = pipeline.load(path, device, a.weights, a.vae_path, vocoder)
     if a.compile:
         pipe.net = pipeline.compile_net(pipe.net, device)
-    cfg = pipe.sampler(**{**DEFAULT_SAMPLER, **{k: v for k, v in cli.dataclass_fields(a, diffusion.SamplerConfig).items()
+    cfg = pipe.sampler(**{**DEFAULT_SAMPLER, **chosen, **{k: v for k, v in cli.dataclass_fields(a, diffusion.SamplerConfig).items()
                                                 if v is not None}})
     out, g = Path(a.out), torch.Generator(device).manual_seed(a.seed)
     out.mkdir(parents=True, exist_ok=True)

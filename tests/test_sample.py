@@ -1,6 +1,7 @@
 """sample.py on a user's files (CMMD §3; the continuation tasks of MM-LDM): the user's own video back with a
 generated soundtrack of its whole length, any length window by window, continuation, --ckpt resolution,
 many files in one call, and one-line errors."""
+import json
 import os
 import subprocess
 import sys
@@ -238,3 +239,17 @@ def test_bad_input_one_line(tiny_ckpt, tmp_path):
         proc = sample_cli(*args)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], (args, proc.stderr[-1500:])
+
+
+def test_run_settings_beside_the_checkpoint(tmp_path):
+    """sampling.json beside a run's checkpoints gives the settings chosen for it per mode; a bad one is one line."""
+    ckpt = tmp_path / "ckpt-00000001.safetensors"
+    assert sample.run_settings(ckpt, "v2a") == {}
+    chosen = {"sampler": "ddim", "steps": 25, "guidance": 3.0}
+    (tmp_path / sample.RUN_SETTINGS).write_text(json.dumps({"v2a": chosen}))
+    assert sample.run_settings(ckpt, "v2a") == chosen and sample.run_settings(ckpt, "a2v") == {}
+    for bad in ('{"v2a": {"guidance": -1}}', '{"v2a": {"lambda": 3}}', "not json", "[1, 2]"):
+        (tmp_path / sample.RUN_SETTINGS).write_text(bad)
+        with pytest.raises(checkpoint.CheckpointError, match="sampling.json: not sampler settings per mode") as info:
+            sample.run_settings(ckpt, "v2a")
+        assert "\n" not in str(info.value)

@@ -48,6 +48,8 @@ def test_demo_smoke(tmp_path):
     scores = json.loads((tmp_path / "scores-test.json").read_text())
     assert scores["guidance"] == demo.GUIDANCE and scores["step"] == 2 and scores["clips"] == 2
     assert set(scores["margin"]["v2a"]) == {"delta", "lo", "hi"} and (tmp_path / "index.html").exists()
+    chosen = json.loads((tmp_path / "model" / "sampling.json").read_text())  # what sample.py on this run uses
+    assert {d: s["guidance"] for d, s in chosen.items()} == demo.GUIDANCE and chosen["v2a"]["steps"] == 2
     # --eval-only scores the saved checkpoint on validation clips, with the λ given, and trains nothing more
     ckpts = sorted(tmp_path.glob("model/ckpt-*"))
     proc = subprocess.run([sys.executable, "demo.py", "--out", str(tmp_path), "--eval-only", "--split", "val",
