@@ -1,6 +1,6 @@
-"""Joint video-audio diffusion: schedules, 𝐯/ε conversions, losses and the DDIM sampler
-(CMMD §2.1–2.2, Eq. 1–3, 5, 6, Algorithm 1; Salimans & Ho 2022; Song et al. 2021 DDIM;
-MM-Diffusion §3.4, Eq. 12).
+"""Joint video-audio diffusion: schedules, 𝐯/ε conversions, losses and the samplers (DDIM, DPM-Solver++)
+(CMMD §2.1–2.2, Eq. 1–3, 5, 6, Algorithm 1; Salimans & Ho 2022; Song et al. 2021 DDIM; Lu et al. 2022
+DPM-Solver++; MM-Diffusion §3.4, Eq. 12).
 
 Both modalities share one schedule and one step n per example (CMMD §2.1, MM-Diffusion §3.2); the maths
 is written once per tensor and looped over the modality dict {"video": (B, F, C, H, W), "audio": (B, M, T)}.

@@ -1,4 +1,4 @@
-"""What a person looks at: spectrogram figures, frame strips and the run's HTML page (issue 14).
+"""What a person looks at: spectrogram figures, frame strips and the run's HTML page.
 
 One place for every picture the project writes, shared by the demo, sample.py and train.py's previews:
 - `mel_figure`: stacked log-mel panels ("generated", "truth", …) drawn with librosa.display.specshow, in

@@ -1,4 +1,4 @@
-"""Bad input never costs a user their work (issue 19): a corpus of unusual but valid and of broken media files,
+"""Bad input never costs a user their work: a corpus of unusual but valid and of broken media files,
 generated here with PyAV and numpy, through every command that reads media (sample.py in each mode, data.py
 prepare, metrics.py, train.py on the prepared shards), and the flags and paths that used to give a traceback,
 a wrong message or a silent wrong result. Each bad case must end with one `error: FILE: what is wrong` line

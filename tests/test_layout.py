@@ -1,4 +1,4 @@
-"""The layout a newcomer reads (issue 18): no file imports a file that imports it, directly or through
+"""The layout a newcomer reads: no file imports a file that imports it, directly or through
 others, counting every import statement, a function's included."""
 import ast
 
