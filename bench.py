@@ -336,7 +336,6 @@ def demo_training(args, device: torch.device) -> list[Section]:
     """Seconds per training step of demo.py's run (nCMMD, batch 8, 16 px frames, Adam) for the old demo
     network (the tiny preset on raw pixels) and the demo's own (demo.DEMO_TRAIN), in one process, the two
     interleaved over three rounds so that a machine's drift falls on both alike."""
-    import data
     import demo
     import negatives
     import pipeline
@@ -345,26 +344,18 @@ def demo_training(args, device: torch.device) -> list[Section]:
                 "demo.DEMO_TRAIN (the demo)": {}}
     steps = {}
     for name, change in settings.items():
-        cfg = replace(demo.DEMO_TRAIN, **change)
-        meta = pipeline.run_config(cfg)
-        clip = data.ClipConfig(**meta["clip"])
-        dataset = data.SyntheticDataset(clip, "train", num_clips=64, seed=0)
-        if cfg.center:
-            raw = {k: c.to(device) for k, c in pipeline.build(meta).codecs.items()}
-            meta["codec"]["center"] = pipeline.codec_means(raw, dataset, device)
-        pipe = pipeline.build(meta)
-        model, codecs = pipe.net.to(device).train(), {k: c.to(device) for k, c in pipe.codecs.items()}
+        cfg = replace(demo.DEMO_TRAIN, data="synthetic", num_clips=64, seed=0, **change)
+        _, pipe, dataset = train.build_run(cfg, device)  # as train.py builds it, centring means included
+        model, codecs = pipe.net.train(), pipe.codecs
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        neg_cfg = train.negatives_config(clip, codecs, cfg.negatives)
+        neg_cfg = train.negatives_config(pipe.clip, codecs, cfg.negatives)
         batch = torch.utils.data.default_collate([dataset[i] for i in range(cfg.batch)])
         gen = torch.Generator(device).manual_seed(0)
 
-        def step(model=model, codecs=codecs, opt=opt, neg_cfg=neg_cfg, batch=batch, gen=gen, diff=pipe.diffusion):
+        def step(model=model, codecs=codecs, opt=opt, neg_cfg=neg_cfg, batch=batch, gen=gen, diff=pipe.diffusion, cfg=cfg):
             pos = negatives.positive(pipeline.encode_batch(batch, codecs, device), neg_cfg)
             loss, _ = diff.joint_loss(model, pos, generator=gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train.descend(opt, model, loss, cfg.lr, cfg.grad_clip)
         steps[name] = (step, sum(p.numel() for p in model.parameters()))
     times = {name: [] for name in steps}
     for _ in range(3):
