@@ -347,7 +347,7 @@ def demo_training(args, device: torch.device) -> list[Section]:
         cfg = replace(demo.DEMO_TRAIN, data="synthetic", num_clips=64, seed=0, **change)
         _, pipe, dataset = train.build_run(cfg, device)  # as train.py builds it, centring means included
         model, codecs = pipe.net.train(), pipe.codecs
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        opt = train.optimizer(model, cfg.lr)
         neg_cfg = train.negatives_config(pipe.clip, codecs, cfg.negatives)
         batch = torch.utils.data.default_collate([dataset[i] for i in range(cfg.batch)])
         gen = torch.Generator(device).manual_seed(0)

@@ -198,10 +198,55 @@ class ResBlock(nn.Module):
                                         out_conv)
         self.skip = nn.Identity() if c_in == c_out else pointwise(modality, c_in, c_out)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers(x)  # (B, C_out, *S) with S = (F, H, W) or (T,)
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, broadcast: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, *S); `broadcast` (B, C_b, F), video only: more input channels after x's, constant over H×W
+        (the audio that easy fusion repeats over the frame), used without materialising the repeat."""
+        if broadcast is None:
+            h = self.in_layers(x)  # (B, C_out, *S) with S = (F, H, W) or (T,)
+            skip = self.skip(x)
+        else:
+            norm, act, (spatial, temporal) = self.in_layers
+            x_n, b_n = broadcast_group_norm(norm, x, broadcast)
+            h = temporal(broadcast_conv(spatial, act(x_n), act(b_n)))  # (B, C_out, F, H, W)
+            skip = (broadcast_conv(self.skip, x, broadcast) if isinstance(self.skip, nn.Conv3d) else  # c_in = c_out:
+                    torch.cat([x, broadcast[..., None, None].expand(-1, -1, -1, *x.shape[3:])], 1))  # (B, C_in, F, H, W)
         h = h + self.emb(emb).view(emb.shape[0], -1, *[1] * (h.ndim - 2))  # + (B, C_out, 1, ...)
-        return self.skip(x) + self.out_layers(h)
+        return skip + self.out_layers(h)
+
+
+def broadcast_group_norm(norm: nn.GroupNorm, x: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """norm(cat(x, b repeated over H×W)) for x (B, C_x, F, H, W) and b (B, C_b, F), returned as its two parts
+    (B, C_x, F, H, W) and (B, C_b, F): the repeated part stays constant over H×W, and each b value counts H·W
+    times in its group's mean and variance. Equal to the materialised form up to float rounding."""
+    B, Cx, F_, H, W = x.shape
+    G, hw = norm.num_groups, H * W
+    per_group = (Cx + b.shape[1]) // G
+    count = per_group * F_ * hw  # elements per (sample, group)
+
+    def group_sum(sx: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:  # per-channel sums (B, C_x), (B, C_b)
+        return torch.cat([sx, sb * hw], 1).view(B, G, per_group).sum(2).repeat_interleave(per_group, 1)  # (B, C)
+
+    mean = group_sum(x.sum((2, 3, 4)), b.sum(2)) / count  # (B, C): each channel's group mean
+    dx, db = x - mean[:, :Cx, None, None, None], b - mean[:, Cx:, None]
+    var = group_sum(dx.square().sum((2, 3, 4)), db.square().sum(2)) / count  # (B, C), biased as GroupNorm's
+    scale = torch.rsqrt(var + norm.eps) * norm.weight  # (B, C)
+    return (dx * scale[:, :Cx, None, None, None] + norm.bias[:Cx, None, None, None],
+            db * scale[:, Cx:, None] + norm.bias[Cx:, None])
+
+
+def broadcast_conv(conv3d: nn.Conv3d, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """conv3d(cat(x, b repeated over H×W)) for a per-frame (1, k, k) convolution with stride 1 and zero
+    padding, x (B, C_x, F, H, W), b (B, C_b, F) -> (B, C_out, F, H, W). A tap sees the constant b wherever it
+    falls inside the frame, so b's part is one matrix product per tap (B, C_out, F, k·k) spread by a 0/1
+    mask of where each tap is inside (k·k, H·W): about C_b·H·W/k² fewer operations than the full convolution."""
+    assert conv3d.kernel_size[0] == 1 and conv3d.stride == (1, 1, 1), "a per-frame, stride-1 convolution"
+    B, Cx, F_, H, W = x.shape
+    w = conv3d.weight  # (C_out, C_x + C_b, 1, k, k)
+    out = F.conv3d(x, w[:, :Cx], conv3d.bias, padding=conv3d.padding)  # (B, C_out, F, H, W)
+    k, pad = conv3d.kernel_size[1:], conv3d.padding[1:]
+    inside = F.unfold(x.new_ones(1, 1, H, W), k, padding=pad)[0]  # (k·k, H·W)
+    per_tap = torch.einsum("ocj,bcf->bofj", w[:, Cx:, 0].flatten(2), b)  # (B, C_out, F, k·k)
+    return out + (per_tap @ inside).view(B, -1, F_, H, W)  # (B, C_out, F, H, W)
 
 
 class SelfAttention(nn.Module):
@@ -255,16 +300,16 @@ class Block(nn.Module):
         self.attn = nn.ModuleList(AxisAttention(axis, c_out, cfg) for axis in axes)
         self.grad_checkpoint = cfg.grad_checkpoint
 
-    def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.res(x, emb)
+    def _forward(self, x: torch.Tensor, emb: torch.Tensor, broadcast: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.res(x, emb, broadcast)
         for attn in self.attn:
             h = attn(h)
         return h
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, broadcast: torch.Tensor | None = None) -> torch.Tensor:
         if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, emb, use_reentrant=False)
-        return self._forward(x, emb)
+            return checkpoint(self._forward, x, emb, broadcast, use_reentrant=False)
+        return self._forward(x, emb, broadcast)
 
 
 class Resample(nn.Module):
@@ -295,13 +340,13 @@ def nearest_index(n_out: int, scale: float, n_in: int, device: torch.device) -> 
 
 
 def easy_fusion(h: dict[str, torch.Tensor], t_valid: float) -> dict[str, torch.Tensor]:
-    """Each path's view of the other (Fig. 6): for video (B, C, F, H, W) the audio interpolated T → F and
-    repeated over H×W; for audio (B, C, T) the video pooled over H×W and interpolated F → T. `t_valid` is
+    """Each path's view of the other (Fig. 6): for video the audio interpolated T → F, (B, C, F), which the
+    video block repeats over H×W (ResBlock's `broadcast`: the same result as concatenating the repeat, for a
+    fraction of the cost); for audio (B, C, T) the video pooled over H×W and interpolated F → T. `t_valid` is
     the unpadded audio length at this level, so zero padding at the end does not stretch the time axis."""
     v, a = h["video"], h["audio"]
     F_, T_ = v.shape[2], a.shape[2]
     a2v = a.index_select(2, nearest_index(F_, t_valid / F_, T_, a.device))  # (B, C, F)
-    a2v = a2v[..., None, None].expand(-1, -1, -1, *v.shape[3:])  # (B, C, F, H, W)
     v2a = v.mean(dim=(3, 4))  # (B, C, F)
     v2a = v2a.index_select(2, nearest_index(T_, F_ / t_valid, F_, v.device))  # (B, C, T)
     return {"video": a2v, "audio": v2a}
@@ -379,14 +424,16 @@ class UNet(nn.Module):
 
     def _step(self, blocks: nn.ModuleDict, h: dict, emb: torch.Tensor, t_valid: float, *,
               skip: dict | None = None, fuse: bool = False) -> dict:
-        """Run one block per path on concat(h, skip, fused other path) along channels."""
+        """Run one block per path on concat(h, skip, fused other path) along channels; the video's fused input,
+        constant over H×W, goes to its block as `broadcast`."""
         inputs = {m: [h[m]] + ([skip[m]] if skip is not None else []) for m in MODALITIES}
+        broadcast = dict.fromkeys(MODALITIES)
         if fuse:
             other = easy_fusion(h, t_valid) if self.cfg.fusion else {  # zeros shaped as the fused features
-                m: h[m].new_zeros(h[m].shape[0], h[OTHER[m]].shape[1], *h[m].shape[2:]) for m in MODALITIES}
-            for m in MODALITIES:
-                inputs[m].append(other[m])
-        return {m: blocks[m](torch.cat(inputs[m], dim=1), emb) for m in MODALITIES}
+                m: h[m].new_zeros(h[m].shape[0], h[OTHER[m]].shape[1], h[m].shape[2]) for m in MODALITIES}
+            broadcast["video"] = other["video"]  # (B, C_audio, F)
+            inputs["audio"].append(other["audio"])  # (B, C_video, T)
+        return {m: blocks[m](torch.cat(inputs[m], dim=1), emb, broadcast[m]) for m in MODALITIES}
 
     def forward(self, x: dict[str, torch.Tensor], n: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg

@@ -110,13 +110,43 @@ def test_fusion_is_nearest_exact_and_average_pool():
     h = {"video": torch.randn(2, 8, 18, 4, 4, generator=g), "audio": torch.randn(2, 8, 112, generator=g)}
     fused = easy_fusion(h, t_valid=112)
     a2v = F.interpolate(h["audio"], size=18, mode="nearest-exact")  # (B, C, F)
-    torch.testing.assert_close(fused["video"], a2v[..., None, None].expand(-1, -1, -1, 4, 4), rtol=0, atol=0)
+    torch.testing.assert_close(fused["video"], a2v, rtol=0, atol=0)  # repeated over H×W by the block
     v2a = F.interpolate(F.adaptive_avg_pool3d(h["video"], (18, 1, 1))[..., 0, 0], size=112, mode="nearest-exact")
     torch.testing.assert_close(fused["audio"], v2a)
     # Zero padding of the audio (here 112 -> 120) must not move the time alignment of the valid part.
     padded = easy_fusion({"video": h["video"], "audio": F.pad(h["audio"], (0, 8))}, t_valid=112)
     torch.testing.assert_close(padded["video"], fused["video"], rtol=0, atol=0)
     torch.testing.assert_close(padded["audio"][..., :112], fused["audio"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("c_x, c_b, groups", [(48, 192, 8), (16, 96, 8), (7, 9, 4)])
+def test_broadcast_input_equals_the_materialised_repeat(c_x, c_b, groups):
+    """A video block given the fused audio as `broadcast` (B, C_b, F) computes what it computes on the
+    concatenation with that audio repeated over H×W (Fig. 6), outputs and gradients, also where a GroupNorm
+    group holds channels of both parts (the first two cases: 30 and 14 channels per group)."""
+    cfg = preset("tiny", norm_groups=groups, time_embed_dim=16)
+    torch.manual_seed(0)
+    block = unet.ResBlock("video", c_x + c_b, 16, cfg)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn(p.shape))
+    g = torch.Generator().manual_seed(1)
+    x, b = torch.randn(2, c_x, 5, 6, 6, generator=g), torch.randn(2, c_b, 5, generator=g) + 0.5
+    emb = torch.randn(2, 16, generator=g)
+    outs, grads = [], []
+    for form in ("materialised", "broadcast"):
+        xi, bi = x.clone().requires_grad_(), b.clone().requires_grad_()
+        if form == "materialised":
+            out = block(torch.cat([xi, bi[..., None, None].expand(-1, -1, -1, 6, 6)], 1), emb)
+        else:
+            out = block(xi, emb, broadcast=bi)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        outs.append(out)
+        grads.append([xi.grad, bi.grad] + [p.grad.clone() for p in block.parameters()])
+        block.zero_grad()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    for new, ref in zip(grads[1], grads[0]):
+        torch.testing.assert_close(new, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_attention_in_chunks_is_the_same(monkeypatch):
