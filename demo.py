@@ -3,8 +3,8 @@ video→audio samples put sound onsets where the visual events are, and its audi
 visual events where the sounds are, against no-model baselines on the same held-out clips; and write
 a page to watch and listen to (OUT/index.html).
 
-    python demo.py                  # about 10 minutes on 2 CPU cores: a fixed number of steps on any machine
-    python demo.py --steps 6000     # longer training, better samples
+    python demo.py                  # 4-9 minutes on 2 CPU cores: a fixed number of steps on any machine
+    python demo.py --steps 2400     # twice the training: video→audio holds on every seed (README, Results)
     python demo.py --eval-only --split val --guidance-v2a 3 --guidance-a2v 30   # choose λ on validation clips
 """
 import argparse
