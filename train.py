@@ -171,7 +171,7 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else lr
 
 
-def descend(opt: torch.optim.Optimizer, model, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
+def descend(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
     """θ ← θ − ε·∇θ L (Algorithm 1's last line): one Adam step at ε = lr, the gradient's norm clipped to
     `grad_clip` (0: not clipped)."""
     for g in opt.param_groups:
@@ -179,7 +179,7 @@ def descend(opt: torch.optim.Optimizer, model, loss: torch.Tensor, lr: float, gr
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
     opt.step()
 
 
@@ -189,14 +189,19 @@ def optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
+def tensors(net: torch.nn.Module) -> tuple[list, list]:
+    """A network's parameters and buffers, listed once for ema_update rather than walked every step."""
+    return list(net.parameters()), list(net.buffers())
+
+
 @torch.no_grad()
-def ema_update(ema, model, step: int, decay: float) -> None:
+def ema_update(ema: tuple[list, list], model: tuple[list, list], step: int, decay: float) -> None:
     """θ_ema ← d·θ_ema + (1 − d)·θ with d = min(decay, (1 + step) / (10 + step)): a warm-up, so that short runs
-    sample from trained weights. Buffers are copied."""
+    sample from trained weights. `ema`, `model`: (parameters, buffers) as `tensors` lists them; buffers are
+    copied."""
     d = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - d)
-    for e, b in zip(ema.buffers(), model.buffers()):
+    torch._foreach_lerp_(ema[0], model[0], 1 - d)
+    for e, b in zip(*(x[1] for x in (ema, model))):
         e.copy_(b)
 
 
@@ -335,6 +340,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         meta, pipe, dataset = build_run(cfg, device)
         model, diff, codecs, clip = pipe.net, pipe.diffusion, pipe.codecs, pipe.clip
         ema = copy.deepcopy(model).requires_grad_(False)
+        ema_tensors, model_tensors = tensors(ema), tensors(model)
         opt = optimizer(model, cfg.lr)
         gen = torch.Generator(device).manual_seed(cfg.seed + 7919 * rank)  # n, noise, negatives
         start, last_ckpt = restore(cfg, model, ema, opt, gen)
@@ -371,8 +377,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                     value = loss.item() if not torch.isfinite(loss) else "on another process"
                     sys.exit(f"error: non-finite loss ({value}) at step {step}; "
                              f"last good checkpoint: {last_ckpt or 'none'}")
-                descend(opt, model, loss, learning_rate(cfg, step - 1), cfg.grad_clip)
-                ema_update(ema, model, step, cfg.ema)
+                descend(opt, loss, learning_rate(cfg, step - 1), cfg.grad_clip)
+                ema_update(ema_tensors, model_tensors, step, cfg.ema)
                 if rank == 0:
                     logged = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
                     bar.update(1)
