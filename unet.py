@@ -13,6 +13,8 @@ audio → video: nearest-neighbour interpolation along time T → F, repeated ov
 channels; video → audio: average pool over H×W, nearest-neighbour interpolation F → T, concatenated on
 channels. The residual block that follows brings the channels back. The self-attention after it then
 works on fused features, standing in for cross-attention (Eq. 7).
+The video block computes its fused input's share without materialising the repeat over H×W
+(`broadcast_group_norm`, `broadcast_conv`): the same function, at a fraction of the cost.
 
 Building blocks follow improved-diffusion (Nichol & Dhariwal 2021): GroupNorm + SiLU before each conv,
 the timestep embedding (sinusoidal in n, then an MLP) added after the first conv of every residual block,
