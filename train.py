@@ -201,7 +201,7 @@ def ema_update(ema: tuple[list, list], model: tuple[list, list], step: int, deca
     copied."""
     d = min(decay, (1 + step) / (10 + step))
     torch._foreach_lerp_(ema[0], model[0], 1 - d)
-    for e, b in zip(*(x[1] for x in (ema, model))):
+    for e, b in zip(ema[1], model[1]):
         e.copy_(b)
 
 
