@@ -12,6 +12,11 @@ this cumulative ᾱₙ.
 own, with its own noise and its own targets (Algorithm 1 writes the positive's 𝐯 as every term's target),
 at the same step n as the positive. A list of negatives is summed (one draw per term of Eq. 6 by default;
 η absorbs their count, as CDCD's η replaces M).
+[choice] Loss weighting: uniform over n by default (CMMD Eq. 2). With snr_gamma = γ > 0, each example's error
+is weighted by Min-SNR-γ (Hang et al. 2023): the x₀-error weight min(SNR(n), γ), written for the
+network's target, so min(SNR, γ) / (SNR + 1) for 𝐯 and min(SNR, γ) / SNR for ε, with SNR(n) = ᾱₙ / (1 − ᾱₙ).
+Against the uniform 𝐯 loss (an x₀ weight SNR + 1) it caps the low-noise steps at γ and lets the steps near pure
+noise fade, which leaves the mid-noise steps, where one modality's content is still read from the other.
 """
 import dataclasses
 import math
@@ -125,8 +130,16 @@ class Diffusion:
 
     # ---- losses (CMMD Eq. 2, Eq. 6, Algorithm 1) --------------------------------------------------------
 
-    def _pair_losses(self, model, pairs: list, n, noise, generator):
-        """Per-modality MSE (P,) of P pairs of equal shapes, all at the same steps n (B,), in one forward pass."""
+    def min_snr_weights(self, n: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-γ weight of each example's error (B,) at steps n (B,), in float64 on n's device (module
+        docstring; Hang et al. 2023): min(SNR, γ) / (SNR + 1) for a 𝐯 target, min(SNR, γ) / SNR for ε."""
+        ab = self.alphas_cumprod.to(n.device)[n]  # (B,) ᾱₙ
+        snr = ab / (1 - ab)
+        return snr.clamp(max=gamma) / (snr + 1 if self.cfg.prediction == "v" else snr)
+
+    def _pair_losses(self, model, pairs: list, n, noise, generator, snr_gamma: float = 0.0):
+        """Per-modality MSE (P,) of P pairs of equal shapes, all at the same steps n (B,), in one forward pass;
+        each example's error weighted by Min-SNR-γ if snr_gamma > 0."""
         for i, p in enumerate(pairs):
             _check(p, f"diffusion.py pair {i}")
             assert {k: tuple(t.shape) for k, t in p.items()} == {k: tuple(t.shape) for k, t in pairs[0].items()}, \
@@ -146,24 +159,30 @@ class Diffusion:
         n_all = n.repeat(P)  # (P·B,): the same step n for every pair
         x_n = {k: self.q_sample(x0[k], n_all, eps[k]) for k in keys}
         out = model(x_n, n_all)
+        weight = self.min_snr_weights(n, snr_gamma) if snr_gamma > 0 else None  # (B,)
         mse = {}
         for k in keys:
             assert out[k].shape == x_n[k].shape, f"model output {k} {tuple(out[k].shape)} != input {tuple(x_n[k].shape)}"
             err = (out[k].to(x_n[k].dtype) - self.target(x0[k], n_all, eps[k])).pow(2)
-            mse[k] = err.reshape(P, -1).mean(dim=1)  # (P,): MSE of each pair
+            err = err.reshape(P, B, -1).mean(dim=2)  # (P, B): each example's MSE
+            if weight is not None:
+                err = err * weight.to(err.dtype)
+            mse[k] = err.mean(dim=1)  # (P,): MSE of each pair
         return mse
 
-    def joint_loss(self, model, x0: dict, n=None, noise=None, generator=None):
+    def joint_loss(self, model, x0: dict, n=None, noise=None, generator=None, snr_gamma: float = 0.0):
         """L_jdiff (CMMD Eq. 2): one step n per example shared by both modalities, each modality its own noise.
 
         x0: {"video": (B, F, C, H, W), "audio": (B, M, T)}; n: (B,) or None (uniform over the N steps);
-        noise: a dict like x0 or None (drawn from `generator`). Returns (loss, {modality: detached MSE}).
+        noise: a dict like x0 or None (drawn from `generator`); snr_gamma: γ of the Min-SNR-γ weighting (0: the
+        paper's uniform weighting; module docstring). Returns (loss, {modality: detached MSE}).
         """
-        mse = self._pair_losses(model, [x0], n, None if noise is None else [noise], generator)
+        mse = self._pair_losses(model, [x0], n, None if noise is None else [noise], generator, snr_gamma)
         loss = sum(m[0] for m in mse.values())  # [choice] MSE per modality, summed over modalities
         return loss, {k: m[0].detach() for k, m in mse.items()}
 
-    def contrastive_loss(self, model, pos: dict, negs: list, eta: float, n=None, noise=None, generator=None):
+    def contrastive_loss(self, model, pos: dict, negs: list, eta: float, n=None, noise=None, generator=None,
+                         snr_gamma: float = 0.0):
         """L_cont = L_jdiff(v, a) − η·Σ L_jdiff(negative pair) (CMMD Eq. 6, [choice] above).
 
         negs: list of pair dicts such as {"video": v, "audio": a¬} and {"video": v¬, "audio": a} (negatives.py).
@@ -172,7 +191,7 @@ class Diffusion:
         and "neg0", "neg1", … each negative pair's L_jdiff (log them: the negative term is unbounded below).
         """
         pairs = [pos, *negs]
-        mse = self._pair_losses(model, pairs, n, noise, generator)
+        mse = self._pair_losses(model, pairs, n, noise, generator, snr_gamma)
         L = sum(mse.values())  # (P,): L_jdiff of each pair
         loss = L[0] - eta * L[1:].sum()  # CMMD Eq. 6
         terms = {"jdiff": L[0].detach(), **{k: m[0].detach() for k, m in mse.items()}}

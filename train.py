@@ -73,6 +73,8 @@ class TrainConfig:
     contrastive: bool = field(default=False, metadata={"help": "add the contrastive loss (CMMD Eq. 6)"})
     eta: float = field(default=PAPER_ETA, metadata={"help": "η, weight of the negative terms of Eq. 6"})
     negatives: int = field(default=1, metadata={"help": "negative batches per modality and step (CMMD §2.2)"})
+    snr_gamma: float = field(default=0.0, metadata={
+        "help": "γ of the Min-SNR-γ loss weighting (Hang et al. 2023; diffusion.py); 0: uniform over n, the paper's"})
     init: str | None = field(default=None, metadata={"help": "start from this checkpoint's weights (fine-tune)"})
     ckpt_every: int = field(default=5000, metadata={"help": "steps between checkpoints"})
     keep: int = field(default=3, metadata={"help": "checkpoints kept in --out"})
@@ -222,7 +224,7 @@ def check_config(cfg: TrainConfig) -> None:
     for name, low in (("num_clips", 1), ("patch", 1), ("frames", 1), ("size", 1), ("batch", 1), ("steps", 1),
                       ("lr_every", 1), ("warmup", 0), ("negatives", 1), ("ckpt_every", 1), ("keep", 1),
                       ("preview_every", 0), ("preview_steps", 1), ("log_every", 1), ("workers", 0), ("lr_min", 0),
-                      ("grad_clip", 0), ("eta", 0), ("time_limit", 0)):
+                      ("grad_clip", 0), ("eta", 0), ("time_limit", 0), ("snr_gamma", 0)):
         cli.check_range(name, getattr(cfg, name), low)
     cli.check_range("lr", cfg.lr, 0, above=True)
     cli.check_range("lr_decay", cfg.lr_decay, 0, 1, above=True)
@@ -368,9 +370,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 with autocast:
                     if cfg.contrastive:
                         negs = negatives.draw_negatives(windows, neg_cfg, generator=gen)  # v₀¬, a₀¬
-                        loss, terms = diff.contrastive_loss(ddp_model, pos, negs, cfg.eta, generator=gen)  # Eq. 6
+                        loss, terms = diff.contrastive_loss(ddp_model, pos, negs, cfg.eta, generator=gen,
+                                                            snr_gamma=cfg.snr_gamma)  # Eq. 6
                     else:
-                        loss, terms = diff.joint_loss(ddp_model, pos, generator=gen)  # Eq. 2
+                        loss, terms = diff.joint_loss(ddp_model, pos, generator=gen, snr_gamma=cfg.snr_gamma)  # Eq. 2
                 nonfinite, out_of_time = agreed_stop(
                     loss, cfg.time_limit > 0 and time.time() - t0 > cfg.time_limit * 60, device, world)
                 if nonfinite:

@@ -421,7 +421,8 @@ def test_prepare_flags_and_paths(corpus, tmp_path):
 def test_train_flags(tmp_path):
     base = ["--preset", "tiny", "--size", "16", "--frames", "6", "--workers", "0", "--preview-every", "0"]
     cases = [(["--batch", "0"], ["--batch", "0"]), (["--device", "foo"], ["--device 'foo'"]),
-             (["--lr", "nan"], ["--lr", "nan"]), (["--size", "15"], ["15", "divisible"])]
+             (["--lr", "nan"], ["--lr", "nan"]), (["--size", "15"], ["15", "divisible"]),
+             (["--snr-gamma", "-1"], ["--snr-gamma", "-1"])]
     for args, words in cases:
         out = tmp_path / "run"
         one_error(run("train.py", *base, *args, "--out", out), *words)

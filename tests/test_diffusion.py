@@ -169,6 +169,42 @@ def test_contrastive_loss_by_hand():
     assert t2["jdiff"].item() != t2["neg0"].item()
 
 
+@pytest.mark.parametrize("cfg", [COSINE, LINEAR_EPS])
+def test_min_snr_weights_match_diffusers(cfg):
+    """Min-SNR-γ as diffusers' text-to-image training script writes it: compute_snr, then min(SNR, γ) divided
+    by SNR + 1 for a v target, by SNR for ε."""
+    from diffusers.training_utils import compute_snr
+    d, gamma = Diffusion(cfg), 5.0
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, trained_betas=d.betas.numpy())
+    sched.alphas_cumprod = d.alphas_cumprod  # float64: diffusers' float32 1 − ᾱ near n = 0 is the only difference
+    n = torch.tensor([0, 1, 50, 300, 500, 700, 999])
+    snr = compute_snr(sched, n)
+    ref = snr.clamp(max=gamma) / (snr + 1 if cfg.prediction == "v" else snr)
+    torch.testing.assert_close(d.min_snr_weights(n, gamma).float(), ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("cfg", [COSINE, LINEAR_EPS])
+def test_min_snr_losses_by_hand(cfg):
+    """Each example's error times its weight, averaged: in L_jdiff and in every pair of L_cont."""
+    d, model, gamma = Diffusion(cfg), TinyJoint(), 2.0
+    x0, noise, n = rand(SHAPES, 2), rand(SHAPES, 3), torch.tensor([10, 600])
+    w = d.min_snr_weights(n, gamma).float()
+    assert w[0] != w[1]  # a test in which the weights matter
+    x_n = {k: d.q_sample(x0[k], n, noise[k]) for k in SHAPES}
+    out = model(x_n, n)
+    ref = {k: (w * (out[k] - d.target(x0[k], n, noise[k])).pow(2).flatten(1).mean(1)).mean() for k in SHAPES}
+    loss, terms = d.joint_loss(model, x0, n=n, noise=noise, snr_gamma=gamma)
+    torch.testing.assert_close(loss, sum(ref.values()))
+    for k in SHAPES:
+        torch.testing.assert_close(terms[k], ref[k])
+    assert abs(loss - d.joint_loss(model, x0, n=n, noise=noise)[0]) > 1e-3  # γ = 0: the uniform loss, another value
+    neg = {"video": x0["video"], "audio": rand(SHAPES, 4)["audio"]}
+    c_loss, c_terms = d.contrastive_loss(model, x0, [neg], 0.3, n=n, noise=[noise, rand(SHAPES, 5)], snr_gamma=gamma)
+    torch.testing.assert_close(c_terms["jdiff"], loss)
+    ref_neg = d.joint_loss(model, neg, n=n, noise=rand(SHAPES, 5), snr_gamma=gamma)[0]
+    torch.testing.assert_close(c_loss, loss - 0.3 * ref_neg)
+
+
 # ---- DDIM against diffusers ------------------------------------------------------------------------------
 
 def diffusers_loop(sched, model, steps, x, *, eta=0.0, step_noise=None, **step_kw):
