@@ -3,7 +3,7 @@ video→audio samples put sound onsets where the visual events are, and its audi
 visual events where the sounds are, against no-model baselines on the same held-out clips; and write
 a page to watch and listen to (OUT/index.html).
 
-    python demo.py                  # 4-9 minutes on 2 CPU cores: a fixed number of steps on any machine
+    python demo.py                  # 3-8 minutes on 2 CPU cores: a fixed number of steps on any machine
     python demo.py --snr-gamma 0    # the paper's uniform loss weighting (README, Results)
     python demo.py --eval-only --split val --guidance-v2a 3 --guidance-a2v 30   # choose λ on validation clips
 """
