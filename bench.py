@@ -354,7 +354,7 @@ def demo_training(args, device: torch.device) -> list[Section]:
 
         def step(model=model, codecs=codecs, opt=opt, neg_cfg=neg_cfg, batch=batch, gen=gen, diff=pipe.diffusion, cfg=cfg):
             pos = negatives.positive(pipeline.encode_batch(batch, codecs, device), neg_cfg)
-            loss, _ = diff.joint_loss(model, pos, generator=gen)
+            loss, _ = diff.joint_loss(model, pos, generator=gen, snr_gamma=cfg.snr_gamma)
             train.descend(opt, loss, cfg.lr, cfg.grad_clip)
         steps[name] = (step, sum(p.numel() for p in model.parameters()))
     times = {name: [] for name in steps}

@@ -42,7 +42,7 @@ DIRECTIONS = {"v2a": "video → audio", "a2v": "audio → video"}
 # directions; 6e-3 did not. [choice] The loss weighted by Min-SNR-5 (diffusion.py; Hang et al. 2023): with the
 # paper's uniform weighting the 1 200 steps end while the cross-modal alignment is still being learnt, and which
 # seed falls short is chance; on validation clips Min-SNR-5 lifted video→audio F1 on three seeds of four, by
-# 0.08-0.24, and left the fourth within 0.04 (README, Results).
+# 0.11-0.23, and left the fourth within 0.02 (README, Results).
 DEMO_TRAIN = train.TrainConfig(preset="cpu", vae="pixel", patch=2, center=True, size=16, batch=8, steps=1200, lr=4e-3,
                                lr_min=1e-4, lr_schedule="cosine", warmup=100, ema=0.999, ckpt_every=500,
                                preview_every=0, workers=0, snr_gamma=5.0)
@@ -255,7 +255,8 @@ def run(a):
          "step": step, "clips": a.clips, "margin": margin, "noise_roughness": result["noise_roughness"], **result["scores"]},
         indent=1))
     page = figures.write_page(out / ("index.html" if a.split == "test" else f"index-{a.split}.html"),
-                              title="cmmd demo: a tiny nCMMD on the synthetic benchmark", intro=intro(a, step, guidance),
+                              title="cmmd demo: a tiny nCMMD on the synthetic benchmark",
+                              intro=intro(a, pipe.config["train"], step, guidance),
                               table=rows, clips=result["shown"])
     done = f"scored {ckpt}" if a.eval_only else f"trained {ckpt.name} in {t_train / 60:.1f} min"
     print(f"\n{done}; total {(time.time() - t0) / 60:.1f} min\n")
@@ -268,9 +269,13 @@ def run(a):
           + ", ".join(f"{d} {'yes' if b else 'NO'} ({margin[d]['delta']:+.3f})" for d, b in beats.items()))
 
 
-def intro(a, step: int, guidance: dict) -> str:
-    weighting = f"the loss weighted by Min-SNR-{a.snr_gamma:g}" if a.snr_gamma > 0 else "the uniform loss of CMMD Eq. 2"
-    return (f"A {a.preset} nCMMD trained {step} steps (batch {a.batch}, {weighting}) on synthetic 16 px clips, sampled with "
+def intro(a, trained: dict, step: int, guidance: dict) -> str:
+    """The page's description: the network, batch and loss weighting from the checkpoint's training config
+    (`trained`; an --eval-only run describes the model it scores), the sampling from this run's flags."""
+    gamma = trained.get("snr_gamma", 0.0)  # absent from checkpoints older than the weighting: uniform
+    weighting = f"the loss weighted by Min-SNR-{gamma:g}" if gamma > 0 else "the uniform loss of CMMD Eq. 2"
+    return (f"A {trained['preset']} nCMMD trained {step} steps (batch {trained['batch']}, {weighting}) on synthetic "
+            f"{trained['size']} px clips, sampled with "
             f"{a.sampler} at {a.sample_steps} steps and reconstruction guidance λ = {guidance['v2a']:g} (video → audio), "
             f"{guidance['a2v']:g} (audio → video), on {a.clips} held-out {a.split} clips. Onset F1 and hit rate at ±100 ms "
             f"against the true event times; the model's F1 minus the 400 ms-shifted truth's, with a 95 % paired bootstrap "

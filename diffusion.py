@@ -16,7 +16,7 @@ at the same step n as the positive. A list of negatives is summed (one draw per 
 is weighted by Min-SNR-γ (Hang et al. 2023): the x₀-error weight min(SNR(n), γ), written for the
 network's target, so min(SNR, γ) / (SNR + 1) for 𝐯 and min(SNR, γ) / SNR for ε, with SNR(n) = ᾱₙ / (1 − ᾱₙ).
 Against the uniform 𝐯 loss (an x₀ weight SNR + 1) it caps the low-noise steps at γ and lets the steps near pure
-noise fade, which leaves the mid-noise steps, where one modality's content is still read from the other.
+noise fade, which leaves the mid-noise steps (where, we guess, one modality's content is read from the other).
 """
 import dataclasses
 import math

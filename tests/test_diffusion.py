@@ -185,24 +185,32 @@ def test_min_snr_weights_match_diffusers(cfg):
 
 @pytest.mark.parametrize("cfg", [COSINE, LINEAR_EPS])
 def test_min_snr_losses_by_hand(cfg):
-    """Each example's error times its weight, averaged: in L_jdiff and in every pair of L_cont."""
+    """Each example's error times its weight, averaged: in L_jdiff and in every pair of L_cont (3 examples and
+    3 pairs, so a weight broadcast along the wrong axis cannot pass)."""
     d, model, gamma = Diffusion(cfg), TinyJoint(), 2.0
-    x0, noise, n = rand(SHAPES, 2), rand(SHAPES, 3), torch.tensor([10, 600])
+    shapes = {k: (3, *s[1:]) for k, s in SHAPES.items()}
+    x0, noise, n = rand(shapes, 2), rand(shapes, 3), torch.tensor([10, 100, 600])
     w = d.min_snr_weights(n, gamma).float()
-    assert w[0] != w[1]  # a test in which the weights matter
-    x_n = {k: d.q_sample(x0[k], n, noise[k]) for k in SHAPES}
-    out = model(x_n, n)
-    ref = {k: (w * (out[k] - d.target(x0[k], n, noise[k])).pow(2).flatten(1).mean(1)).mean() for k in SHAPES}
+    assert len(set(w.tolist())) == 3  # a test in which the weights matter
+
+    def by_hand(pair, eps):
+        x_n = {k: d.q_sample(pair[k], n, eps[k]) for k in shapes}
+        out = model(x_n, n)
+        return {k: (w * (out[k] - d.target(pair[k], n, eps[k])).pow(2).flatten(1).mean(1)).mean() for k in shapes}
+
+    ref = by_hand(x0, noise)
     loss, terms = d.joint_loss(model, x0, n=n, noise=noise, snr_gamma=gamma)
     torch.testing.assert_close(loss, sum(ref.values()))
-    for k in SHAPES:
+    for k in shapes:
         torch.testing.assert_close(terms[k], ref[k])
     assert abs(loss - d.joint_loss(model, x0, n=n, noise=noise)[0]) > 1e-3  # γ = 0: the uniform loss, another value
-    neg = {"video": x0["video"], "audio": rand(SHAPES, 4)["audio"]}
-    c_loss, c_terms = d.contrastive_loss(model, x0, [neg], 0.3, n=n, noise=[noise, rand(SHAPES, 5)], snr_gamma=gamma)
+    negs = [{"video": x0["video"], "audio": rand(shapes, 4)["audio"]}, {"video": rand(shapes, 5)["video"], "audio": x0["audio"]}]
+    neg_noise = [rand(shapes, 6), rand(shapes, 7)]
+    c_loss, c_terms = d.contrastive_loss(model, x0, negs, 0.3, n=n, noise=[noise, *neg_noise], snr_gamma=gamma)
     torch.testing.assert_close(c_terms["jdiff"], loss)
-    ref_neg = d.joint_loss(model, neg, n=n, noise=rand(SHAPES, 5), snr_gamma=gamma)[0]
-    torch.testing.assert_close(c_loss, loss - 0.3 * ref_neg)
+    L = [sum(by_hand(p, e).values()) for p, e in zip(negs, neg_noise)]
+    torch.testing.assert_close(c_terms["neg0"], L[0])
+    torch.testing.assert_close(c_loss, loss - 0.3 * (L[0] + L[1]))
 
 
 # ---- DDIM against diffusers ------------------------------------------------------------------------------

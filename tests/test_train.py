@@ -139,3 +139,33 @@ def test_centered_run_stores_its_means(tmp_path):
     torch.testing.assert_close(pipe.codecs["video"].decode(centered), raw["video"].decode(raw["video"].encode(x)))
     with pytest.raises(ValueError, match="--no-center"):
         run_train(tmp_path / "mm", "--steps", "1", "--model", "mmdiffusion", "--center")
+
+
+class Recorded(Exception):
+    pass
+
+
+def test_snr_gamma_reaches_the_loss(tmp_path, monkeypatch):
+    """--snr-gamma is the γ the training loss is called with, in train.py and in the demo's run."""
+    real, seen = diffusion.Diffusion.joint_loss, []
+
+    def recording(self, *args, **kwargs):
+        seen.append(kwargs.get("snr_gamma"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(diffusion.Diffusion, "joint_loss", recording)
+    run_train(tmp_path / "run", "--steps", "2", "--snr-gamma", "2.5")
+    assert seen == [2.5, 2.5]
+
+    import demo
+
+    def stop(cfg, *args, **kwargs):  # the demo's training config, then stop before any step
+        seen.append(cfg.snr_gamma)
+        raise Recorded
+
+    monkeypatch.setattr(train, "train", stop)
+    for argv, gamma in (([], demo.DEMO_TRAIN.snr_gamma), (["--snr-gamma", "0"], 0.0)):
+        with pytest.raises(Recorded):
+            demo.run(demo.parse_args(["--out", str(tmp_path / "demo"), "--train-clips", "2", *argv]))
+        assert seen[-1] == gamma
+    assert demo.DEMO_TRAIN.snr_gamma == 5.0
