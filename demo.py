@@ -224,8 +224,7 @@ def run(a):
         raise ValueError(f"{out / 'model'}: no checkpoint to evaluate (run without --eval-only first)")
     cli.check_writable_dir(out)
     cfg = dataclasses.replace(DEMO_TRAIN, preset=a.preset, batch=a.batch, lr=a.lr, snr_gamma=a.snr_gamma, steps=a.steps,
-                              time_limit=a.minutes,
-                              seed=a.seed, data=str(out / "shards"), out=str(out / "model"))
+                              time_limit=a.minutes, seed=a.seed, data=str(out / "shards"), out=str(out / "model"))
     train.check_config(cfg)  # --lr, --minutes: before the clips are generated
     print(f"1/3 generating {a.train_clips} synthetic training clips once", file=sys.stderr)
     clip = data.ClipConfig(size=DEMO_TRAIN.size)
