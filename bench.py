@@ -167,20 +167,24 @@ def time_fe(model, x: dict, n: torch.Tensor, mode: str, warmup: int, runs: int, 
     return times, cpu_times
 
 
-def function_evaluation(args, device: torch.device) -> list[Section]:
-    """Table 3's "Performance": ms per function evaluation (forward pass, batch 1), and the ratios."""
+def fe_settings(args, device: torch.device) -> tuple[int, int, float, list[tuple[str, bool]]]:
+    """(warm-up runs, timed runs, CPU time budget, [(mode, compiled)]) of the FE table: the flags, else the
+    plan of --quick or of the device."""
     plan = QUICK if args.quick else FULL[device.type]
     warmup = plan["warmup"] if args.warmup is None else args.warmup
     runs = plan["runs"] if args.runs is None else args.runs
     budget = (plan["budget"] if device.type == "cpu" else 0.0) if args.budget is None else args.budget
     modes = args.modes or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
     variants = [(m, False) for m in modes] + ([(m, True) for m in modes] if args.compile else [])
+    return warmup, runs, budget, variants
+
+
+def time_networks(fe: Section, device: torch.device, variants, warmup: int, runs: int, budget: float) -> dict:
+    """Time every network in every (mode, compiled) variant, adding a row and a record to `fe` for each;
+    returns {(mode label, network): {"wall": median ms, "cpu": median CPU ms}} for the ratios."""
     on_cpu = device.type == "cpu"
     env = [device_name(device), torch.__version__]
-    fe = Section("Function evaluation (forward pass, batch 1)",
-                 ["device", "torch", "mode", "model", "input", "params (M)", "GFLOP/FE", "ms/FE median", "min",
-                  "max", *(["CPU ms/FE median"] if on_cpu else []), "runs"], [])
-    stats = {}  # (mode, model) -> {"wall": median ms, "cpu": median CPU ms}
+    stats = {}
     for net in networks():
         shapes = " + ".join("×".join(map(str, s[1:])) for s in net.shapes.values())
         params, gflop = count(net)
@@ -201,19 +205,28 @@ def function_evaluation(args, device: torch.device) -> list[Section]:
         del model, fn
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    fe.notes = [f"warm-up {warmup}, up to {runs} timed runs"
-                + (f", at most {budget:.0f} s of timed runs per model" if budget else "")
-                + (f"; torch.get_num_threads() = {torch.get_num_threads()}" if on_cpu else ""),
-                "GFLOP/FE: torch.utils.flop_counter (matmuls, convolutions, attention), multiply-add = 2 FLOP.",
-                "Absolute times mean something only on a GPU; on a CPU only the ratios do. On a shared CPU the wall "
-                "time also counts other jobs; CPU ms/FE (this process's CPU time) does not."]
+    return stats
+
+
+def fe_notes(fe: Section, stats: dict, warmup: int, runs: int, budget: float, on_cpu: bool) -> list[str]:
+    """The FE table's notes: how it was timed, what its columns mean, and the official code's time ratio."""
+    notes = [f"warm-up {warmup}, up to {runs} timed runs"
+             + (f", at most {budget:.0f} s of timed runs per model" if budget else "")
+             + (f"; torch.get_num_threads() = {torch.get_num_threads()}" if on_cpu else ""),
+             "GFLOP/FE: torch.utils.flop_counter (matmuls, convolutions, attention), multiply-add = 2 FLOP.",
+             "Absolute times mean something only on a GPU; on a CPU only the ratios do. On a shared CPU the wall "
+             "time also counts other jobs; CPU ms/FE (this process's CPU time) does not."]
     for label in dict.fromkeys(r["mode"] for r in fe.records):
         if (label, OFFICIAL_NAME) in stats:  # the same network and weights count, another implementation
             ratio = stats[label, OFFICIAL_NAME]["wall"] / stats[label, "MM-Diffusion"]["wall"]
-            fe.notes.append(f"{label}: the official code takes {ratio:.2f}× the time of mmunet.py.")
+            notes.append(f"{label}: the official code takes {ratio:.2f}× the time of mmunet.py.")
     if not official_available():
-        fe.notes.append(f"no {OFFICIAL_NAME} row: {OFFICIAL_CODE} (or einops) is absent.")
+        notes.append(f"no {OFFICIAL_NAME} row: {OFFICIAL_CODE} (or einops) is absent.")
+    return notes
 
+
+def ratio_section(fe: Section, stats: dict, on_cpu: bool) -> Section:
+    """MM-Diffusion's time and GFLOP over each CMMD network's, measured and the paper's: Table 3's comparison."""
     refs = ("CMMD 16×16", "CMMD 64×64")
     ratio = Section("MM-Diffusion / CMMD", ["measure", *(f"vs {r}" for r in refs)], [])
     measures = [(f"{label} ms/FE", label, "wall") for label in dict.fromkeys(r["mode"] for r in fe.records)]
@@ -229,7 +242,19 @@ def function_evaluation(args, device: torch.device) -> list[Section]:
         ratio.rows.append([name, *(f"{c:.2f}×" for c in cells)])
         ratio.records.append(dict(measure=name, **dict(zip(refs, cells))))
     ratio.notes = ["Ratios of medians; the paper's are 721 / 136 ms and 721 / 299 ms (CMMD Table 3)."]
-    return [fe, ratio]
+    return ratio
+
+
+def function_evaluation(args, device: torch.device) -> list[Section]:
+    """Table 3's "Performance": ms per function evaluation (forward pass, batch 1), and the ratios."""
+    warmup, runs, budget, variants = fe_settings(args, device)
+    on_cpu = device.type == "cpu"
+    fe = Section("Function evaluation (forward pass, batch 1)",
+                 ["device", "torch", "mode", "model", "input", "params (M)", "GFLOP/FE", "ms/FE median", "min",
+                  "max", *(["CPU ms/FE median"] if on_cpu else []), "runs"], [])
+    stats = time_networks(fe, device, variants, warmup, runs, budget)
+    fe.notes = fe_notes(fe, stats, warmup, runs, budget, on_cpu)
+    return [fe, ratio_section(fe, stats, on_cpu)]
 
 
 def paper_pipeline(device: torch.device, clip):
@@ -246,25 +271,26 @@ def paper_pipeline(device: torch.device, clip):
 
 def end_to_end(args, device: torch.device) -> list[Section]:
     """Latency of `sample.py --v2a` on one 3.6 s clip (36 frames at 128 px), stage by stage: decode the
-    mp4, SD-VAE encode, the sampler (the paper's, diffusion.PAPER_SAMPLER, and sample.py's default), MelGAN
+    mp4, SD-VAE encode, the sampler (the paper's, sampling.PAPER_SAMPLER, and sample.py's default), MelGAN
     vocoder, mux; then the sampling time per clip of every sampler and step count, without and with guidance.
     With --quick on a CPU each sampler runs QUICK_STEPS steps and longer runs are extrapolated from them
     (a step's cost does not depend on the step count)."""
     import tempfile
 
     import data
-    import diffusion
+    import generate
     import media
     import pipeline
-    import sample
+    import sampling
     import synthetic
+    from modalities import to_unit
     clip = data.ClipConfig(frames=36, size=128)
     pipe = paper_pipeline(device, clip)
     if args.compile:
         pipe.net = pipeline.compile_net(pipe.net, device)
     item = synthetic.synthetic_clip(0, data.ClipConfig(frames=36, size=512, margin=0), "dance")
     quick = args.quick and device.type == "cpu"
-    settings = [(s["sampler"], s["steps"]) for s in (diffusion.PAPER_SAMPLER, sample.DEFAULT_SAMPLER)]
+    settings = [(s["sampler"], s["steps"]) for s in (sampling.PAPER_SAMPLER, pipeline.DEFAULT_SAMPLER)]
     names = [f"{s} {n}" for s, n in settings]
     section = Section("End-to-end `sample.py --v2a`, 3.6 s clip at 128 px (batch 1, seconds)",
                       ["stage", *names], [])
@@ -273,10 +299,10 @@ def end_to_end(args, device: torch.device) -> list[Section]:
         src = media.write_mp4(f"{tmp}/in.mp4", item["video"], item["audio"])
         for (sampler, steps), name in zip(settings, names):
             run = min(steps, QUICK_STEPS) if quick else steps
-            watch = sample.Stopwatch()
+            watch = generate.Stopwatch()
             with watch("decode mp4"):
-                frames = media.read_av(src, frames=clip.frames, size=clip.size).video.float() / 127.5 - 1
-            out = sample.generate(pipe, pipe.sampler(sampler=sampler, steps=run), cond={"video": frames[None]},
+                frames = to_unit(media.read_av(src, frames=clip.frames, size=clip.size).video)
+            out = generate.generate(pipe, pipe.sampler(sampler=sampler, steps=run), cond={"video": frames[None]},
                                   generator=torch.Generator(device).manual_seed(0), stopwatch=watch)
             with watch("mux mp4"):
                 media.write_mp4(f"{tmp}/out.mp4", frames, out["audio"][0])
@@ -298,25 +324,23 @@ def samplers(args, device: torch.device, pipe, clip) -> Section:
     """Sampling seconds per clip (video→audio, batch 1: the network's steps on SD-VAE latents, no codecs) of
     each sampler at each step count, without guidance and with it (a backward pass per step): the cost side
     of experiments/samplers.py's quality table."""
-    import diffusion
-    import sample
+    import generate
+    import sampling
     g = torch.Generator().manual_seed(0)
-    side = clip.size // pipe.codecs["video"].factor
-    latents = torch.randn(1, clip.frames, pipe.codecs["video"].channels, side, side, generator=g).to(device)  # (1, F, C, H, W)
-    shapes = {"audio": (1, pipe.codecs["audio"].channels, pipe.codecs["audio"].steps(clip.samples))}  # (1, M, T)
+    shapes = pipe.shapes(1, clip.frames)  # {"video": (1, F, C, H, W), "audio": (1, M, T)}
+    latents = torch.randn(shapes.pop("video"), generator=g).to(device)
     quick = args.quick and device.type == "cpu"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     section = Section("Sampling per clip, 3.6 s video→audio at 128 px (batch 1, seconds)",
                       ["sampler", "guidance", *(f"S = {s}" for s in SAMPLER_STEPS)], [])
-    for sampler in diffusion.SAMPLERS:
+    for sampler in sampling.SOLVERS:
         for lam in (0.0, 1.0):
             per_step = {}
             for steps in ([QUICK_STEPS] if quick else SAMPLER_STEPS):
-                watch = sample.Stopwatch()
+                watch = generate.Stopwatch()
                 with watch("sample"), autocast:
-                    pipe.diffusion.sample(pipe.net, shapes, pipe.sampler(sampler=sampler, steps=steps, guidance=lam),
-                                          cond={"video": latents}, generator=torch.Generator(device).manual_seed(0),
-                                          progress=False)
+                    sampling.sample(pipe.diffusion, pipe.net, shapes, pipe.sampler(sampler=sampler, steps=steps, guidance=lam),
+                                    cond={"video": latents}, generator=torch.Generator(device).manual_seed(0), progress=False)
                 per_step[steps] = watch.seconds["sample"] / steps
             cells = [per_step[s if s in per_step else QUICK_STEPS] * s for s in SAMPLER_STEPS]
             section.rows.append([sampler, "λ > 0" if lam else "none", *(f"{c:.2f}" for c in cells)])
@@ -355,7 +379,7 @@ def demo_training(args, device: torch.device) -> list[Section]:
         def step(model=model, codecs=codecs, opt=opt, neg_cfg=neg_cfg, batch=batch, gen=gen, diff=pipe.diffusion, cfg=cfg):
             pos = negatives.positive(pipeline.encode_batch(batch, codecs, device), neg_cfg)
             loss, _ = diff.joint_loss(model, pos, generator=gen, snr_gamma=cfg.snr_gamma)
-            train.descend(opt, loss, cfg.lr, cfg.grad_clip)
+            train.optimizer_step(opt, loss, cfg.lr, cfg.grad_clip)
         steps[name] = (step, sum(p.numel() for p in model.parameters()))
     times = {name: [] for name in steps}
     for _ in range(3):

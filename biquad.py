@@ -45,20 +45,20 @@ def biquad_coefficients(kind: str, f0: torch.Tensor, gain_db: torch.Tensor, q: t
 
 def biquad_filter(wav: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Filter (B, L) waveforms by per-row biquads b, a (B, 3), loop-free: multiply the spectrum of the
-    segment, zero-padded to N = 2L, by the biquad's frequency response
-    H(e^{jω}) = (b₀ + b₁e^{−jω} + b₂e^{−2jω}) / (a₀ + a₁e^{−jω} + a₂e^{−2jω}) at ω = 2πk/N.
+    segment, zero-padded to n_fft = 2L, by the biquad's frequency response
+    H(e^{jω}) = (b₀ + b₁e^{−jω} + b₂e^{−2jω}) / (a₀ + a₁e^{−jω} + a₂e^{−2jω}) at ω = 2πk/n_fft.
     This equals the recursive filter (scipy.signal.lfilter from rest) except for the part of the impulse
     response beyond L samples, which wraps around; for the augmentation's stable biquads it has decayed
     to ~1e-6 within a few thousand samples, so on 4 s segments the two agree to float precision."""
     assert wav.ndim == 2 and b.shape == a.shape == (wav.shape[0], 3), \
         f"need wav (B, L), b and a (B, 3); got {tuple(wav.shape)}, {tuple(b.shape)}, {tuple(a.shape)}"
     L = wav.shape[1]
-    N = 2 * L
-    w = 2 * math.pi * torch.arange(N // 2 + 1, device=wav.device, dtype=torch.float64) / N
-    z = torch.exp(-1j * w[:, None] * torch.arange(3, device=wav.device, dtype=torch.float64))  # (N/2+1, 3): e^{-jωk}
-    H = (b.double().to(z.dtype) @ z.T) / (a.double().to(z.dtype) @ z.T)  # (B, N/2+1)
-    spec = torch.fft.rfft(wav.double(), n=N)  # (B, N/2+1)
-    return torch.fft.irfft(spec * H, n=N)[:, :L].to(wav.dtype)  # (B, L)
+    n_fft = 2 * L
+    w = 2 * math.pi * torch.arange(n_fft // 2 + 1, device=wav.device, dtype=torch.float64) / n_fft
+    z = torch.exp(-1j * w[:, None] * torch.arange(3, device=wav.device, dtype=torch.float64))  # (n_fft/2+1, 3): e^{-jωk}
+    H = (b.double().to(z.dtype) @ z.T) / (a.double().to(z.dtype) @ z.T)  # (B, n_fft/2+1)
+    spec = torch.fft.rfft(wav.double(), n=n_fft)  # (B, n_fft/2+1)
+    return torch.fft.irfft(spec * H, n=n_fft)[:, :L].to(wav.dtype)  # (B, L)
 
 
 def random_biquad(wav: torch.Tensor, cfg, generator: torch.Generator) -> torch.Tensor:

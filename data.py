@@ -49,6 +49,10 @@ class ClipConfig:
             cli.check_range(name, getattr(self, name), low)
 
     @property
+    def samples_per_frame(self) -> int:  # 1 600 audio samples per video frame
+        return self.sample_rate // self.fps
+
+    @property
     def samples(self) -> int:  # L of the positive clip
         return self.frames * self.sample_rate // self.fps
 
@@ -82,11 +86,6 @@ def _stable_int(*parts) -> int:
     return int.from_bytes(hashlib.sha1("/".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
-def with_mel(item: dict, clip: ClipConfig) -> dict:
-    """Add the normalised log-mel of the whole audio window: (M, Lw // HOP), i.e. 112 + 2·25 steps."""
-    return {**item, "mel": melspec.wav_to_mel(item["audio"][None])[0]}
-
-
 class SyntheticDataset(torch.utils.data.Dataset):
     """Clips of the synthetic benchmark, generated on the fly from (seed, split, index); the variants
     alternate. Splits draw from disjoint seed streams, so held-out clips are never trained on."""
@@ -102,7 +101,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         variant = self.variants[i % len(self.variants)]
         item = synthetic.synthetic_clip(_stable_int("synthetic", self.seed, self.split, i), self.clip, variant)
-        return with_mel({**item, "name": f"synthetic-{self.split}-{self.seed}-{i:06d}-{variant}"}, self.clip)
+        return {**item, "name": f"synthetic-{self.split}-{self.seed}-{i:06d}-{variant}"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -188,7 +187,7 @@ def _save_shard(path: Path, items: list[dict], meta: dict):
     run never leaves a half-written shard."""
     from safetensors.torch import save_file
     tensors = {k: torch.stack([it[k] for it in items]).contiguous()
-               for k in ("video", "audio", "mel", "events", "tempo", "latents") if k in items[0]}
+               for k in ("video", "audio", "events", "tempo", "latents") if k in items[0]}
     tensors["audio"] = (tensors["audio"] * 32767).round().clamp(-32768, 32767).to(torch.int16)  # 16-bit PCM
     with checkpoint.atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"names": json.dumps([it["name"] for it in items]),
@@ -203,8 +202,8 @@ def _count_skip(counts: dict, message: str):
 
 def prepare(data: str, out, *, clip: ClipConfig, root=None, num_clips: dict | None = None, seed: int = 0,
             shard_size: int = 256, encoder=None, progress: bool = True) -> dict:
-    """Decode once into OUT/{split}/*.safetensors (uint8 frames, 16-bit audio, normalised mel, and
-    latents when `encoder` is given). Resumable: finished shards and recorded failures are skipped.
+    """Decode once into OUT/{split}/*.safetensors (uint8 frames, 16-bit audio, and latents when
+    `encoder` is given). Resumable: finished shards and recorded failures are skipped.
     Returns counts; bad files are skipped with one warning line each."""
     out = Path(out)
     meta = {"data": data, "clip": asdict(clip), "seed": seed}
@@ -242,7 +241,7 @@ def prepare(data: str, out, *, clip: ClipConfig, root=None, num_clips: dict | No
                 ds = SyntheticDataset(clip, split, max(sources) + 1, seed)
                 items = [ds[i] for i in sources]
             else:
-                items = [with_mel({**w, "name": f"{sources[0].stem}-{k:03d}"}, clip)
+                items = [{**w, "name": f"{sources[0].stem}-{k:03d}"}
                          for k, w in enumerate(video_windows(sources[0], clip))]
         except BadInput as e:
             _count_skip(counts, str(e))
@@ -306,7 +305,7 @@ class ShardDataset(torch.utils.data.Dataset):
         if f not in self._open:  # opened lazily, so each DataLoader worker has its own handles
             self._open[f] = safe_open(str(f), "pt")
         h = self._open[f]
-        item = {k: h.get_slice(k)[r] for k in h.keys()}
+        item = {k: h.get_slice(k)[r] for k in h.keys() if k != "mel"}  # shards of older versions also hold a mel
         item["audio"] = item["audio"].float() / 32767
         return {**item, "name": self.names[i]}
 

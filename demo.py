@@ -10,6 +10,7 @@ a page to watch and listen to (OUT/index.html).
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,19 +22,22 @@ import alignment
 import checkpoint
 import cli
 import data
-import diffusion
 import figures
+import generate
 import media
 import melspec
 import pipeline
-import sample
+import sampling
 import train
+from modalities import to_unit
 
 SHIFT_S = 0.4  # the no-model baseline: the true signal moved by 400 ms (the window's margin, real content)
-# λ of the reconstruction guidance (CMMD Eq. 3) per direction, chosen on the validation split for the demo's
-# model (README, "Quickstart"); λ = 0 is the replacement method.
-GUIDANCE = {"v2a": 3.0, "a2v": 30.0}
-SAMPLER = {"sampler": "ddim", "steps": 25}  # chosen on validation clips (README, "Sampling")
+# What the demo writes to sampling.json beside its checkpoints (pipeline.RUN_SETTINGS), which sample.py then
+# uses: the sampler and λ of the reconstruction guidance (CMMD Eq. 3; 0: replacement) per direction, chosen on
+# validation clips (docs/results.md). GUIDANCE and SAMPLER are views of it for the flags.
+SAMPLING = {"v2a": {"sampler": "ddim", "steps": 25, "guidance": 3.0}, "a2v": {"sampler": "ddim", "steps": 25, "guidance": 30.0}}
+GUIDANCE = {d: s["guidance"] for d, s in SAMPLING.items()}
+SAMPLER = {k: SAMPLING["v2a"][k] for k in ("sampler", "steps")}
 REFERENCES = ("ground truth", "shifted 400 ms", "other clip")
 DIRECTIONS = {"v2a": "video → audio", "a2v": "audio → video"}
 # The demo's run: a tiny nCMMD on 16 px clips through the centred patch-2 pixel codec (pipeline.Centered), a fixed
@@ -84,10 +88,8 @@ def guidance_weights(pipe, guidance: dict) -> dict:
     on the same error."""
     if pipe.sampler().guidance_form != "mmdiffusion":
         return dict(guidance)
-    clip, codecs = pipe.clip, pipe.codecs
-    side = clip.size // codecs["video"].factor
-    n = {"v2a": clip.frames * codecs["video"].channels * side * side,  # elements of the video condition
-         "a2v": codecs["audio"].channels * codecs["audio"].steps(clip.samples)}  # of the audio condition
+    shapes = pipe.shapes(1, pipe.clip.frames)
+    n = {"v2a": math.prod(shapes["video"]), "a2v": math.prod(shapes["audio"])}  # elements of each condition
     return {d: lam * n[d] for d, lam in guidance.items()}
 
 
@@ -114,10 +116,10 @@ def evaluate(pipe, items, out: Path, sampler: dict, seed: int = 0, save_first: i
     shown = []
     for start in range(0, len(items), batch):
         sl = slice(start, start + batch)
-        v = torch.stack(video["ground truth"][sl]).float().to(device) / 127.5 - 1  # (b, F, 3, H, W)
+        v = to_unit(torch.stack(video["ground truth"][sl]).to(device))  # (b, F, 3, H, W)
         a = torch.stack(audio["ground truth"][sl]).to(device)  # (b, L)
-        v2a = sample.generate(pipe, pipe.sampler(**sampler, guidance=lam["v2a"]), cond={"video": v}, generator=g)
-        a2v = sample.generate(pipe, pipe.sampler(**sampler, guidance=lam["a2v"]), cond={"audio": a}, generator=g)
+        v2a = generate.generate(pipe, pipe.sampler(**sampler, guidance=lam["v2a"]), cond={"video": v}, generator=g)
+        a2v = generate.generate(pipe, pipe.sampler(**sampler, guidance=lam["a2v"]), cond={"audio": a}, generator=g)
         audio["model"] += list(v2a["audio"].cpu())
         video["model"] += list(media.to_uint8(a2v["video"].cpu()))
         for i in range(max(0, min(save_first - start, len(v)))):  # the first clips as files to look at
@@ -149,8 +151,8 @@ def show_clip(out: Path, k: int, item: dict, v2a: dict, a2v: dict, i: int, clip)
     stem = out / f"clip{k}"
     truth = v2a["video"][i].cpu()  # v2a's condition: the true frames
     media.write_mp4(f"{stem}_truth.mp4", truth, a2v["audio"][i].cpu(), clip.fps, clip.sample_rate)
-    sample.save(f"{stem}_v2a", v2a, i, clip, reference=a2v["audio"][i].cpu(), events=events, title=f"clip {k}: video → audio")
-    sample.save(f"{stem}_a2v", a2v, i, clip, reference=None, events=events, title=f"clip {k}: audio → video")
+    generate.save(f"{stem}_v2a", v2a, i, clip, reference=a2v["audio"][i].cpu(), events=events, title=f"clip {k}: video → audio")
+    generate.save(f"{stem}_a2v", a2v, i, clip, reference=None, events=events, title=f"clip {k}: audio → video")
     figures.frame_strip(f"{stem}_frames.png", {"generated": a2v["video"][i].cpu(), "truth": truth}, fps=clip.fps,
                         events=events, title=f"clip {k}: audio → video frames")
     name = item["name"].rsplit("-", 1)[-1]
@@ -195,7 +197,7 @@ def parse_args(argv=None):
     p.add_argument("--snr-gamma", type=float, default=DEMO_TRAIN.snr_gamma,
                    help="γ of the Min-SNR-γ loss weighting (0: uniform, the paper's)")
     p.add_argument("--clips", type=int, default=64, help="held-out clips to evaluate")
-    p.add_argument("--sampler", default=SAMPLER["sampler"], choices=diffusion.SAMPLERS, help="sampler")
+    p.add_argument("--sampler", default=SAMPLER["sampler"], choices=list(sampling.SOLVERS), help="sampler")
     p.add_argument("--sample-steps", type=int, default=SAMPLER["steps"], help="sampling steps")
     for d, name in DIRECTIONS.items():
         p.add_argument(f"--guidance-{d}", type=float, default=GUIDANCE[d], help=f"λ of {name} (Eq. 3; 0: replacement)")
@@ -236,8 +238,8 @@ def run(a):
     t_train = time.time() - t0
     pipe = pipeline.load(ckpt)
     guidance = {d: getattr(a, f"guidance_{d}") for d in DIRECTIONS}
-    if not a.eval_only:  # sample.py on this run's checkpoints samples as the demo does (sample.RUN_SETTINGS)
-        checkpoint.write_text(Path(cfg.out) / sample.RUN_SETTINGS, json.dumps(
+    if not a.eval_only:  # sample.py on this run's checkpoints samples as the demo does (pipeline.RUN_SETTINGS)
+        checkpoint.write_text(Path(cfg.out) / pipeline.RUN_SETTINGS, json.dumps(
             {d: {"sampler": a.sampler, "steps": a.sample_steps, "guidance": lam}
              for d, lam in guidance_weights(pipe, guidance).items()}, indent=1))
     print(f"3/3 sampling {a.clips} {a.split} clips both ways ({a.sampler}, {a.sample_steps} steps, guidance λ "

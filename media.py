@@ -38,7 +38,7 @@ class AV(NamedTuple):
     video: torch.Tensor | None  # uint8 (F, 3, size, size)
     audio: torch.Tensor | None  # float32 (L,) at the requested sample rate, mono
     duration: float  # seconds of the source
-    ends: dict = {}  # {"video" | "audio": s}: where each stream read decodes to (its last frame's end)
+    ends: dict  # {"video" | "audio": s}: where each stream read decodes to (its last frame's end)
 
 
 def probe(path, complete: bool = False) -> dict:
@@ -298,6 +298,74 @@ def _decode_timestamps(src) -> list | None:
     return [o - delay for o in order]
 
 
+KEPT_AUDIO_COPY = ("aac", "mp3", "opus", "ac3", "eac3", "alac", "flac")  # audio codecs mp4 holds as they are
+
+
+def _soundtrack_video_stream(out, vin):
+    """The output's video stream: a copy of `vin` where mp4 holds its codec, else H.264 at its own timestamps.
+    Returns (stream, copied, what was done)."""
+    if vin.codec_context.name in out.supported_codecs:
+        return out.add_stream_from_template(vin), True, "video copied"
+    vout = out.add_stream("libx264", rate=vin.average_rate or FPS)
+    # yuv420p needs even sides
+    vout.width, vout.height = vin.codec_context.width // 2 * 2, vin.codec_context.height // 2 * 2
+    vout.pix_fmt, vout.options = "yuv420p", {"crf": "18"}
+    vout.time_base = vout.codec_context.time_base = vin.time_base  # the source's timestamps as they are
+    return vout, False, f"video re-encoded as H.264 (mp4 cannot hold {vin.codec_context.name})"
+
+
+def _kept_audio_stream(out, ain):
+    """The source's audio as a second, non-default track: copied where mp4 holds its codec, else AAC.
+    Returns (stream, copied, what was done)."""
+    import av
+    if ain.codec_context.name in KEPT_AUDIO_COPY:
+        kept, copied, done = out.add_stream_from_template(ain), True, "original audio copied as track 2"
+    else:
+        kept, copied = out.add_stream("aac", rate=ain.codec_context.sample_rate, layout="stereo"), False
+        done = f"original audio ({ain.codec_context.name}) re-encoded as AAC for track 2"
+    kept.disposition = av.stream.Disposition(0)
+    return kept, copied, done
+
+
+def _mux_soundtrack(src, inp, out, vin, vout, ain, kept, packets, copy_video: bool, copy_kept: bool):
+    """Mux the source's video (and kept audio) packets, re-encoded where they are not copied, interleaved by time
+    with the generated audio's `packets`, so players never wait on one stream."""
+    kept_packets = []
+    # interleave by time: the generated audio before each video packet that comes after it
+    queue = sorted(packets, key=lambda p: float(p.pts * p.time_base))
+
+    def mux(p):
+        t = float(p.dts * p.time_base)
+        while queue and float(queue[0].pts * queue[0].time_base) <= t:
+            out.mux(queue.pop(0))
+        out.mux(p)
+
+    dts = iter(_decode_timestamps(src) or ())
+    for p in inp.demux(*([vin] + ([ain] if ain is not None else []))):
+        if p.pts is None and p.dts is None:  # the demuxer's empty end-of-stream packet
+            continue
+        if p.stream is vin and p.pts is not None:
+            p.dts = next(dts, p.dts)
+        if p.stream is ain and not copy_kept:
+            for frame in p.decode():
+                frame.pts = None
+                kept_packets += kept.encode(frame)
+        elif p.stream is vin and not copy_video:
+            for frame in p.decode():
+                frame = frame.reformat(width=vout.width, height=vout.height, format="yuv420p")
+                for q in vout.encode(frame):
+                    mux(q)
+        else:
+            p.stream = vout if p.stream is vin else kept
+            mux(p)
+    if not copy_video:
+        for q in vout.encode():
+            mux(q)
+    out.mux(queue)
+    if kept is not None and not copy_kept:
+        out.mux(kept_packets + kept.encode())
+
+
 def write_soundtrack(src, dst, audio: torch.Tensor, sample_rate: int = SAMPLE_RATE, keep_audio: bool = False) -> str:
     """The video of `src` with `audio` (L,) as its soundtrack, written to the mp4 `dst` atomically: the video
     stream is copied packet for packet (its resolution, frame rate, timestamps and rotation untouched), or
@@ -312,64 +380,16 @@ def write_soundtrack(src, dst, audio: torch.Tensor, sample_rate: int = SAMPLE_RA
         vin = inp.streams.video[0]
         ain = inp.streams.audio[0] if keep_audio and inp.streams.audio else None
         with av.open(str(tmp), "w", format="mp4") as out:
-            copy_video = vin.codec_context.name in out.supported_codecs
-            if copy_video:
-                vout = out.add_stream_from_template(vin)
-                done = ["video copied"]
-            else:
-                vout = out.add_stream("libx264", rate=vin.average_rate or FPS)
-                # yuv420p needs even sides
-                vout.width, vout.height = vin.codec_context.width // 2 * 2, vin.codec_context.height // 2 * 2
-                vout.pix_fmt, vout.options = "yuv420p", {"crf": "18"}
-                vout.time_base = vout.codec_context.time_base = vin.time_base  # the source's timestamps as they are
-                done = [f"video re-encoded as H.264 (mp4 cannot hold {vin.codec_context.name})"]
+            vout, copy_video, did = _soundtrack_video_stream(out, vin)
+            done = [did]
             aout = out.add_stream("aac", rate=sample_rate, layout="mono")
             aout.disposition = av.stream.Disposition.default
             packets = _aac_packets(aout, wav, sample_rate)
-            kept, kept_packets = None, []
-            copy_kept = ain is not None and ain.codec_context.name in ("aac", "mp3", "opus", "ac3", "eac3", "alac",
-                                                                       "flac")
+            kept, copy_kept = None, False
             if ain is not None:
-                if copy_kept:
-                    kept = out.add_stream_from_template(ain)
-                    done.append("original audio copied as track 2")
-                else:
-                    kept = out.add_stream("aac", rate=ain.codec_context.sample_rate, layout="stereo")
-                    done.append(f"original audio ({ain.codec_context.name}) re-encoded as AAC for track 2")
-                kept.disposition = av.stream.Disposition(0)
-            # interleave by time: the generated audio before each video packet that comes after it
-            queue = sorted(packets, key=lambda p: float(p.pts * p.time_base))
-
-            def mux(p):
-                t = float(p.dts * p.time_base)
-                while queue and float(queue[0].pts * queue[0].time_base) <= t:
-                    out.mux(queue.pop(0))
-                out.mux(p)
-
-            dts = iter(_decode_timestamps(src) or ())
-            for p in inp.demux(*([vin] + ([ain] if ain is not None else []))):
-                if p.pts is None and p.dts is None:  # the demuxer's empty end-of-stream packet
-                    continue
-                if p.stream is vin and p.pts is not None:
-                    p.dts = next(dts, p.dts)
-                if p.stream is ain and not copy_kept:
-                    for frame in p.decode():
-                        frame.pts = None
-                        kept_packets += kept.encode(frame)
-                elif p.stream is vin and not copy_video:
-                    for frame in p.decode():
-                        frame = frame.reformat(width=vout.width, height=vout.height, format="yuv420p")
-                        for q in vout.encode(frame):
-                            mux(q)
-                else:
-                    p.stream = vout if p.stream is vin else kept
-                    mux(p)
-            if not copy_video:
-                for q in vout.encode():
-                    mux(q)
-            out.mux(queue)
-            if kept is not None and not copy_kept:
-                out.mux(kept_packets + kept.encode())
+                kept, copy_kept, did = _kept_audio_stream(out, ain)
+                done.append(did)
+            _mux_soundtrack(src, inp, out, vin, vout, ain, kept, packets, copy_video, copy_kept)
     return ", ".join(done)
 
 

@@ -408,7 +408,9 @@ def train_step(G, D, opt_G, opt_D, x: torch.Tensor, cfg: MelGANConfig) -> dict[s
 
 def validate(G: Generator, wav: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mel-L1 of G on fixed clips (V, L) -> (mean L1, mel (V, M, T), vocoded mel, vocoded wav (V, L))."""
-    with torch.inference_mode():
+    # no_grad, not inference_mode: the first wav_to_mel of a run caches the mel filterbank, and an inference
+    # tensor there would break the mel loss's backward in every later training step
+    with torch.no_grad():
         mel = melspec.wav_to_mel(wav)  # (V, M, T)
         wav_hat = G(mel)  # (V, L)
         mel_hat = melspec.wav_to_mel(wav_hat)  # (V, M, T)
@@ -434,6 +436,46 @@ def _val_clips(name, clip, root, n: int, segment: int) -> torch.Tensor:
     return torch.stack(clips)  # (V, L)
 
 
+def _resume(out: Path, G, D, opt_G, opt_D, generator: torch.Generator) -> int:
+    """Load the newest complete checkpoint in OUT, if any, into the nets, optimizers and both RNGs, so resumed
+    training continues the uninterrupted run; returns its step (0 when there is none)."""
+    found = list_checkpoints(out)
+    if not found:
+        return 0
+    _, _, state = read_checkpoint(found[-1])
+    checkpoint.load_strict(G, state["generator"], "", found[-1], "the generator of its config")
+    checkpoint.load_strict(D, state["discriminator"], "", found[-1], "the discriminator of its config")
+    extra = checkpoint.torch_load(found[-1].with_suffix(".pt"), "MelGAN training state")
+    opt_G.load_state_dict(extra["opt_G"])
+    opt_D.load_state_dict(extra["opt_D"])
+    generator.set_state(extra["data_rng"])
+    torch.set_rng_state(extra["torch_rng"])
+    tqdm.write(f"resuming from {found[-1]} at step {extra['step']}", file=sys.stderr)
+    return extra["step"]
+
+
+def _log(out: Path, record: dict):
+    """Append one record to OUT/log.jsonl, so a resumed run's log continues the earlier one."""
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _look(out: Path, G: Generator, val_wav: torch.Tensor, step: int) -> float:
+    """Validate G at `step`: log its mel-L1 and write each clip's vocoded wav and mel figure (and the ground
+    truth, once) under OUT/samples/ to listen to; returns the mel-L1."""
+    l1, mel, mel_hat, wav_hat = validate(G, val_wav)
+    folder = out / "samples" / f"step-{step:08d}"
+    folder.mkdir(exist_ok=True)
+    for i in range(len(val_wav)):
+        media.write_wav(folder / f"{i}-vocoded.wav", wav_hat[i])
+        if not (out / "samples" / f"{i}-ground-truth.wav").exists():
+            media.write_wav(out / "samples" / f"{i}-ground-truth.wav", val_wav[i])
+        figures.mel_figure(folder / f"{i}-mel.png", {"ground truth": mel[i], "vocoded": mel_hat[i]},
+                           title=f"validation clip {i}, step {step}")
+    _log(out, {"step": step, "val_mel_l1": l1})
+    return l1
+
+
 def train(name: str, out, cfg: MelGANConfig, run: TrainRun, root=None, progress: bool = True) -> dict:
     """Train (or resume from the newest checkpoint in OUT) to run.steps. Returns {"step", "val": [(step,
     val mel-L1), ...] of this call}. Writes OUT/log.jsonl, OUT/samples/ and checkpoints."""
@@ -445,46 +487,15 @@ def train(name: str, out, cfg: MelGANConfig, run: TrainRun, root=None, progress:
     opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
     gen = torch.Generator().manual_seed(run.seed)  # the data stream: items, offsets, augmentation
-    step = 0
-    found = list_checkpoints(out)
-    if found:
-        _, _, state = read_checkpoint(found[-1])
-        checkpoint.load_strict(G, state["generator"], "", found[-1], "the generator of its config")
-        checkpoint.load_strict(D, state["discriminator"], "", found[-1], "the discriminator of its config")
-        extra = checkpoint.torch_load(found[-1].with_suffix(".pt"), "MelGAN training state")
-        opt_G.load_state_dict(extra["opt_G"])
-        opt_D.load_state_dict(extra["opt_D"])
-        gen.set_state(extra["data_rng"])
-        torch.set_rng_state(extra["torch_rng"])
-        step = extra["step"]
-        tqdm.write(f"resuming from {found[-1]} at step {step}", file=sys.stderr)
-
+    step = _resume(out, G, D, opt_G, opt_D, gen)
     clip = clip_for(cfg.segment_length)
     train_set = data.build_dataset(name, "train", clip, root=root)
     val_wav = _val_clips(name, clip, root, run.n_val, cfg.segment_length).to(device)  # (V, L)
     (out / "samples").mkdir(exist_ok=True)
     history = []
-
-    def log(record: dict):
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def look(step: int) -> float:
-        l1, mel, mel_hat, wav_hat = validate(G, val_wav)
-        history.append((step, l1))
-        folder = out / "samples" / f"step-{step:08d}"
-        folder.mkdir(exist_ok=True)
-        for i in range(len(val_wav)):
-            media.write_wav(folder / f"{i}-vocoded.wav", wav_hat[i])
-            if not (out / "samples" / f"{i}-ground-truth.wav").exists():
-                media.write_wav(out / "samples" / f"{i}-ground-truth.wav", val_wav[i])
-            figures.mel_figure(folder / f"{i}-mel.png", {"ground truth": mel[i], "vocoded": mel_hat[i]},
-                               title=f"validation clip {i}, step {step}")
-        log({"step": step, "val_mel_l1": l1})
-        return l1
-
     if step == 0:
-        tqdm.write(f"val mel-L1 at initialisation: {look(0):.4f}", file=sys.stderr)
+        history.append((0, _look(out, G, val_wav, 0)))
+        tqdm.write(f"val mel-L1 at initialisation: {history[-1][1]:.4f}", file=sys.stderr)
     bar = tqdm(total=run.steps, initial=step, desc="melgan", disable=not progress, dynamic_ncols=True)
     val, t0, step0, sums = float("nan"), time.time(), step, {}
     while step < run.steps:
@@ -496,8 +507,9 @@ def train(name: str, out, cfg: MelGANConfig, run: TrainRun, root=None, progress:
         looked = step % run.val_every == 0 or step == run.steps
         if looked:  # the mean training losses since the last look, then the validation
             n = step - step0
-            log({"step": step, **{k: v / n for k, v in sums.items()}, "s_per_step": (time.time() - t0) / n})
-            val = look(step)
+            _log(out, {"step": step, **{k: v / n for k, v in sums.items()}, "s_per_step": (time.time() - t0) / n})
+            val = _look(out, G, val_wav, step)
+            history.append((step, val))
         if step % run.ckpt_every == 0 or step == run.steps:
             save_checkpoint(out, step, G, D, opt_G, opt_D, gen, run.keep)
         if looked:

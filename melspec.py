@@ -35,7 +35,8 @@ def mel_basis(device=None, dtype=torch.float32) -> torch.Tensor:
     if key not in _MEL_BASIS:
         import librosa
         fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=MEL_FMIN, fmax=MEL_FMAX)
-        _MEL_BASIS[key] = torch.from_numpy(fb).to(device=device, dtype=dtype)
+        with torch.inference_mode(False):  # a normal tensor even when first asked for in inference mode: autograd
+            _MEL_BASIS[key] = torch.from_numpy(fb).to(device=device, dtype=dtype)  # may use it later
     return _MEL_BASIS[key]
 
 
@@ -87,4 +88,14 @@ def mel_to_wav(mel: torch.Tensor, n_iter: int = 32, generator: torch.Generator |
         spec = mag * torch.exp(1j * rebuilt.angle())
     z = torch.istft(spec, N_FFT, HOP, N_FFT, window, center=True, length=L)  # (B, L), z[t] = wav[t + 128]
     shift = (N_FFT - HOP) // 2
-    return F.pad(z, (shift, -shift)).clamp(-1, 1)  # (B, L)
+    return limit_peak(F.pad(z, (shift, -shift)))  # (B, L)
+
+
+PEAK_DBFS = -1.0  # the loudest a generated waveform may be: louder ones are scaled down whole, never clipped
+
+
+def limit_peak(wav: torch.Tensor, peak_dbfs: float = PEAK_DBFS) -> torch.Tensor:
+    """(B, L) with each example whose peak exceeds `peak_dbfs` scaled down to it (quieter ones unchanged)."""
+    limit = 10 ** (peak_dbfs / 20)
+    peak = wav.abs().amax(dim=-1, keepdim=True)  # (B, 1)
+    return wav * torch.where(peak > limit, limit / peak.clamp(min=limit), torch.ones_like(peak))

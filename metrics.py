@@ -285,11 +285,9 @@ def check_config(cfg: EvalConfig) -> list[str]:
     return metrics
 
 
-def evaluate(cfg: EvalConfig, embedder: features.AudioEmbedder | None = None) -> dict:
-    """Every requested metric from two folders of mp4s; returns {"settings", "results", "per_file"}."""
-    metrics = check_config(cfg)
-    gen_files, ref_files = list_mp4(cfg.gen), list_mp4(cfg.ref)
-    pairs = pair_files(gen_files, ref_files)
+def _paired_events(cfg: EvalConfig, metrics: list[str], gen_files, ref_files, pairs: dict) -> dict:
+    """Check the folders fit the metrics asked for (pairs, clip counts), before any model loads; returns
+    {reference: its event times} for "onset", cut to the first `frames` frames."""
     if {"beat", "onset"} & set(metrics):
         unpaired = [g for g, r in pairs.items() if r is None]
         if unpaired:
@@ -300,26 +298,22 @@ def evaluate(cfg: EvalConfig, embedder: features.AudioEmbedder | None = None) ->
     events = {r: read_events(r) for r in set(pairs.values())} if "onset" in metrics else {}
     if cfg.frames:  # clips are cut to their first `frames` frames: events after that cannot be found
         events = {r: e[e < cfg.frames / cfg.fps] for r, e in events.items()}
-    video_wants = {"fvd", "kvd"} & set(metrics)
-    gen_wants = video_wants | ({"embed"} if "fad" in metrics else set()) | (
-        {"beats"} if "beat" in metrics else set()) | ({"onsets", "visual"} if "onset" in metrics else set())
-    ref_wants = video_wants | ({"embed"} if "fad" in metrics else set()) | ({"beats"} if "beat" in metrics else set())
-    # Every file probed before a model loads, a truncated one included (by its packets, without decoding)
-    for files, wanted in ((gen_files, gen_wants), (ref_files, ref_wants)):
-        for f in files:
-            info = media.probe(f, complete=True)
-            for kind, needed in zip(("video", "audio"), streams_needed(wanted)):
-                if needed and not info[kind]:
-                    raise MetricsError(f"{f}: no {kind} stream (--metrics {','.join(metrics)} reads it)")
+    return events
 
-    i3d = features.load_i3d(cfg.i3d, cfg.device) if video_wants else None
-    if "fad" in metrics and embedder is None:
-        embedder = features.load_vggish(cfg.vggish, cfg.vggish_cfg, cfg.device)
-    gen = scan(gen_files, cfg, gen_wants, i3d, embedder, desc="generated")
-    ref = scan(ref_files, cfg, ref_wants, i3d, embedder, desc="reference")
 
-    results, per_file = {"n_gen": len(gen_files), "n_ref": len(ref_files)}, {str(g): {} for g in gen_files}
-    if video_wants:
+def _check_streams(metrics: list[str], files, wanted: set):
+    """Probe every file, a truncated one included (by its packets, without decoding), before a model loads,
+    so a file lacking a stream the metrics read stops the run at once."""
+    for f in files:
+        info = media.probe(f, complete=True)
+        for kind, needed in zip(("video", "audio"), streams_needed(wanted)):
+            if needed and not info[kind]:
+                raise MetricsError(f"{f}: no {kind} stream (--metrics {','.join(metrics)} reads it)")
+
+
+def _video_and_fad_results(cfg: EvalConfig, metrics, gen, ref, gen_files, ref_files, embedder, results, per_file):
+    """FVD, KVD (I3D features) and FAD (embeddings, pooled and per clip), added to results and per_file."""
+    if {"fvd", "kvd"} & set(metrics):
         x = torch.stack([gen[g]["i3d"] for g in gen_files]).numpy()  # (N_gen, 400)
         y = torch.stack([ref[r]["i3d"] for r in ref_files]).numpy()  # (N_ref, 400)
         if "fvd" in metrics:
@@ -335,6 +329,10 @@ def evaluate(cfg: EvalConfig, embedder: features.AudioEmbedder | None = None) ->
         results[f"fad_{embedder.name}_per_sample_median"] = float(np.median(valid)) if valid else math.nan
         for g, v in zip(gen_files, per_sample):
             per_file[str(g)]["fad_per_sample"] = v
+
+
+def _alignment_results(metrics, gen, ref, gen_files, pairs, events, results, per_file):
+    """Beat hit rates and audio/visual onset P/R/F1 against each clip's reference, added to results and per_file."""
     if "beat" in metrics:
         n_ref_beats = sum(ref[pairs[g]]["beats"].size for g in gen_files)
         for tol in alignment.BEAT_TOLERANCES:
@@ -351,15 +349,43 @@ def evaluate(cfg: EvalConfig, embedder: features.AudioEmbedder | None = None) ->
             results.update({f"{name}_{k}": getattr(total, k) for k in ("precision", "recall", "f1")})
             for g, p in zip(gen_files, prfs):
                 per_file[str(g)][name] = p._asdict()
-    settings = {**asdict(cfg), "metrics": metrics, "i3d_resize": "bilinear antialias 224x224, x/127.5-1",
-                "embedder": {"name": embedder.name, "sample_rate": embedder.sample_rate, "window": embedder.window,
-                             "hop": embedder.hop} if embedder else None,
-                "beat": {"sr": alignment.ALIGN_SAMPLE_RATE, "hop": alignment.ALIGN_HOP,
-                         "tolerances": alignment.BEAT_TOLERANCES},
-                "onset": {"sr": alignment.ALIGN_SAMPLE_RATE, "hop": alignment.ALIGN_HOP,
-                          "tolerance": alignment.ONSET_TOLERANCE, "visual_peak_pick": alignment.VISUAL_PEAK_PICK},
-                "edge_slack": alignment.EDGE_SLACK}
-    return {"settings": settings, "results": results, "per_file": per_file}
+
+
+def _settings(cfg: EvalConfig, metrics: list[str], embedder) -> dict:
+    """Every setting the numbers depend on, stored with them so results from different runs can be compared."""
+    return {**asdict(cfg), "metrics": metrics, "i3d_resize": "bilinear antialias 224x224, x/127.5-1",
+            "embedder": {"name": embedder.name, "sample_rate": embedder.sample_rate, "window": embedder.window,
+                         "hop": embedder.hop} if embedder else None,
+            "beat": {"sr": alignment.ALIGN_SAMPLE_RATE, "hop": alignment.ALIGN_HOP,
+                     "tolerances": alignment.BEAT_TOLERANCES},
+            "onset": {"sr": alignment.ALIGN_SAMPLE_RATE, "hop": alignment.ALIGN_HOP,
+                      "tolerance": alignment.ONSET_TOLERANCE, "visual_peak_pick": alignment.VISUAL_PEAK_PICK},
+            "edge_slack": alignment.EDGE_SLACK}
+
+
+def evaluate(cfg: EvalConfig, embedder: features.AudioEmbedder | None = None) -> dict:
+    """Every requested metric from two folders of mp4s; returns {"settings", "results", "per_file"}."""
+    metrics = check_config(cfg)
+    gen_files, ref_files = list_mp4(cfg.gen), list_mp4(cfg.ref)
+    pairs = pair_files(gen_files, ref_files)
+    events = _paired_events(cfg, metrics, gen_files, ref_files, pairs)
+    video_wants = {"fvd", "kvd"} & set(metrics)
+    gen_wants = video_wants | ({"embed"} if "fad" in metrics else set()) | (
+        {"beats"} if "beat" in metrics else set()) | ({"onsets", "visual"} if "onset" in metrics else set())
+    ref_wants = video_wants | ({"embed"} if "fad" in metrics else set()) | ({"beats"} if "beat" in metrics else set())
+    for files, wanted in ((gen_files, gen_wants), (ref_files, ref_wants)):
+        _check_streams(metrics, files, wanted)
+
+    i3d = features.load_i3d(cfg.i3d, cfg.device) if video_wants else None
+    if "fad" in metrics and embedder is None:
+        embedder = features.load_vggish(cfg.vggish, cfg.vggish_cfg, cfg.device)
+    gen = scan(gen_files, cfg, gen_wants, i3d, embedder, desc="generated")
+    ref = scan(ref_files, cfg, ref_wants, i3d, embedder, desc="reference")
+
+    results, per_file = {"n_gen": len(gen_files), "n_ref": len(ref_files)}, {str(g): {} for g in gen_files}
+    _video_and_fad_results(cfg, metrics, gen, ref, gen_files, ref_files, embedder, results, per_file)
+    _alignment_results(metrics, gen, ref, gen_files, pairs, events, results, per_file)
+    return {"settings": _settings(cfg, metrics, embedder), "results": results, "per_file": per_file}
 
 
 def markdown_table(results: dict) -> str:

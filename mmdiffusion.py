@@ -22,8 +22,8 @@ import checkpoint
 from checkpoint import CheckpointError
 from mmunet import MMDiffusion, MMDiffusionConfig, PathAttention, preset
 
-# λ of diffusion.py's "mmdiffusion" guidance equal to the official classifier_scale 3.0
-# (ssh_scripts/video2audio_sample.sh, batch 2, fp16 loss scale 2²⁰ left in the gradient; diffusion.py)
+# λ of the "mmdiffusion" guidance equal to the official classifier_scale 3.0
+# (ssh_scripts/video2audio_sample.sh, batch 2, fp16 loss scale 2²⁰ left in the gradient; docs/mmdiffusion.md)
 OFFICIAL_GUIDANCE = 3.0 * 2 ** 20 / 2
 
 # A released file is `torch.save(state_dict)` of the official MultimodalUNet (multimodal_train_util.py save(),
@@ -98,22 +98,15 @@ def official_shape(ours: tuple, layout: str) -> tuple:
     return {"": ours, "2d": ours[:2] + ours[3:], "1d": ours[:3], "c1": (*ours, 1), "c3": (*ours, 1, 1, 1)}[layout]
 
 
-def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusionConfig:
-    """Our config of an official MultimodalUNet state dict: the `INFERRED` fields from its tensors, the others
-    from `flags` (MMDiffusionConfig fields; default: the official preset). RS-MMA's rates come from the
-    tensors, their windows from flags' cross_rates/cross_windows."""
-    bad = set(flags) - {f for f in MMDiffusionConfig.__dataclass_fields__ if f not in INFERRED}
-    if bad:
-        raise CheckpointError(f"{source}: {sorted(bad)} are read from the tensors or not config fields")
+def _official_shape(state: dict, key: str, source: str) -> tuple:
+    """The shape of tensor `key` of an official state dict; a missing one means the file is something else."""
+    if key not in state:
+        raise CheckpointError(f"{source}: no tensor {key!r}: not an official MultimodalUNet state dict")
+    return tuple(state[key].shape)
 
-    def shape(key: str) -> tuple:
-        if key not in state:
-            raise CheckpointError(f"{source}: no tensor {key!r}: not an official MultimodalUNet state dict")
-        return tuple(state[key].shape)
 
-    base = shape("time_embed.0.weight")[0]
-    video_channels = shape("input_blocks.0.0.video_conv.video_conv_spatial.weight")[1]
-    audio_channels = shape("input_blocks.0.0.audio_conv.audio_conv.weight")[1]
+def _decoder_levels(state: dict, source: str) -> tuple[int, int, int]:
+    """(blocks, levels, blocks per level) of the official decoder, told apart by its upsampling ResBlocks."""
     # the decoder: levels·(num_res_blocks + 1) blocks, an upsampling ResBlock ending each level but the last
     blocks = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("output_blocks.")), default=-1)
     ups = [i for i in range(blocks) if any(k.startswith(f"output_blocks.{i}.{j}.emb_layers.") for j in (1, 2)
@@ -123,16 +116,23 @@ def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusio
     if blocks % levels or per_level < 2 or ups != [per_level * (n + 1) - 1 for n in range(levels - 1)]:
         raise CheckpointError(f"{source}: output_blocks do not form a U-Net decoder with resblock_updown "
                               f"({blocks} blocks, upsampling in {ups})")
+    return blocks, levels, per_level
+
+
+def _decoder_widths_and_rates(state: dict, source: str, base: int, blocks: int, levels: int,
+                              per_level: int) -> tuple[list[int], dict, bool]:
+    """From each decoder block's tensors: the channel multiplier per level, the downsample rates with video
+    attention, audio attention and RS-MMA, and whether the ResBlocks use scale-shift norm."""
     widths, rates = [set() for _ in range(levels)], {"video": set(), "audio": set(), "cross": set()}
     scale_shift = set()
     for i in range(blocks):
         level = levels - 1 - i // per_level
-        width = shape(f"output_blocks.{i}.0.video_out_layers.0.GroupNorm.weight")[0]
+        width = _official_shape(state, f"output_blocks.{i}.0.video_out_layers.0.GroupNorm.weight", source)[0]
         if width % base:
             raise CheckpointError(f"{source}: output_blocks.{i} has {width} channels, not a multiple of "
                                   f"model_channels {base}")
         widths[level].add(width)
-        emb = shape(f"output_blocks.{i}.0.emb_layers.1.weight")[0]
+        emb = _official_shape(state, f"output_blocks.{i}.0.emb_layers.1.weight", source)[0]
         scale_shift.add(emb == 2 * width)
         for kind, key in (("video", f"output_blocks.{i}.0.spatial_attention_block.qkv.weight"),
                           ("audio", f"output_blocks.{i}.0.audio_attention_block.qkv.weight"),
@@ -144,21 +144,41 @@ def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusio
     if any(len(w) > 1 for w in widths):  # resblock_updown=False: no upsampling ResBlocks between the levels
         raise CheckpointError(f"{source}: output_blocks change width without upsampling blocks between the levels "
                               f"(resblock_updown=False, whose decoder never upsamples, is not supported)")
-    mult = [w.pop() // base for w in widths]
-    cfg = asdict(preset("official"))
-    cfg.update(flags)
+    return [w.pop() // base for w in widths], rates, scale_shift.pop()
+
+
+def _cross_windows(cfg: dict, found: set, levels: int, source: str) -> tuple[tuple, tuple]:
+    """RS-MMA's (rates, windows): the rates the tensors show, their windows from the flags' cross_rates/windows."""
     window_of = dict(zip(cfg["cross_rates"], cfg["cross_windows"]))
-    missing = sorted(rates["cross"] - window_of.keys())
+    missing = sorted(found - window_of.keys())
     if missing:
         raise CheckpointError(f"{source}: RS-MMA at downsample rates {missing}, but no window for them in "
                               f"cross_rates {tuple(cfg['cross_rates'])} / cross_windows {tuple(cfg['cross_windows'])}")
     # the tensors say where RS-MMA is; rates past the deepest level (none there) are kept from the flags
-    cross = sorted(rates["cross"] | {r for r in window_of if r >= 2 ** levels})
+    cross = sorted(found | {r for r in window_of if r >= 2 ** levels})
+    return tuple(cross), tuple(window_of[r] for r in cross)
+
+
+def infer_config(state: dict, source: str = "state dict", **flags) -> MMDiffusionConfig:
+    """Our config of an official MultimodalUNet state dict: the `INFERRED` fields from its tensors, the others
+    from `flags` (MMDiffusionConfig fields; default: the official preset). RS-MMA's rates come from the
+    tensors, their windows from flags' cross_rates/cross_windows."""
+    bad = set(flags) - {f for f in MMDiffusionConfig.__dataclass_fields__ if f not in INFERRED}
+    if bad:
+        raise CheckpointError(f"{source}: {sorted(bad)} are read from the tensors or not config fields")
+    base = _official_shape(state, "time_embed.0.weight", source)[0]
+    video_channels = _official_shape(state, "input_blocks.0.0.video_conv.video_conv_spatial.weight", source)[1]
+    audio_channels = _official_shape(state, "input_blocks.0.0.audio_conv.audio_conv.weight", source)[1]
+    blocks, levels, per_level = _decoder_levels(state, source)
+    mult, rates, scale_shift = _decoder_widths_and_rates(state, source, base, blocks, levels, per_level)
+    cfg = asdict(preset("official"))
+    cfg.update(flags)
+    cross_rates, cross_windows = _cross_windows(cfg, rates["cross"], levels, source)
     cfg.update(base_channels=base, channel_mult=tuple(mult), num_res_blocks=per_level - 1,
                video_channels=video_channels, audio_channels=audio_channels,
                attention_rates=tuple(sorted(rates["video"])), audio_attention_rates=tuple(sorted(rates["audio"])),
-               cross_rates=tuple(cross), cross_windows=tuple(window_of[r] for r in cross),
-               scale_shift_norm=scale_shift.pop(), middle_rs_mma="middle_blocks.1.v_qkv.weight" in state,
+               cross_rates=cross_rates, cross_windows=cross_windows,
+               scale_shift_norm=scale_shift, middle_rs_mma="middle_blocks.1.v_qkv.weight" in state,
                **OFFICIAL_CONSTANTS)
     return MMDiffusionConfig(**cfg)
 

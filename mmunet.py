@@ -1,15 +1,10 @@
 """The MM-Diffusion baseline's network: coupled video-audio U-Net with random-shift multi-modal attention
 (Ruan et al. 2023, MM-Diffusion §3.2–3.4, Fig. 3, Eq. 7–12; the baseline of CMMD's Table 3).
 
-ε-prediction (Eq. 7) with DDPM's linear β schedule over 1000 steps (§4.1). The diffusion maths is not
-repeated here: it is diffusion.py's, with `diffusion_config()` = DiffusionConfig(schedule="linear",
-prediction="eps"). Zero-shot conditional generation (§3.4) is diffusion.py's one DDIM sampler:
-replacement (λ = 0, Eq. 11) or gradient guidance (λ > 0, Eq. 12), at any number of steps; the official
-code runs it only with 1000-step DDPM, and DPM-Solver++ with any sampler. Its checkpoints' config
-(pipeline.MMDIFFUSION_SAMPLER) picks diffusion.py's guidance_form="mmdiffusion" (Eq. 12 as the official
-code runs it, see diffusion.py) and clip_x0=True (the official clip_denoised) for this model:
-    Diffusion(model.diffusion_config).sample(model, shapes, cond={"video": v0}, guidance=λ, steps=S,
-                                             **pipeline.MMDIFFUSION_SAMPLER)
+ε-prediction (Eq. 7) with DDPM's linear β schedule over 1000 steps (§4.1): `diffusion_config()`; the diffusion
+maths is diffusion.py's. Zero-shot conditional generation (§3.4) is sampling.py's: replacement (λ = 0, Eq. 11) or
+gradient guidance (λ > 0, Eq. 12, as the official code runs it: `eq12_guidance`, below), with x̂₀ clipped (the
+official clip_denoised); its registry entry (models.py) records both in its checkpoints' config.
 
 Model call convention (unet.UNet's, checked by unet.check_inputs): model({"video": (B, F, 3, H, W) pixels
 in [-1, 1], "audio": (B, 1, L) waveform}, n (B,)) -> {"video": ε̂ᵥ, "audio": ε̂ₐ} of the same shapes.
@@ -82,11 +77,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import sampling
 from diffusion import DiffusionConfig
+from modalities import MODALITIES, OTHER
 from unet import check_inputs, timestep_embedding, zero_
 
-MODALITIES = ("video", "audio")
-OTHER = {"video": "audio", "audio": "video"}
 OFFICIAL_PARAMS = 133.68e6  # MultimodalUNet at the released AIST++ flags (tests/test_mmdiffusion.py)
 
 
@@ -163,6 +158,38 @@ def diffusion_config() -> DiffusionConfig:
     return DiffusionConfig(schedule="linear", prediction="eps", num_steps=1000)
 
 
+# ---- zero-shot conditional generation (§3.4, Eq. 12) -------------------------------------------------------
+
+def forward_error(known: sampling.Known, x_prev: dict, alpha_prev: float, sigma_prev: float) -> torch.Tensor:
+    """‖xₙ₋₁ − q(xₙ₋₁|x₀)‖² averaged over each example's known elements, summed over the batch (MM-Diffusion
+    Eq. 12 as its official code runs it)."""
+    err = 0
+    for k in known.x0:
+        e = (x_prev[k] - (alpha_prev * known.x0[k] + sigma_prev * known.noise[k])).pow(2)
+        if k in known.mask:
+            m = known.mask[k].expand_as(e).flatten(1)
+            err = err + (e.flatten(1) * m).sum(1).div(m.sum(1).clamp(min=1)).sum()
+        else:
+            err = err + e.flatten(1).mean(1).sum()
+    return err
+
+
+def eq12_guidance(denoise: sampling.Denoiser, p: sampling.Prediction, x_prev: dict, n_prev: int) -> dict:
+    """MM-Diffusion's guidance (Eq. 12) as its official code runs it, after the solver's update:
+    xₙ₋₁ −= λ·√ᾱₙ·∇_{xₙ} forward_error, with √ᾱ of the input's step and ∇ with respect to the input xₙ, where
+    the paper prints √(1−ᾱ_t) and ∇ of the step it produces. Notes on the official code: docs/mmdiffusion.md."""
+    error = forward_error(denoise.known, x_prev, *denoise.alpha_sigma(n_prev))
+    found = sampling.grads(error, [p.x[k] for k in denoise.generated])
+    alpha = denoise.alpha_sigma(p.n)[0]
+    x_prev = dict(x_prev)
+    for k, g in zip(denoise.generated, found):
+        x_prev[k] = x_prev[k] - denoise.cfg.guidance * alpha * g  # x̃ = x − λ·√ᾱₙ·∇ (Eq. 12 as coded)
+    return x_prev
+
+
+sampling.AFTER_STEP["mmdiffusion"] = eq12_guidance
+
+
 # ---- RS-MMA (§3.3, Eq. 8–9) -------------------------------------------------------------------------------
 
 def segment_of(F_: int, L: int) -> torch.Tensor:
@@ -232,13 +259,14 @@ def rs_mma_mask(F_: int, L: int, window: int, shift: int) -> dict[str, torch.Ten
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask=None) -> torch.Tensor:
-    """Multi-head SDPA over (N, Lq, C) queries and (N, Lk, C) keys/values -> (N, Lq, C); mask (N or 1, Lk)."""
-    N, Lq, C = q.shape
-    q, k, v = (t.reshape(N, -1, heads, C // heads).transpose(1, 2) for t in (q, k, v))  # (N, heads, L, C/heads)
+    """Multi-head SDPA over (rows, Sq, C) queries and (rows, Sk, C) keys/values -> (rows, Sq, C); mask (rows or 1,
+    Sk). rows: sequences attended separately; S: positions in each."""
+    rows, Sq, C = q.shape
+    q, k, v = (t.reshape(rows, -1, heads, C // heads).transpose(1, 2) for t in (q, k, v))  # (rows, heads, S, C/heads)
     if mask is not None:
-        mask = mask[:, None, None, :]  # (N or 1, 1, 1, Lk): broadcast over heads and queries
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, heads, Lq, C/heads)
-    return y.transpose(1, 2).reshape(N, Lq, C)
+        mask = mask[:, None, None, :]  # (rows or 1, 1, 1, Sk): broadcast over heads and queries
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (rows, heads, Sq, C/heads)
+    return y.transpose(1, 2).reshape(rows, Sq, C)
 
 
 def rs_mma_attention(q: dict, k: dict, v: dict, keys: dict, heads: int) -> dict:
@@ -379,8 +407,8 @@ class SelfAttention(nn.Module):
         self.proj = zero_(nn.Linear(channels, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(self.norm(x).transpose(1, 2)).chunk(3, dim=-1)  # 3 × (N, L, C)
-        return x + self.proj(attend(q, k, v, self.heads)).transpose(1, 2)  # (N, C, L)
+        q, k, v = self.qkv(self.norm(x).transpose(1, 2)).chunk(3, dim=-1)  # 3 × (rows, S, C)
+        return x + self.proj(attend(q, k, v, self.heads)).transpose(1, 2)  # (rows, C, S)
 
 
 class PathAttention(nn.Module):

@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-MODALITIES = ("video", "audio")
-TIME_AXIS = {"video": 1, "audio": -1}  # (B, F, C, H, W) and (B, M, T)
-NDIM = {"video": 5, "audio": 3}
+from modalities import MODALITIES, NDIM, TIME_AXIS
 KINDS = ("shift", "segment_swap", "swap")
 VIDEO_MARGIN = 4  # frames each side, data.ClipConfig.margin
 VIDEO_SHIFT = (2, 4)  # frames, 200–400 ms at 10 fps (CMMD App. B.2)

@@ -10,6 +10,7 @@ The codecs share one interface: `encode`, `decode`, `channels`, and for video `f
 audio `steps(samples)` and `samples_per_step` (here). train.py, sample.py, demo.py and bench.py build
 models only through this module.
 """
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ import checkpoint
 import data
 import diffusion
 import melspec
-import unet
+import models
+import sampling
 import vae
 
 FORMAT = "cmmd-1"
@@ -135,31 +137,35 @@ def run_config(cfg, init_meta: dict | None = None) -> dict:
     if init_meta is not None:
         return {**init_meta, "train": asdict(cfg)}
     clip = data.ClipConfig(frames=cfg.frames, size=cfg.size)
-    sampler = {}
-    if cfg.model == "cmmd":
-        if cfg.vae == "sd" and cfg.patch != 1:
-            raise ValueError("--patch is the pixel codec's; the SD-VAE has its own factor 8 (use --patch 1)")
-        net = asdict(unet.preset(cfg.preset, video_channels=4 if cfg.vae == "sd" else 3 * cfg.patch ** 2, fusion=cfg.fusion))
-        diff = asdict(diffusion.DiffusionConfig())
-    elif cfg.model == "mmdiffusion":
-        import mmunet
-        if cfg.vae != "pixel" or cfg.patch != 1 or cfg.center:
-            raise ValueError("--model mmdiffusion works on pixels and waveforms in [-1, 1]: use --vae pixel --patch 1 "
-                             "--no-center")
-        name = {"paper": "official"}.get(cfg.preset, cfg.preset)  # the baseline's full size is its official one
-        net = asdict(mmunet.preset(name, frames=clip.frames, image_size=clip.size, audio_samples=clip.samples))
-        diff = asdict(mmunet.diffusion_config())
-        sampler = dict(MMDIFFUSION_SAMPLER)
-    else:
-        raise ValueError(f"--model {cfg.model!r}: choose cmmd or mmdiffusion")
-    return {"format": FORMAT, "model": cfg.model, "net": net, "diffusion": diff, "clip": asdict(clip),
-            "codec": {"video": cfg.vae, "audio": "mel" if cfg.model == "cmmd" else "wave",
-                      **({"patch": cfg.patch} if cfg.patch != 1 else {})},
-            "mel": {"log_min": melspec.LOG_MEL_MIN, "log_max": melspec.LOG_MEL_MAX}, "sampler": sampler, "train": asdict(cfg)}
+    fam = models.family(cfg.model)
+    return {"format": FORMAT, "model": cfg.model, "net": fam.net_config(cfg, clip), "diffusion": asdict(fam.diffusion()),
+            "clip": asdict(clip), "codec": {"video": cfg.vae, "audio": fam.audio_codec,
+                                            **({"patch": cfg.patch} if cfg.patch != 1 else {})},
+            "mel": {"log_min": melspec.LOG_MEL_MIN, "log_max": melspec.LOG_MEL_MAX}, "sampler": dict(fam.sampler),
+            "train": asdict(cfg)}
 
 
-# MM-Diffusion's own sampling (its official code): gradient guidance in its form, x̂₀ clipped to [-1, 1]
-MMDIFFUSION_SAMPLER = {"guidance_form": "mmdiffusion", "clip_x0": True}
+# sample.py's default: the cheapest setting that matched the paper's sampler (sampling.PAPER_SAMPLER) on held-out
+# clips, with and without guidance (experiments/samplers.py, cheapest_match)
+DEFAULT_SAMPLER = {"sampler": "dpmsolver++", "steps": 25}
+# Beside a run's checkpoints: the sampler settings chosen for them on validation clips, per mode (demo.py writes
+# its own there)
+RUN_SETTINGS = "sampling.json"
+
+
+def run_settings(ckpt, mode: str) -> dict:
+    """The sampler settings (SamplerConfig fields) chosen for `mode` in the RUN_SETTINGS file beside `ckpt`:
+    {"v2a": {"sampler": "ddim", "steps": 25, "guidance": 3.0}, ...}; {} without one."""
+    f = Path(ckpt).parent / RUN_SETTINGS
+    if not f.is_file():
+        return {}
+    try:
+        chosen = json.loads(f.read_text()).get(mode, {})
+        sampling.SamplerConfig(**chosen)  # names and values checked before any work
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise checkpoint.CheckpointError(f"{f}: not sampler settings per mode ({type(e).__name__}: "
+                                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return chosen
 
 
 @dataclass
@@ -176,27 +182,33 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
-    def sampler(self, **overrides) -> diffusion.SamplerConfig:
-        """The model's sampler settings from its config, with the caller's on top (None: keep)."""
-        fields = {**self.config.get("sampler", {}), **{k: v for k, v in overrides.items() if v is not None}}
-        return diffusion.SamplerConfig(**fields)
+    def sampler(self, mode: str | None = None, **flags) -> sampling.SamplerConfig:
+        """The sampler settings, decided here only, in this precedence: the flags given (None: unset), then
+        the run's RUN_SETTINGS for `mode`, then the checkpoint's config, then DEFAULT_SAMPLER."""
+        chosen = run_settings(self.path, mode) if mode and self.path else {}
+        given = {k: v for k, v in flags.items() if v is not None}
+        return sampling.SamplerConfig(**{**DEFAULT_SAMPLER, **self.config.get("sampler", {}), **chosen, **given})
+
+    def shapes(self, batch: int, frames: int) -> dict:
+        """Model-space shapes of `frames` frames: {"video": (B, F, C, h, w), "audio": (B, M, T)}."""
+        side = self.clip.size // self.codecs["video"].factor
+        T = self.codecs["audio"].steps(frames * self.clip.samples_per_frame)
+        return {"video": (batch, frames, self.codecs["video"].channels, side, side),
+                "audio": (batch, self.codecs["audio"].channels, T)}
 
 
 def build(meta: dict, vae_path: str | None = None, vocoder=None, path=None) -> Pipeline:
     """The untrained Pipeline a config describes; a config that lacks a field or has a wrong one is a
     CheckpointError naming `path`."""
     if meta.get("model") == "mmdiffusion" and "sampler" not in meta:  # written before configs had "sampler"
-        meta = {**meta, "sampler": dict(MMDIFFUSION_SAMPLER)}
+        meta = {**meta, "sampler": dict(models.MODELS["mmdiffusion"].sampler)}
     try:
         if meta.get("format") != FORMAT:
             raise KeyError("format")
-        if meta["model"] == "cmmd":
-            net = unet.UNet(unet.UNetConfig(**meta["net"]))
-        elif meta["model"] == "mmdiffusion":
-            import mmunet
-            net = mmunet.MMDiffusion(mmunet.MMDiffusionConfig(**meta["net"]))
-        else:
+        if meta["model"] not in models.MODELS:
             raise KeyError("model")
+        fam = models.MODELS[meta["model"]]
+        net = fam.network(fam.config(**meta["net"]))
         codecs = {"video": vae.make_codec(meta["codec"]["video"], vae_path or meta["train"]["vae_path"],
                                           patch=meta["codec"].get("patch", 1)),
                   "audio": {"mel": MelCodec, "wave": WaveCodec}[meta["codec"]["audio"]]()}
@@ -206,7 +218,7 @@ def build(meta: dict, vae_path: str | None = None, vocoder=None, path=None) -> P
             codecs[k] = Centered(codecs[k], mean)
         diff = diffusion.Diffusion(diffusion.DiffusionConfig(**meta["diffusion"]))
         clip = data.ClipConfig(**meta["clip"])
-        diffusion.SamplerConfig(**meta.get("sampler", {}))
+        sampling.SamplerConfig(**meta.get("sampler", {}))
     except KeyError as e:
         raise checkpoint.CheckpointError(f"{path}: its config lacks or has a wrong field {e} (not a {FORMAT} config)") from None
     except TypeError as e:  # a dataclass given a field it does not have

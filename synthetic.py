@@ -48,76 +48,87 @@ def _hit(wav, t, sr, freq, decay, gain, noise, rng):
     wav[i0:i0 + n] += gain * note
 
 
-def synthetic_clip(seed: int, clip, variant: str = "bounce", max_events: int = EVENTS_MAX) -> dict:
-    """One deterministic window (frames + 2·margin) of the synthetic benchmark, of the geometry of `clip`
-    (a data.ClipConfig), variant "bounce" or "dance" (the module docstring).
-    Returns video uint8 (Fw, 3, S, S), audio float32 (Lw,), events (max_events,) in seconds from the
-    positive clip's start (NaN-padded; long clips need more than EVENTS_MAX) and tempo (bpm; 0 for "bounce").
-    """
-    rng = np.random.default_rng(seed)
+def _ball_impacts(rng, Fw: int, taken: np.ndarray):
+    """Draw a ball's bounce period and impact frames, kept >= MIN_EVENT_GAP from `taken` so events stay apart.
+    Returns (gap, impacts), or None when MAX_TRIES draws found no room for this ball."""
+    for _ in range(MAX_TRIES):  # keep impacts of different balls >= 3 frames apart: separate events
+        gap = int(rng.integers(4, 9))  # frames between impacts: 0.4-0.8 s
+        first = int(rng.integers(0, gap))
+        impacts = np.arange(first - gap, Fw + gap, gap)  # frame indices; virtual ones beyond the window
+        if taken.size == 0 or np.abs(impacts[:, None] - taken[None]).min() >= MIN_EVENT_GAP:
+            return gap, impacts
+    return None
+
+
+def _paint_ball(canvas, yy, xx, impacts, gap: int, r: float, cx: np.ndarray, colour: int):
+    """Paint one ball hopping between `impacts` onto canvas (Fw, S, S, 3); returns the new canvas."""
+    Fw, S = canvas.shape[0], canvas.shape[1]
+    prev = impacts[np.searchsorted(impacts, np.arange(Fw), side="right") - 1]
+    u = (np.arange(Fw) - prev) / gap  # phase in the current bounce
+    since = np.arange(Fw) - prev  # frames since the last impact
+    pop = np.exp(-since / 1.0)  # 1 on the impact frame, then a fast fade
+    floor = S - 1.35 * r - 1
+    cy = floor - S * 0.12 * 4 * u * (1 - u)  # a low hop, on the floor at impacts
+    # The ball swells and flashes white on impact and fades back, so the largest frame change
+    # is into the impact frame itself (a visual onset at the sound's onset).
+    mask = _disk(yy, xx, cy, cx, r * (1 + 0.35 * pop))[..., None]  # (Fw, S, S, 1)
+    flash = (0.8 * pop).astype(np.float32)[:, None, None, None]
+    colour_px = (0.45 + 0.55 * pop[:, None, None, None]) * (PALETTE[colour] * (1 - flash) + flash)
+    return canvas * (1 - mask) + mask * colour_px
+
+
+def _draw_bounce(rng, clip, yy, xx, canvas, wav):
+    """The "bounce" variant: paint 1-3 balls and add a note to wav at each impact; returns (canvas, events)."""
     S, Fw, sr = clip.size, clip.window_frames, clip.sample_rate
-    t_frames = np.arange(Fw, dtype=np.float32) / clip.fps  # frame times, seconds from window start
-    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
-    canvas = np.broadcast_to(rng.uniform(0, 0.15, 3).astype(np.float32), (Fw, S, S, 3)).copy()
-    wav = (NOISE_FLOOR * rng.standard_normal(clip.window_samples)).astype(np.float32)
-    events, tempo = [], 0.0
-    if variant == "bounce":
-        n_obj = int(rng.integers(1, 4))
-        columns = rng.permutation(3)[:n_obj]
-        taken = np.zeros(0, int)  # impact frames of the balls drawn so far
-        for k in range(n_obj):
-            colour = int(rng.integers(len(PALETTE)))
-            big = bool(rng.integers(2))
-            r = S * (0.13 if big else 0.08)
-            for _ in range(MAX_TRIES):  # keep impacts of different balls >= 3 frames apart: separate events
-                gap = int(rng.integers(4, 9))  # frames between impacts: 0.4-0.8 s
-                first = int(rng.integers(0, gap))
-                impacts = np.arange(first - gap, Fw + gap, gap)  # frame indices; virtual ones beyond the window
-                if taken.size == 0 or np.abs(impacts[:, None] - taken[None]).min() >= MIN_EVENT_GAP:
-                    break
-            else:
-                continue  # no room for this ball
-            taken = np.concatenate([taken, impacts])
-            prev = impacts[np.searchsorted(impacts, np.arange(Fw), side="right") - 1]
-            u = (np.arange(Fw) - prev) / gap  # phase in the current bounce
-            since = np.arange(Fw) - prev  # frames since the last impact
-            pop = np.exp(-since / 1.0)  # 1 on the impact frame, then a fast fade
-            floor = S - 1.35 * r - 1
-            cy = floor - S * 0.12 * 4 * u * (1 - u)  # a low hop, on the floor at impacts
-            cx = np.full(Fw, S * (0.2 + 0.3 * columns[k]) + rng.uniform(-2, 2))
-            # The ball swells and flashes white on impact and fades back, so the largest frame change
-            # is into the impact frame itself (a visual onset at the sound's onset).
-            mask = _disk(yy, xx, cy, cx, r * (1 + 0.35 * pop))[..., None]  # (Fw, S, S, 1)
-            flash = (0.8 * pop).astype(np.float32)[:, None, None, None]
-            colour_px = (0.45 + 0.55 * pop[:, None, None, None]) * (PALETTE[colour] * (1 - flash) + flash)
-            canvas = canvas * (1 - mask) + mask * colour_px
-            for f in impacts[(impacts >= 0) & (impacts < Fw)]:
-                t = f / clip.fps
-                _hit(wav, t, sr, PITCHES[colour] / (2 if big else 1), 0.12 if big else 0.06, 0.5,
-                     0.6 if big else 0.2, rng)
-                events.append(t)
-    elif variant == "dance":
-        tempo = float(rng.uniform(90, 150))
-        period = 60.0 / tempo
-        beats = np.arange(rng.uniform(0, period), clip.window_samples / sr, period)
-        k = np.searchsorted(beats, t_frames, side="right") - 1  # index of the last beat (-1: none yet)
-        since = np.where(k >= 0, t_frames - np.append(beats, 0.0)[np.maximum(k, 0)], 1.0)  # beats may be empty
-        jump = S * 0.12 * np.exp(-since / 0.08)  # a sharp hop on each beat
-        side = np.where(k % 2 == 0, 1.0, -1.0) * S * 0.08  # the pose swaps sides on each beat
-        colour = PALETTE[int(rng.integers(len(PALETTE)))]
-        cx, base = S / 2 + side, S * 0.62 - jump
-        body = _box(yy, xx, base, cx, S * 0.14, S * 0.06)
-        head = _disk(yy, xx, base - S * 0.22, cx, S * 0.07)
-        arm = _box(yy, xx, base - S * 0.10 - side, cx + 2 * side, S * 0.03, S * 0.12)
-        mask = np.clip(body + head + arm, 0, 1)[..., None]  # (Fw, S, S, 1)
-        canvas = canvas * (1 - mask) + mask * colour
-        for i, t in enumerate(beats):
-            _hit(wav, t, sr, 60.0, 0.10, 0.8, 0.3, rng)  # kick on every beat
-            if i % 2:
-                _hit(wav, t, sr, 180.0, 0.05, 0.3, 1.5, rng)  # snare on the off beats of the bar
-        events = list(beats)
-    else:
-        raise ValueError(f"unknown synthetic variant {variant!r}; choose from {VARIANTS}")
+    events = []
+    n_obj = int(rng.integers(1, 4))
+    columns = rng.permutation(3)[:n_obj]
+    taken = np.zeros(0, int)  # impact frames of the balls drawn so far
+    for k in range(n_obj):
+        colour = int(rng.integers(len(PALETTE)))
+        big = bool(rng.integers(2))
+        r = S * (0.13 if big else 0.08)
+        drawn = _ball_impacts(rng, Fw, taken)
+        if drawn is None:
+            continue  # no room for this ball
+        gap, impacts = drawn
+        taken = np.concatenate([taken, impacts])
+        cx = np.full(Fw, S * (0.2 + 0.3 * columns[k]) + rng.uniform(-2, 2))
+        canvas = _paint_ball(canvas, yy, xx, impacts, gap, r, cx, colour)
+        for f in impacts[(impacts >= 0) & (impacts < Fw)]:
+            t = f / clip.fps
+            _hit(wav, t, sr, PITCHES[colour] / (2 if big else 1), 0.12 if big else 0.06, 0.5,
+                 0.6 if big else 0.2, rng)
+            events.append(t)
+    return canvas, events
+
+
+def _draw_dance(rng, clip, yy, xx, t_frames, canvas, wav):
+    """The "dance" variant: a figure hopping to a kick/snare loop; returns (canvas, beat times, tempo)."""
+    S, sr = clip.size, clip.sample_rate
+    tempo = float(rng.uniform(90, 150))
+    period = 60.0 / tempo
+    beats = np.arange(rng.uniform(0, period), clip.window_samples / sr, period)
+    k = np.searchsorted(beats, t_frames, side="right") - 1  # index of the last beat (-1: none yet)
+    since = np.where(k >= 0, t_frames - np.append(beats, 0.0)[np.maximum(k, 0)], 1.0)  # beats may be empty
+    jump = S * 0.12 * np.exp(-since / 0.08)  # a sharp hop on each beat
+    side = np.where(k % 2 == 0, 1.0, -1.0) * S * 0.08  # the pose swaps sides on each beat
+    colour = PALETTE[int(rng.integers(len(PALETTE)))]
+    cx, base = S / 2 + side, S * 0.62 - jump
+    body = _box(yy, xx, base, cx, S * 0.14, S * 0.06)
+    head = _disk(yy, xx, base - S * 0.22, cx, S * 0.07)
+    arm = _box(yy, xx, base - S * 0.10 - side, cx + 2 * side, S * 0.03, S * 0.12)
+    mask = np.clip(body + head + arm, 0, 1)[..., None]  # (Fw, S, S, 1)
+    canvas = canvas * (1 - mask) + mask * colour
+    for i, t in enumerate(beats):
+        _hit(wav, t, sr, 60.0, 0.10, 0.8, 0.3, rng)  # kick on every beat
+        if i % 2:
+            _hit(wav, t, sr, 180.0, 0.05, 0.3, 1.5, rng)  # snare on the off beats of the bar
+    return canvas, list(beats), tempo
+
+
+def _pack_clip(clip, canvas, wav, events, tempo: float, max_events: int) -> dict:
+    """Turn the drawn canvas, waveform and event times into the clip's tensors (events NaN-padded to collate)."""
     offset = clip.margin / clip.fps
     ev = np.unique(np.round(np.asarray(events, np.float64) - offset, 6))
     ev = ev[(ev >= 0) & (ev < clip.duration)][:max_events]
@@ -127,4 +138,26 @@ def synthetic_clip(seed: int, clip, variant: str = "bounce", max_events: int = E
     audio = torch.from_numpy(np.clip(wav, -1, 1))  # (Lw,)
     return {"video": video.contiguous(), "audio": audio, "events": torch.from_numpy(padded),
             "tempo": torch.tensor(tempo, dtype=torch.float32)}
+
+
+def synthetic_clip(seed: int, clip, variant: str = "bounce", max_events: int = EVENTS_MAX) -> dict:
+    """One deterministic window (frames + 2·margin) of the synthetic benchmark, of the geometry of `clip`
+    (a data.ClipConfig), variant "bounce" or "dance" (the module docstring).
+    Returns video uint8 (Fw, 3, S, S), audio float32 (Lw,), events (max_events,) in seconds from the
+    positive clip's start (NaN-padded; long clips need more than EVENTS_MAX) and tempo (bpm; 0 for "bounce").
+    """
+    rng = np.random.default_rng(seed)
+    S, Fw = clip.size, clip.window_frames
+    t_frames = np.arange(Fw, dtype=np.float32) / clip.fps  # frame times, seconds from window start
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
+    canvas = np.broadcast_to(rng.uniform(0, 0.15, 3).astype(np.float32), (Fw, S, S, 3)).copy()
+    wav = (NOISE_FLOOR * rng.standard_normal(clip.window_samples)).astype(np.float32)
+    tempo = 0.0
+    if variant == "bounce":
+        canvas, events = _draw_bounce(rng, clip, yy, xx, canvas, wav)
+    elif variant == "dance":
+        canvas, events, tempo = _draw_dance(rng, clip, yy, xx, t_frames, canvas, wav)
+    else:
+        raise ValueError(f"unknown synthetic variant {variant!r}; choose from {VARIANTS}")
+    return _pack_clip(clip, canvas, wav, events, tempo, max_events)
 

@@ -28,17 +28,18 @@ from tqdm import tqdm
 import checkpoint
 import cli
 import data
-import diffusion
 import media
+import generate
+import models
 import negatives
 import pipeline
-import sample
-import vae
+import sampling
+from modalities import to_unit
+from vae import HUB_ID  # by name: TrainConfig's field `vae` would shadow the module
 
 # The paper's optimiser (CMMD App. B.2): Adam at 1e-4, ×0.8 every 80 k steps, down to 2e-5.
 PAPER_LR, PAPER_LR_DECAY, PAPER_LR_EVERY, PAPER_LR_MIN = 1e-4, 0.8, 80_000, 2e-5
 PAPER_ETA = 5e-5  # η of Eq. 6 (CMMD §2.2, following CDCD)
-VAE_HUB_ID = vae.HUB_ID  # stabilityai/sd-vae-ft-mse (CMMD §3)
 
 
 @dataclass
@@ -48,11 +49,13 @@ class TrainConfig:
     data_root: str | None = field(default=None, metadata={"help": "video folder (folder) or AIST++ root (aist)"})
     num_clips: int = field(default=2000, metadata={"help": "synthetic training clips"})
     out: str = field(default="runs/cmmd", metadata={"help": "run directory: checkpoints, log, previews"})
-    model: str = field(default="cmmd", metadata={"help": "cmmd (easy-fusion U-Net) or mmdiffusion (baseline)", "choices": ["cmmd", "mmdiffusion"]})
-    preset: str = field(default="small", metadata={"help": "network size (paper is MM-Diffusion's official size with --model mmdiffusion)", "choices": ["paper", "small", "tiny", "cpu"]})
+    model: str = field(default="cmmd", metadata={
+        "help": "; ".join(f"{k}: {f.summary}" for k, f in models.MODELS.items()), "choices": list(models.MODELS)})
+    preset: str = field(default="small", metadata={
+        "help": "network size (paper is MM-Diffusion's official size with --model mmdiffusion)", "choices": list(models.PRESETS)})
     fusion: bool = field(default=True, metadata={"help": "easy fusion between the paths (off: ablation)"})
     vae: str = field(default="pixel", metadata={"help": "video codec: SD-VAE latents or pixels", "choices": ["sd", "pixel"]})
-    vae_path: str = field(default=VAE_HUB_ID, metadata={"help": "SD-VAE directory or hub id"})
+    vae_path: str = field(default=HUB_ID, metadata={"help": "SD-VAE directory or hub id"})
     patch: int = field(default=1, metadata={"help": "pixel codec: space-to-depth patch, video diffused as (3·p², H/p, W/p)"})
     center: bool = field(default=False, metadata={
         "help": "diffuse each modality minus its mean over the training clips (pipeline.Centered; for pixel models)"})
@@ -79,10 +82,10 @@ class TrainConfig:
     ckpt_every: int = field(default=5000, metadata={"help": "steps between checkpoints"})
     keep: int = field(default=3, metadata={"help": "checkpoints kept in --out"})
     preview_every: int = field(default=5000, metadata={"help": "steps between preview samples (0: off)"})
-    preview_steps: int = field(default=sample.DEFAULT_SAMPLER["steps"], metadata={
+    preview_steps: int = field(default=pipeline.DEFAULT_SAMPLER["steps"], metadata={
         "help": "sampling steps of a preview (sample.py's default)"})
-    preview_sampler: str = field(default=sample.DEFAULT_SAMPLER["sampler"], metadata={
-        "help": "sampler of a preview (sample.py's default)", "choices": list(diffusion.SAMPLERS)})
+    preview_sampler: str = field(default=pipeline.DEFAULT_SAMPLER["sampler"], metadata={
+        "help": "sampler of a preview (sample.py's default)", "choices": list(sampling.SOLVERS)})
     log_every: int = field(default=50, metadata={"help": "steps between JSONL log lines"})
     time_limit: float = field(default=0.0, metadata={"help": "stop (and save) after this many minutes (0: none)"})
     seed: int = field(default=0, metadata={"help": "seed of data order, noise, steps and negatives"})
@@ -173,7 +176,7 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else lr
 
 
-def descend(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
     """θ ← θ − ε·∇θ L (Algorithm 1's last line): one Adam step at ε = lr, the gradient's norm clipped to
     `grad_clip` (0: not clipped)."""
     for g in opt.param_groups:
@@ -191,7 +194,7 @@ def optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
-def tensors(net: torch.nn.Module) -> tuple[list, list]:
+def parameters_and_buffers(net: torch.nn.Module) -> tuple[list, list]:
     """A network's parameters and buffers, listed once for ema_update rather than walked every step."""
     return list(net.parameters()), list(net.buffers())
 
@@ -199,7 +202,7 @@ def tensors(net: torch.nn.Module) -> tuple[list, list]:
 @torch.no_grad()
 def ema_update(ema: tuple[list, list], model: tuple[list, list], step: int, decay: float) -> None:
     """θ_ema ← d·θ_ema + (1 − d)·θ with d = min(decay, (1 + step) / (10 + step)): a warm-up, so that short runs
-    sample from trained weights. `ema`, `model`: (parameters, buffers) as `tensors` lists them; buffers are
+    sample from trained weights. `ema`, `model`: (parameters, buffers) as `parameters_and_buffers` lists them; buffers are
     copied."""
     d = min(decay, (1 + step) / (10 + step))
     torch._foreach_lerp_(ema[0], model[0], 1 - d)
@@ -322,6 +325,73 @@ def log(out: Path, record: dict, device) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def algorithm_1_loss(cfg: TrainConfig, diff, model, windows: dict, neg_cfg: negatives.NegativesConfig,
+                     gen: torch.Generator, autocast) -> tuple[torch.Tensor, dict]:
+    """Algorithm 1's loss on a batch of encoded windows: L_cont = L − η·L¬ against negatives drawn from them
+    (CMMD Eq. 6) with --contrastive, else nCMMD's joint loss L alone (Eq. 2). Returns (loss, its terms)."""
+    pos = negatives.positive(windows, neg_cfg)
+    with autocast:
+        if cfg.contrastive:
+            negs = negatives.draw_negatives(windows, neg_cfg, generator=gen)  # v₀¬, a₀¬
+            return diff.contrastive_loss(model, pos, negs, cfg.eta, generator=gen, snr_gamma=cfg.snr_gamma)  # Eq. 6
+        return diff.joint_loss(model, pos, generator=gen, snr_gamma=cfg.snr_gamma)  # Eq. 2
+
+
+def log_step(cfg: TrainConfig, out: Path, bar, step: int, loss: torch.Tensor, terms: dict, t0: float, device) -> None:
+    """Rank 0's progress bar every step and, every --log-every steps and at the last, a log line with the
+    loss and its per-modality terms."""
+    logged = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+    bar.update(1)
+    bar.set_postfix({k: f"{v:.4g}" for k, v in logged.items()})
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        log(out, {"step": step, "lr": learning_rate(cfg, step - 1), "time": round(time.time() - t0, 2),
+                  **logged}, device)
+
+
+def run_steps(cfg: TrainConfig, meta: dict, pipe: pipeline.Pipeline, dataset, ema, opt, gen: torch.Generator,
+              start: int, last_ckpt: Path | None, ranks: tuple, progress: bool) -> Path | None:
+    """Algorithm 1's loop from step `start` to --steps or the time limit: the loss, the Adam step and the EMA on
+    every process, the log, checkpoints and previews on rank 0. Returns the newest checkpoint."""
+    device, rank, world = ranks
+    out, model, clip = Path(cfg.out), pipe.net, pipe.clip
+    ema_state, model_state = parameters_and_buffers(ema), parameters_and_buffers(model)
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    previews = rank == 0 and cfg.preview_every > 0 and has_validation_clip(cfg, clip)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=StepBatchSampler(len(dataset), cfg.batch, cfg.seed, start, cfg.steps, rank, world),
+        num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=False)
+    neg_cfg = negatives_config(clip, pipe.codecs, cfg.negatives)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    t0 = time.time()
+    model.train()
+    with tqdm(total=cfg.steps, initial=start, desc="train", disable=rank != 0 or not progress,
+              dynamic_ncols=True) as bar:
+        for step, batch in enumerate(loader, start=start + 1):
+            windows = pipeline.encode_batch(batch, pipe.codecs, device)  # v₀, a₀ with their margins
+            loss, terms = algorithm_1_loss(cfg, pipe.diffusion, ddp_model, windows, neg_cfg, gen, autocast)
+            nonfinite, out_of_time = agreed_stop(
+                loss, cfg.time_limit > 0 and time.time() - t0 > cfg.time_limit * 60, device, world)
+            if nonfinite:
+                value = loss.item() if not torch.isfinite(loss) else "on another process"
+                sys.exit(f"error: non-finite loss ({value}) at step {step}; "
+                         f"last good checkpoint: {last_ckpt or 'none'}")
+            optimizer_step(opt, loss, learning_rate(cfg, step - 1), cfg.grad_clip)
+            ema_update(ema_state, model_state, step, cfg.ema)
+            if rank == 0:
+                log_step(cfg, out, bar, step, loss, terms, t0, device)
+                if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
+                    last_ckpt = save(out, step, meta, model, ema, opt, gen, cfg.keep)
+                if previews and (step % cfg.preview_every == 0 or step == cfg.steps):
+                    preview(dataclasses.replace(pipe, net=ema), cfg, out / "previews" / f"step-{step:08d}")
+            if out_of_time:
+                if rank == 0:
+                    print(f"time limit of {cfg.time_limit} min reached at step {step}", file=sys.stderr)
+                break
+    return last_ckpt
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train by CMMD's Algorithm 1 and return the newest checkpoint: CMMD with the contrastive loss (Eq. 6)
     with --contrastive, else nCMMD with the joint loss alone (Eq. 2). A step, line by line of Algorithm 1:
@@ -330,73 +400,26 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         v₀¬, a₀¬ ~ V′, A′ made of 𝒟, v₀, a₀   negatives.draw_negatives (--contrastive only)
         n ~ U(1, …, N);  ε ~ N(0, I)          drawn from `gen` inside the loss
         L_cont = L − η·L¬                     Diffusion.contrastive_loss (Eq. 6); nCMMD: L, Diffusion.joint_loss
-        θ ← θ − ε·∇θ L_cont                   descend
+        θ ← θ − ε·∇θ L_cont                   optimizer_step
 
-    Around it: the EMA of θ that sampling uses (ema_update), a checkpoint every --ckpt-every steps (save),
-    the start from the run's newest checkpoint or from a fine-tune's parent (restore), and a stop on a
+    Around it (run_steps): the EMA of θ that sampling uses (ema_update), a checkpoint every --ckpt-every steps
+    (save), the start from the run's newest checkpoint or from a fine-tune's parent (restore), and a stop on a
     non-finite loss or at the time limit that every DDP process agrees on (agreed_stop)."""
     check_config(cfg)
     with process_group(cfg) as (device, rank, world):
         out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
         meta, pipe, dataset = build_run(cfg, device)
-        model, diff, codecs, clip = pipe.net, pipe.diffusion, pipe.codecs, pipe.clip
-        ema = copy.deepcopy(model).requires_grad_(False)
-        ema_tensors, model_tensors = tensors(ema), tensors(model)
-        opt = optimizer(model, cfg.lr)
+        ema = copy.deepcopy(pipe.net).requires_grad_(False)
+        opt = optimizer(pipe.net, cfg.lr)
         gen = torch.Generator(device).manual_seed(cfg.seed + 7919 * rank)  # n, noise, negatives
-        start, last_ckpt = restore(cfg, model, ema, opt, gen)
+        start, last_ckpt = restore(cfg, pipe.net, ema, opt, gen)
         if last_ckpt is not None and rank == 0:
             print(f"resuming from {last_ckpt} at step {start}", file=sys.stderr)
         if start >= cfg.steps:
             print(f"{out}: already trained to step {start} (--steps {cfg.steps})", file=sys.stderr)
             return last_ckpt
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-        previews = rank == 0 and cfg.preview_every > 0 and has_validation_clip(cfg, clip)
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=StepBatchSampler(len(dataset), cfg.batch, cfg.seed, start, cfg.steps, rank, world),
-            num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=False)
-        neg_cfg = negatives_config(clip, codecs, cfg.negatives)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-        t0 = time.time()
-        model.train()
-        with tqdm(total=cfg.steps, initial=start, desc="train", disable=rank != 0 or not progress,
-                  dynamic_ncols=True) as bar:
-            for step, batch in enumerate(loader, start=start + 1):
-                windows = pipeline.encode_batch(batch, codecs, device)  # v₀, a₀ with their margins
-                pos = negatives.positive(windows, neg_cfg)
-                with autocast:
-                    if cfg.contrastive:
-                        negs = negatives.draw_negatives(windows, neg_cfg, generator=gen)  # v₀¬, a₀¬
-                        loss, terms = diff.contrastive_loss(ddp_model, pos, negs, cfg.eta, generator=gen,
-                                                            snr_gamma=cfg.snr_gamma)  # Eq. 6
-                    else:
-                        loss, terms = diff.joint_loss(ddp_model, pos, generator=gen, snr_gamma=cfg.snr_gamma)  # Eq. 2
-                nonfinite, out_of_time = agreed_stop(
-                    loss, cfg.time_limit > 0 and time.time() - t0 > cfg.time_limit * 60, device, world)
-                if nonfinite:
-                    value = loss.item() if not torch.isfinite(loss) else "on another process"
-                    sys.exit(f"error: non-finite loss ({value}) at step {step}; "
-                             f"last good checkpoint: {last_ckpt or 'none'}")
-                descend(opt, loss, learning_rate(cfg, step - 1), cfg.grad_clip)
-                ema_update(ema_tensors, model_tensors, step, cfg.ema)
-                if rank == 0:
-                    logged = {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in logged.items()})
-                    if step % cfg.log_every == 0 or step == cfg.steps:
-                        log(out, {"step": step, "lr": learning_rate(cfg, step - 1), "time": round(time.time() - t0, 2),
-                                  **logged}, device)
-                    if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
-                        last_ckpt = save(out, step, meta, model, ema, opt, gen, cfg.keep)
-                    if previews and (step % cfg.preview_every == 0 or step == cfg.steps):
-                        preview(dataclasses.replace(pipe, net=ema), cfg, out / "previews" / f"step-{step:08d}")
-                if out_of_time:
-                    if rank == 0:
-                        print(f"time limit of {cfg.time_limit} min reached at step {step}", file=sys.stderr)
-                    break
+        last_ckpt = run_steps(cfg, meta, pipe, dataset, ema, opt, gen, start, last_ckpt, (device, rank, world), progress)
         if world > 1:
             dist.barrier()  # no process returns before rank 0 has written the last checkpoint
         return last_ckpt
@@ -407,14 +430,14 @@ def preview(pipe: pipeline.Pipeline, cfg: TrainConfig, stem: Path):
     clip, device = pipe.clip, pipe.device
     val = data.build_dataset(cfg.data, "val", clip, root=cfg.data_root, num_clips=1, seed=cfg.seed)[0]
     m, ms = clip.margin, clip.margin_samples
-    truth = {"video": val["video"][None, m:m + clip.frames].to(device).float() / 127.5 - 1,  # (1, F, 3, H, W)
+    truth = {"video": to_unit(val["video"][None, m:m + clip.frames].to(device)),  # (1, F, 3, H, W)
              "audio": val["audio"][None, ms:ms + clip.samples].to(device)}  # (1, L)
     sampler = pipe.sampler(sampler=cfg.preview_sampler, steps=cfg.preview_steps)
     pipe.net.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for mode, known in (("v2a", "video"), ("a2v", "audio")):
-            result = sample.generate(pipe, sampler, cond={known: truth[known]}, generator=torch.Generator(device).manual_seed(0))
-            sample.save(f"{stem}_{mode}", result, 0, clip, reference=truth["audio"][0])
+            result = generate.generate(pipe, sampler, cond={known: truth[known]}, generator=torch.Generator(device).manual_seed(0))
+            generate.save(f"{stem}_{mode}", result, 0, clip, reference=truth["audio"][0])
     pipe.net.train()
 
 

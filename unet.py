@@ -71,8 +71,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-MODALITIES = ("video", "audio")
-OTHER = {"video": "audio", "audio": "video"}
+from modalities import MODALITIES, OTHER
+
 TIME_EMBED_MULT = 4  # timestep MLP width = 4 · base channels (improved-diffusion)
 MAX_PERIOD = 10_000  # sinusoidal embedding's longest period (Vaswani et al. 2017, improved-diffusion)
 SDPA_MAX_BATCH = 2 ** 15  # CUDA flash/mem-efficient kernels fail for a batch ≥ 2**16 (pytorch#146704);
@@ -263,13 +263,13 @@ class SelfAttention(nn.Module):
         self.proj = zero_(nn.Linear(channels, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        N, C, L = x.shape
-        qkv = self.qkv(self.norm(x).transpose(1, 2))  # (N, L, 3C)
-        q, k, v = qkv.view(N, L, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 × (N, heads, L, d)
-        y = torch.cat([F.scaled_dot_product_attention(*qkv_chunk)  # (N, heads, L, C/heads)
+        rows, C, S = x.shape  # rows: sequences attended separately; S: positions in each
+        qkv = self.qkv(self.norm(x).transpose(1, 2))  # (rows, S, 3C)
+        q, k, v = qkv.view(rows, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 × (rows, heads, S, d)
+        y = torch.cat([F.scaled_dot_product_attention(*qkv_chunk)  # (rows, heads, S, C/heads)
                        for qkv_chunk in zip(*(t.split(SDPA_MAX_BATCH) for t in (q, k, v)))])
-        y = y.transpose(1, 2).reshape(N, L, C)  # (N, L, C)
-        return x + self.proj(y).transpose(1, 2)  # (N, C, L)
+        y = y.transpose(1, 2).reshape(rows, S, C)  # (rows, S, C)
+        return x + self.proj(y).transpose(1, 2)  # (rows, C, S)
 
 
 class AxisAttention(nn.Module):

@@ -9,7 +9,8 @@ reconstruction guidance (CMMD Eq. 3) and without it (λ = 0, replacement, Eq. 5)
 Every setting samples the same clips from the same seed (demo.evaluate), so settings compare pairwise:
 each one's video→audio and audio→video onset F1 (±100 ms) is given with the paired bootstrap interval of
 its difference to DDIM at 200 steps (the paper's sampler) with the same guidance, over clips. Cost is counted
-in network passes, not steps: with guidance every step is a forward pass and a backward pass (the gradient of
+in network passes, not steps: --steps counts network evaluations (DPM-Solver++(2S) takes two per step of its
+own), and with guidance every evaluation is a forward pass and a backward pass (the gradient of
 Eq. 3 through the network), so a guided step is 2 passes and an unguided one 1 (a backward pass takes
 about twice a forward's arithmetic, so passes understate guidance's cost in time).
 
@@ -32,13 +33,15 @@ import checkpoint  # noqa: E402
 import cli  # noqa: E402
 import data  # noqa: E402
 import demo  # noqa: E402
-import diffusion  # noqa: E402
 import figures  # noqa: E402
 import pipeline  # noqa: E402
+import sampling  # noqa: E402
 
-SETTINGS = [("ddim", s) for s in (10, 15, 25, 50, 100, 200)] + [("dpmsolver++", s) for s in (10, 15, 25, 50)]
-REFERENCE = (diffusion.PAPER_SAMPLER["sampler"], diffusion.PAPER_SAMPLER["steps"])  # the paper's sampler
-SMOKE = [("ddim", 2), ("dpmsolver++", 2)]
+SETTINGS = ([("ddim", s) for s in (10, 15, 25, 50, 100, 200)] + [("dpmsolver++", s) for s in (10, 15, 25, 50)]
+            + [("dpmsolver++2s", s) for s in (10, 16, 26, 50)])  # 2S: steps count network evaluations, two per step
+COLOURS = {"ddim": "tab:blue", "dpmsolver++": "tab:orange", "dpmsolver++2s": "tab:green"}
+REFERENCE = (sampling.PAPER_SAMPLER["sampler"], sampling.PAPER_SAMPLER["steps"])  # the paper's sampler
+SMOKE = [("ddim", 2), ("dpmsolver++", 2), ("dpmsolver++2s", 2)]
 
 
 def guidance_settings() -> dict:
@@ -125,10 +128,11 @@ def plot(results: dict, settings, path: Path):
     refs = next(iter(results.values()))["reference_scores"]
     for ax, d in zip(fig.subplots(1, 2), demo.DIRECTIONS):
         for g, style in zip(guidance_settings(), ("-", "--")):
-            for sampler, colour in (("ddim", "tab:blue"), ("dpmsolver++", "tab:orange")):
+            for sampler, colour in COLOURS.items():
                 pts = sorted((results[key(g, s, n)]["passes"][d], results[key(g, s, n)]["scores"][d]["f1"])
                              for s, n in settings if s == sampler)
-                ax.plot(*zip(*pts), style, marker="o", color=colour, label=f"{sampler}, {g}")
+                if pts:
+                    ax.plot(*zip(*pts), style, marker="o", color=colour, label=f"{sampler}, {g}")
         for name, colour in (("shifted 400 ms", "grey"), ("ground truth", "black")):
             ax.axhline(refs[f"{d} {name}"]["f1"], color=colour, lw=0.8, ls=":", label=name)
         ax.set(xscale="log", xlabel="network passes per sample (forward + backward)", ylabel="onset F1 ±100 ms",

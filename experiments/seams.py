@@ -1,4 +1,4 @@
-"""Seams of long generation: sample.py's window-by-window temporal inpainting (diffusion.Known; CMMD Eq. 3, 5
+"""Seams of long generation: sample.py's window-by-window temporal inpainting (sampling.Known; CMMD Eq. 3, 5
 along time) on long synthetic clips with known event times.
 
     python experiments/seams.py                         # the demo's checkpoint, 32 clips of 14.4 s
@@ -6,7 +6,7 @@ along time) on long synthetic clips with known event times.
 
 For each long clip (bounce and dance alternating, from a seed stream of their own), video→audio and
 audio→video are generated three ways with the same sampler, guidance and seed:
-- long: `sample.generate` over the whole clip, in windows of --window frames overlapping by --overlap, each
+- long: `generate.generate` over the whole clip, in windows of --window frames overlapping by --overlap, each
   window after the first given the overlap already generated as known (what sample.py does);
 - single windows: the clip cut into windows of --window frames, each generated on its own and scored on its
   own (what the model does within one window: the reference for "no loss from going long");
@@ -31,11 +31,11 @@ import checkpoint  # noqa: E402
 import cli  # noqa: E402
 import data  # noqa: E402
 import demo  # noqa: E402
-import diffusion  # noqa: E402
+import generate  # noqa: E402
 import media  # noqa: E402
 import melspec  # noqa: E402
 import pipeline  # noqa: E402
-import sample  # noqa: E402
+import sampling  # noqa: E402
 import synthetic  # noqa: E402
 
 MAX_EVENTS = 256  # room for every event of a long clip (synthetic.EVENTS_MAX is sized for 1.8 s windows)
@@ -99,13 +99,13 @@ def run_direction(pipe, cfg, clips: list[dict], direction: str, window: int, ove
         part = clips[lo:lo + batch]
         cond = {"video": torch.stack([c["video"] for c in part]).float() / 127.5 - 1,  # (b, F, 3, H, W)
                 "audio": torch.stack([c["audio"] for c in part])}  # (b, L)
-        r = sample.generate(pipe, cfg, cond={known: cond[known]}, window=window, overlap=overlap, generator=g)
+        r = generate.generate(pipe, cfg, cond={known: cond[known]}, window=window, overlap=overlap, generator=g)
         spans = r["windows"]
         long += list(r[gen_key].cpu())
         pieces = []
         for f0, f1 in cuts:
             c = {"video": cond["video"][:, f0:f1]} if known == "video" else {"audio": cond["audio"][:, f0 * spf:f1 * spf]}
-            pieces.append(sample.generate(pipe, cfg, cond=c, window=window, overlap=overlap, generator=g)[gen_key].cpu())
+            pieces.append(generate.generate(pipe, cfg, cond=c, window=window, overlap=overlap, generator=g)[gen_key].cpu())
         single += [[p[i] for p in pieces] for i in range(len(part))]
     rows_long = onset_rows(direction, long, events, clip)
     rows_single = onset_rows(direction, single, events, clip, offsets=[f0 for f0, _ in cuts])
@@ -136,9 +136,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/seams", help="output folder")
     p.add_argument("--clips", type=int, default=32, help="long clips")
     p.add_argument("--seconds", type=float, default=14.4, help="length of each clip")
-    p.add_argument("--window", type=int, default=sample.DEFAULT_WINDOW, help="frames per window")
-    p.add_argument("--overlap", type=int, default=sample.DEFAULT_OVERLAP, help="frames shared with the window before")
-    p.add_argument("--sampler", default=demo.SAMPLER["sampler"], choices=diffusion.SAMPLERS)
+    p.add_argument("--window", type=int, default=generate.DEFAULT_WINDOW, help="frames per window")
+    p.add_argument("--overlap", type=int, default=generate.DEFAULT_OVERLAP, help="frames shared with the window before")
+    p.add_argument("--sampler", default=demo.SAMPLER["sampler"], choices=list(sampling.SOLVERS))
     p.add_argument("--steps", type=int, default=demo.SAMPLER["steps"])
     p.add_argument("--batch", type=int, default=16, help="clips sampled together")
     p.add_argument("--seed", type=int, default=0)

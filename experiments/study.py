@@ -87,7 +87,8 @@ def summarise(per_seed: dict) -> tuple[str, dict]:
     return "\n".join(table), out
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
+    """The study's flags, with their defaults and help."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/study", help="study directory (runs resume from their checkpoints)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (data order, init, noise); default 0 1 2, or 0 with --smoke")
@@ -110,8 +111,57 @@ def main(argv=None):
     p.add_argument("--parallel", action="store_true",
                    help="train the seeds in concurrent processes (logs in OUT/seedN.log), then summarise")
     p.add_argument("--smoke", action="store_true", help="a few steps and clips: checks the script runs")
+    return p
+
+
+def train_seeds_in_parallel(a, argv: list[str], out: Path):
+    """One child process per seed, on the shards already prepared, so seeds share an idle GPU; exits if any fails."""
+    children = []
+    for seed in a.seeds:
+        args = [x for x in argv if x != "--parallel"] + ["--seeds", str(seed)]
+        (out / f"seed{seed}").mkdir(parents=True, exist_ok=True)
+        log = open(out / f"seed{seed}.log", "w")
+        children.append((seed, subprocess.Popen([sys.executable, __file__, *args], stdout=log, stderr=log)))
+    failed = [seed for seed, child in children if child.wait() != 0]
+    if failed:
+        sys.exit(f"error: study seed(s) {failed} failed; see {out}/seed{failed[0]}.log")
+
+
+def study_seed(a, seed: int, out: Path, items: list[dict], scores: dict, scores_path: Path):
+    """Train (or resume) every run of one seed and score the ones not yet in `scores`, saved after each so an
+    interrupted study resumes where it stopped."""
+    ckpts = {}
+    for name, run_cfg, parent in runs(a):
+        run_dir = out / f"seed{seed}" / slug(name)
+        cfg = dataclasses.replace(run_cfg, data=str(out / "shards"), out=str(run_dir), seed=seed,
+                                  init=str(ckpts[parent]) if parent else None)
+        print(f"seed {seed}: {name}", file=sys.stderr)
+        ckpts[name] = train.train(cfg, progress=not a.smoke)
+        if name in scores:
+            continue
+        result = demo.evaluate(pipeline.load(ckpts[name]), items, run_dir / "samples",
+                               {"sampler": "ddim", "steps": a.sample_steps}, seed, save_first=2,
+                               guidance={"v2a": a.guidance_v2a, "a2v": a.guidance_a2v})["scores"]
+        scores[name] = {"v2a": result["v2a model"], "a2v": result["a2v model"]}
+        for ref in ("ground truth", "shifted 400 ms", "other clip"):  # the reference rows, once per seed
+            scores.setdefault(f"reference: {ref}", {"v2a": result[f"v2a {ref}"], "a2v": result[f"a2v {ref}"]})
+        scores_path.write_text(json.dumps(scores, indent=1))
+
+
+def write_results(a, out: Path, per_seed: dict, t0: float):
+    """The table to OUT/results.md and stdout, every number to OUT/results.json."""
+    table, summary = summarise(per_seed)
+    wall = (time.time() - t0) / 60
+    (out / "results.json").write_text(json.dumps({"args": vars(a), "per_seed": per_seed, "summary": summary,
+                                        "wall_minutes": wall}, indent=1))
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+    print(f"\n{len(a.seeds)} seeds, {wall:.1f} min wall time; {out / 'results.md'}")
+
+
+def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    a = p.parse_args(argv)
+    a = parser().parse_args(argv)
     if a.smoke:
         a.steps, a.finetune, a.train_clips, a.clips, a.sample_steps, a.batch, a.finetune_batch = 2, 2, 8, 2, 2, 2, 2
     a.seeds = a.seeds or ([0] if a.smoke else [0, 1, 2])
@@ -122,44 +172,14 @@ def main(argv=None):
     test = data.SyntheticDataset(clip, "test", num_clips=a.clips)
     items = [test[i] for i in range(len(test))]
     if a.parallel and len(a.seeds) > 1:  # one child per seed, on the shards prepared above
-        children = []
-        for seed in a.seeds:
-            args = [x for x in argv if x != "--parallel"] + ["--seeds", str(seed)]
-            (out / f"seed{seed}").mkdir(parents=True, exist_ok=True)
-            log = open(out / f"seed{seed}.log", "w")
-            children.append((seed, subprocess.Popen([sys.executable, __file__, *args], stdout=log, stderr=log)))
-        failed = [seed for seed, child in children if child.wait() != 0]
-        if failed:
-            sys.exit(f"error: study seed(s) {failed} failed; see {out}/seed{failed[0]}.log")
+        train_seeds_in_parallel(a, argv, out)
     per_seed = {}
     for seed in a.seeds:
         scores_path = out / f"seed{seed}" / "scores.json"
         scores = per_seed[str(seed)] = json.loads(scores_path.read_text()) if scores_path.exists() else {}
-        if a.parallel and len(a.seeds) > 1:
-            continue
-        ckpts = {}
-        for name, run_cfg, parent in runs(a):
-            run_dir = out / f"seed{seed}" / slug(name)
-            cfg = dataclasses.replace(run_cfg, data=str(out / "shards"), out=str(run_dir), seed=seed,
-                                      init=str(ckpts[parent]) if parent else None)
-            print(f"seed {seed}: {name}", file=sys.stderr)
-            ckpts[name] = train.train(cfg, progress=not a.smoke)
-            if name in scores:
-                continue
-            result = demo.evaluate(pipeline.load(ckpts[name]), items, run_dir / "samples",
-                                   {"sampler": "ddim", "steps": a.sample_steps}, seed, save_first=2,
-                                   guidance={"v2a": a.guidance_v2a, "a2v": a.guidance_a2v})["scores"]
-            scores[name] = {"v2a": result["v2a model"], "a2v": result["a2v model"]}
-            for ref in ("ground truth", "shifted 400 ms", "other clip"):  # the reference rows, once per seed
-                scores.setdefault(f"reference: {ref}", {"v2a": result[f"v2a {ref}"], "a2v": result[f"a2v {ref}"]})
-            scores_path.write_text(json.dumps(scores, indent=1))
-    table, summary = summarise(per_seed)
-    wall = (time.time() - t0) / 60
-    (out / "results.json").write_text(json.dumps({"args": vars(a), "per_seed": per_seed, "summary": summary,
-                                        "wall_minutes": wall}, indent=1))
-    (out / "results.md").write_text(table + "\n")
-    print(table)
-    print(f"\n{len(a.seeds)} seeds, {wall:.1f} min wall time; {out / 'results.md'}")
+        if not (a.parallel and len(a.seeds) > 1):
+            study_seed(a, seed, out, items, scores, scores_path)
+    write_results(a, out, per_seed, t0)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ from contextlib import nullcontext
 
 import torch
 
-from diffusion import MODALITIES, _grads, _randn
+from diffusion import randn as _randn
+from modalities import MODALITIES
+from sampling import grads as _grads
 
 
 @torch.no_grad()
@@ -33,7 +35,7 @@ def legacy_sample(d, model, shapes, *, cond=None, steps=200, guidance=0.0, guida
             out = model(x_in, n_b)
             x0, eps = {}, {}
             for k in shapes:
-                x0[k], eps[k] = d._x0_eps(x_in[k], out[k], sa, s1a)
+                x0[k], eps[k] = d.x0_eps(x_in[k], out[k], sa, s1a)
             if guided and guidance_form == "cmmd":
                 err = sum((cond[k] - x0[k]).pow(2).sum() for k in cond)
                 grads = _grads(err, [x_in[k] for k in gen])

@@ -129,7 +129,7 @@ def test_prepare_skips_and_counts_bad_files(tmp_path, capsys):
     split = data.folder_split("good.mp4")
     item = data.ShardDataset(tmp_path / "shards", split)[1]
     assert item["video"].shape == (26, 3, 64, 64) and item["audio"].shape == (41600,)
-    assert item["mel"].shape == (80, 162)
+    assert "mel" not in item  # training computes the mel from the audio; shards no longer store it
 
 
 def test_synthetic_is_deterministic_and_event_times_are_heard():
@@ -184,7 +184,7 @@ def test_shards_resume_after_interruption(tmp_path):
     resumed, fresh = data.ShardDataset(tmp_path / "a"), data.ShardDataset(tmp_path / "b")
     assert len(resumed) == len(fresh) == 12
     for i in range(12):
-        assert all(torch.equal(resumed[i][k], fresh[i][k]) for k in ("video", "audio", "mel", "latents"))
+        assert all(torch.equal(resumed[i][k], fresh[i][k]) for k in ("video", "audio", "latents"))
 
 
 def test_prepared_shards_refuse_another_clip_config(tmp_path):
@@ -193,3 +193,22 @@ def test_prepared_shards_refuse_another_clip_config(tmp_path):
     assert len(data.build_dataset(str(tmp_path), "train", clip)) == 2
     with pytest.raises(media.BadInput, match="shards were prepared for"):
         data.build_dataset(str(tmp_path), "train", data.ClipConfig(frames=6, size=32, margin=2))
+
+
+def test_shards_with_an_old_mel_key_still_read(tmp_path):
+    """Shards written before the mel was dropped from them carry a "mel" tensor, which is ignored."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    clip = data.ClipConfig(frames=6, size=16, margin=2)
+    data.prepare("synthetic", tmp_path, clip=clip, num_clips={"train": 2}, progress=False)
+    new = data.ShardDataset(tmp_path)[1]
+    shard = next((tmp_path / "train").glob("*.safetensors"))
+    with safe_open(str(shard), "pt") as h:
+        metadata = h.metadata()
+    tensors = load_file(str(shard))
+    tensors["mel"] = melspec.wav_to_mel(tensors["audio"].float() / 32767)  # (2, M, Lw // HOP)
+    save_file(tensors, str(shard), metadata=metadata)
+    old = data.ShardDataset(tmp_path)[1]
+    assert old.keys() == new.keys()
+    for k in ("video", "audio", "events", "tempo"):
+        torch.testing.assert_close(old[k], new[k], rtol=0, atol=0, equal_nan=True)

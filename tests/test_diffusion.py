@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from diffusion import Diffusion, DiffusionConfig
+from sampling import sample
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -248,7 +249,7 @@ def test_ddim_trajectory_matches_diffusers(cfg, kwargs, eta, steps):
     assert d.timesteps(steps) == sched.timesteps.tolist()
     x, step_noise = drawn_noise(0, steps, eta > 0)
     ref = diffusers_loop(sched, model, steps, x, eta=eta, step_noise=step_noise)
-    out = d.sample(model, SHAPES, steps=steps, eta_ddim=eta, generator=torch.Generator().manual_seed(0), progress=False)
+    out = sample(d, model, SHAPES, steps=steps, eta_ddim=eta, generator=torch.Generator().manual_seed(0), progress=False)
     for k in SHAPES:
         torch.testing.assert_close(out[k], ref[k], atol=1e-4, rtol=1e-4)
 
@@ -259,7 +260,7 @@ def test_ddim_clip_matches_diffusers():
                                     clip_sample_range=1.0, set_alpha_to_one=True)
     x, _ = drawn_noise(1, 10, False)
     ref = diffusers_loop(sched, model, 10, x, use_clipped_model_output=True)
-    out = d.sample(model, SHAPES, steps=10, clip_x0=True, generator=torch.Generator().manual_seed(1), progress=False)
+    out = sample(d, model, SHAPES, steps=10, clip_x0=True, generator=torch.Generator().manual_seed(1), progress=False)
     for k in SHAPES:
         torch.testing.assert_close(out[k], ref[k], atol=1e-4, rtol=1e-4)
 
@@ -268,7 +269,7 @@ def test_ddim_clip_matches_diffusers():
 def test_oracle_recovers_x0_joint(cfg):
     d = Diffusion(cfg)
     x0 = rand(SHAPES, 7)
-    out = d.sample(Oracle(d, x0), SHAPES, steps=25, generator=torch.Generator().manual_seed(0), progress=False)
+    out = sample(d, Oracle(d, x0), SHAPES, steps=25, generator=torch.Generator().manual_seed(0), progress=False)
     for k in SHAPES:
         torch.testing.assert_close(out[k], x0[k], atol=1e-3, rtol=0)
 
@@ -277,7 +278,7 @@ def test_sample_deterministic_under_generator():
     d, model = Diffusion(COSINE), TinyJoint()
 
     def run(seed, **kw):
-        return d.sample(model, SHAPES, steps=8, generator=torch.Generator().manual_seed(seed), progress=False, **kw)
+        return sample(d, model, SHAPES, steps=8, generator=torch.Generator().manual_seed(seed), progress=False, **kw)
 
     for kw in ({}, {"eta_ddim": 1.0}):
         a, b, c = run(0, **kw), run(0, **kw), run(1, **kw)
@@ -305,7 +306,7 @@ def replacement_loop(d, model, v0, steps, seed):
 
 def test_v2a_lambda0_is_replacement():
     d, model, v0 = Diffusion(COSINE), TinyJoint(), rand(SHAPES, 3)["video"]
-    out = d.sample(model, {"audio": SHAPES["audio"]}, cond={"video": v0}, steps=10, guidance=0.0,
+    out = sample(d, model, {"audio": SHAPES["audio"]}, cond={"video": v0}, steps=10, guidance=0.0,
                    generator=torch.Generator().manual_seed(4), progress=False)
     assert torch.equal(out["video"], v0)
     torch.testing.assert_close(out["audio"], replacement_loop(d, model, v0, 10, 4), atol=1e-5, rtol=1e-5)
@@ -313,7 +314,7 @@ def test_v2a_lambda0_is_replacement():
 
 def test_a2v_shapes_and_condition_returned():
     d, model, a0 = Diffusion(COSINE), TinyJoint(), rand(SHAPES, 3)["audio"]
-    out = d.sample(model, {"video": SHAPES["video"]}, cond={"audio": a0}, steps=5, guidance=0.5,
+    out = sample(d, model, {"video": SHAPES["video"]}, cond={"audio": a0}, steps=5, guidance=0.5,
                    generator=torch.Generator().manual_seed(0), progress=False)
     assert out["video"].shape == SHAPES["video"] and torch.equal(out["audio"], a0)
 
@@ -393,7 +394,7 @@ def guided_loop(d, model, v0, steps, seed, lam):
 def test_cmmd_guidance_matches_hand_loop():
     d = Diffusion(COSINE)
     model, v0 = VideoFromAudio(d, "v"), rand(SHAPES, 3)["video"]
-    out = d.sample(model, {"audio": SHAPES["audio"]}, cond={"video": v0}, steps=6, guidance=0.05,
+    out = sample(d, model, {"audio": SHAPES["audio"]}, cond={"video": v0}, steps=6, guidance=0.05,
                    generator=torch.Generator().manual_seed(2), progress=False)
     torch.testing.assert_close(out["audio"], guided_loop(d, model, v0, 6, 2, 0.05), atol=1e-5, rtol=1e-5)
 
@@ -408,7 +409,7 @@ def test_guidance_lowers_reconstruction_error(cfg, form, lams):
     model, v0 = VideoFromAudio(d, cfg.prediction), rand(SHAPES, 3)["video"]
 
     def err(lam):
-        a = d.sample(model, {"audio": SHAPES["audio"]}, cond={"video": v0}, steps=10, guidance=lam,
+        a = sample(d, model, {"audio": SHAPES["audio"]}, cond={"video": v0}, steps=10, guidance=lam,
                      guidance_form=form, generator=torch.Generator().manual_seed(0), progress=False)["audio"]
         return ((v0 - model.x0(a)[0]) ** 2).sum().item()  # ‖v₀ − v̂₀‖ of the generated audio
 
@@ -431,7 +432,7 @@ def test_guidance_without_a_path_between_the_streams_is_replacement(form):
     """With no path from the generated modality to the condition's reconstruction, ∇ is zero: guidance
     leaves the sample as replacement makes it, instead of failing in autograd."""
     d, v0 = Diffusion(COSINE), rand(SHAPES, 3)["video"]
-    a = [d.sample(Independent(), {"audio": SHAPES["audio"]}, cond={"video": v0}, steps=5, guidance=lam,
+    a = [sample(d, Independent(), {"audio": SHAPES["audio"]}, cond={"video": v0}, steps=5, guidance=lam,
                   guidance_form=form, generator=torch.Generator().manual_seed(0), progress=False)["audio"]
          for lam in (0.0, 10.0)]
     torch.testing.assert_close(a[0], a[1])
@@ -440,15 +441,15 @@ def test_guidance_without_a_path_between_the_streams_is_replacement(form):
 def test_guidance_needs_condition_and_known_form():
     d, model = Diffusion(COSINE), TinyJoint()
     with pytest.raises(ValueError, match="guidance needs a condition"):
-        d.sample(model, SHAPES, steps=2, guidance=1.0, progress=False)
+        sample(d, model, SHAPES, steps=2, guidance=1.0, progress=False)
     with pytest.raises(ValueError, match="guidance_form"):
-        d.sample(model, SHAPES, steps=2, guidance_form="ddpm", progress=False)
+        sample(d, model, SHAPES, steps=2, guidance_form="ddpm", progress=False)
 
 
 def test_runs_under_autocast():
     d, model, v0 = Diffusion(COSINE), TinyJoint(), rand(SHAPES, 3)["video"]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = d.sample(model, {"audio": SHAPES["audio"]}, cond={"video": v0}, steps=4, guidance=0.1,
+        out = sample(d, model, {"audio": SHAPES["audio"]}, cond={"video": v0}, steps=4, guidance=0.1,
                        generator=torch.Generator().manual_seed(0), progress=False)
         loss, _ = d.joint_loss(model, rand(SHAPES, 1), generator=torch.Generator().manual_seed(0))
     assert out["audio"].dtype == torch.float32 and torch.isfinite(out["audio"]).all()
@@ -462,9 +463,9 @@ def test_device_follows_inputs_on_cuda():
     d, model = Diffusion(COSINE), TinyJoint().cuda()
     x0 = {k: v.cuda() for k, v in rand(SHAPES, 1).items()}
     g = torch.Generator().manual_seed(0)  # a CPU generator gives the same numbers on any device
-    cpu = d.sample(TinyJoint(), {"audio": SHAPES["audio"]}, cond={"video": x0["video"].cpu()}, steps=5, guidance=0.1,
+    cpu = sample(d, TinyJoint(), {"audio": SHAPES["audio"]}, cond={"video": x0["video"].cpu()}, steps=5, guidance=0.1,
                    generator=torch.Generator().manual_seed(0), progress=False)
-    gpu = d.sample(model, {"audio": SHAPES["audio"]}, cond={"video": x0["video"]}, steps=5, guidance=0.1,
+    gpu = sample(d, model, {"audio": SHAPES["audio"]}, cond={"video": x0["video"]}, steps=5, guidance=0.1,
                    generator=g, progress=False)
     torch.testing.assert_close(gpu["audio"].cpu(), cpu["audio"], atol=1e-4, rtol=1e-4)
     with torch.autocast("cuda", dtype=torch.bfloat16):

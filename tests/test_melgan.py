@@ -254,6 +254,13 @@ def test_resume_continues_at_the_right_step_and_equals_one_run(tmp_path):
             torch.testing.assert_close(state["b"][net][k], v, rtol=0, atol=1e-6)
 
 
+def test_training_starts_from_an_empty_filterbank_cache(tmp_path, monkeypatch):
+    """A fresh process validates (no grad) before its first step: the cached filterbank must still allow backward."""
+    monkeypatch.setattr(melspec, "_MEL_BASIS", {})
+    run = melgan.TrainRun(steps=1, val_every=1, ckpt_every=1, n_val=1)
+    assert melgan.train("synthetic", tmp_path, tiny_cfg(segment_length=1024, batch_size=1), run, progress=False)["step"] == 1
+
+
 def test_cli_trains_then_resumes_with_the_checkpoints_config(tmp_path, capsys):
     out = str(tmp_path / "run")
     melgan.main(["train", "--data", "synthetic", "--out", out, "--steps", "1", "--segment", "1024",

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import mmunet as M
-import pipeline
+import models
+import sampling
 from diffusion import Diffusion
 
 
@@ -156,8 +157,8 @@ def test_zero_shot_conditional_sampling(given):
     cond = {given: rand_inputs(shapes, seed=3)[given]}
     results = {}
     for lam in (0.0, 50.0):
-        out = diffusion.sample(model, shapes, cond=cond, steps=4, guidance=lam, progress=False,
-                               generator=torch.Generator().manual_seed(0), **pipeline.MMDIFFUSION_SAMPLER)
+        out = sampling.sample(diffusion, model, shapes, cond=cond, steps=4, guidance=lam, progress=False,
+                               generator=torch.Generator().manual_seed(0), **models.MODELS["mmdiffusion"].sampler)
         assert torch.equal(out[given], cond[given])
         gen = M.OTHER[given]
         assert out[gen].shape == shapes[gen] and out[gen].isfinite().all()

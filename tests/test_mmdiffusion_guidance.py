@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from conftest import SHARED, shared_file
+import mmunet  # noqa: F401  (registers the "mmdiffusion" guidance form)
 from diffusion import Diffusion
+from sampling import sample
 from test_diffusion import LINEAR_EPS, SHAPES, Coupled
 
 REF = SHARED / "reference" / "mm-diffusion"
@@ -78,7 +80,7 @@ def test_mmdiffusion_guidance_equals_the_official_sampler(official, known, clip,
     assert sorted(timestep_map, reverse=True) == d.timesteps(steps)  # "ddimS" is our spacing
 
     def ours(guidance):
-        return d.sample(model, {OTHER[known]: SHAPES[OTHER[known]]}, cond=cond, steps=steps, guidance=guidance,
+        return sample(d, model, {OTHER[known]: SHAPES[OTHER[known]]}, cond=cond, steps=steps, guidance=guidance,
                         guidance_form="mmdiffusion", eta_ddim=1.0, clip_x0=clip,
                         generator=torch.Generator().manual_seed(seed), progress=False)
 

@@ -12,10 +12,11 @@ import torch
 
 import checkpoint
 import data
-import diffusion
+import generate
 import media
+import melspec
 import pipeline
-import sample
+import sampling
 import synthetic
 import train
 from conftest import FIXTURES, ROOT, shared_file
@@ -91,29 +92,29 @@ def test_long_clips_get_outputs_of_their_length(tiny_ckpt, tmp_path):
 # ---- windows and the known part ------------------------------------------------------------------------------
 
 def test_windows_cover_and_overlap():
-    assert sample.windows(20, 36, 12, 4) == [(0, 20)]
-    spans = sample.windows(124, 36, 12, 4)
+    assert generate.windows(20, 36, 12, 4) == [(0, 20)]
+    spans = generate.windows(124, 36, 12, 4)
     assert spans[0] == (0, 36) and spans[-1][1] == 124
     for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
         assert b0 % 4 == 0 and a1 - b0 >= 12 and b0 > a0
     assert all(36 <= b - a < 40 for a, b in spans)
-    assert sample.block_frames(data.ClipConfig(), pipeline.MelCodec()) == 4
-    assert sample.block_frames(data.ClipConfig(), pipeline.WaveCodec()) == 1
+    assert generate.block_frames(data.ClipConfig(), pipeline.MelCodec()) == 4
+    assert generate.block_frames(data.ClipConfig(), pipeline.WaveCodec()) == 1
 
 
 def test_each_window_keeps_what_the_one_before_generated(pipe, monkeypatch):
     """Temporal inpainting: a window's overlap with the one before is given as known, equal to what that
     window generated, and comes back unchanged."""
-    calls, real = [], diffusion.Diffusion.sample
+    calls, real = [], sampling.sample
 
-    def spy(self, model, shapes, cfg=None, **kw):
-        out = real(self, model, shapes, cfg, **kw)
+    def spy(diffusion, model, shapes, cfg=None, **kw):
+        out = real(diffusion, model, shapes, cfg, **kw)
         calls.append((kw["cond"], kw["mask"], out))
         return out
 
-    monkeypatch.setattr(diffusion.Diffusion, "sample", spy)
+    monkeypatch.setattr(sampling, "sample", spy)
     v = torch.rand(1, 64, 3, 16, 16) * 2 - 1
-    result = sample.generate(pipe, diffusion.SamplerConfig(steps=2), cond={"video": v}, generator=torch.Generator().manual_seed(0))
+    result = generate.generate(pipe, sampling.SamplerConfig(steps=2), cond={"video": v}, generator=torch.Generator().manual_seed(0))
     assert result["windows"] == [(0, 36), (24, 60), (28, 64)] and len(calls) == 3
     (_, _, first), (cond, mask, second), _ = calls
     overlap = mask["audio"][0]  # (T,) of the second window
@@ -125,6 +126,43 @@ def test_each_window_keeps_what_the_one_before_generated(pipe, monkeypatch):
     assert torch.equal(result["video"], v) and result["audio"].shape == (1, 64 * 1600)
 
 
+def test_a_prefix_longer_than_a_window_is_kept_and_the_rest_generated(pipe, monkeypatch):
+    """Windows wholly inside the kept prefix are skipped, not sampled; those after it generate the rest."""
+    calls, real = [], sampling.sample
+    monkeypatch.setattr(sampling, "sample", lambda *args, **kw: calls.append(kw["mask"]) or real(*args, **kw))
+    g = torch.Generator().manual_seed(0)
+    v, a = torch.rand(1, 80, 3, 16, 16, generator=g) * 2 - 1, torch.rand(1, 80 * 1600, generator=g) - 0.5
+    prefix = torch.arange(80)[None] < 50  # 5 s kept: past the first window (0, 36)
+    out = generate.generate(pipe, sampling.SamplerConfig(steps=2), cond={"video": v, "audio": a}, known={"audio": prefix},
+                            generator=torch.Generator().manual_seed(1))
+    assert out["windows"][0] == (0, 36) and len(calls) == len(out["windows"]) - 1  # the first window skipped
+    assert torch.equal(out["audio"][:, :50 * 1600], a[:, :50 * 1600])
+    assert not torch.equal(out["audio"][:, 60 * 1600:], a[:, 60 * 1600:])
+
+
+def test_windows_always_cover_the_input():
+    """Every frame lies in a window; a window shorter than the codec's block is refused before any work."""
+    for frames, window, overlap, block in [(37, 4, 0, 4), (100, 7, 3, 4), (50, 36, 12, 4), (9, 1, 0, 1), (64, 5, 4, 4)]:
+        covered = set()
+        for f0, f1 in generate.windows(frames, window, overlap, block):
+            covered |= set(range(f0, f1))
+        assert covered == set(range(frames)), (frames, window, overlap, block)
+    with pytest.raises(ValueError, match="shorter than the audio codec's block of 4"):
+        generate.windows(10, 1, 0, 4)
+
+
+def test_generated_audio_is_brought_to_its_peak_not_clipped(pipe, monkeypatch):
+    """A vocoder that overshoots ±1 gives a soundtrack scaled to −1 dBFS, its shape kept, never clamped."""
+    loud = torch.sin(torch.linspace(0, 200, 36 * 1600))[None] * 3.0  # peak 3: would clip at ±1
+    monkeypatch.setattr(pipe.codecs["audio"], "decode", lambda mel: loud.expand(mel.shape[0], -1).clone())
+    v = torch.rand(1, 36, 3, 16, 16) * 2 - 1
+    wav = generate.generate(pipe, sampling.SamplerConfig(steps=1), cond={"video": v})["audio"]
+    peak = 10 ** (melspec.PEAK_DBFS / 20)
+    assert abs(wav.abs().max().item() - peak) < 1e-6
+    assert torch.allclose(wav, loud * peak / 3.0, atol=1e-6)  # scaled whole, no sample flattened
+    assert torch.equal(melspec.limit_peak(loud / 10), loud / 10)  # a quiet one is left as it is
+
+
 @pytest.mark.parametrize("known,kept", [("audio", "video"), ("video", "audio")])
 def test_continuation_returns_the_prefix_unchanged(pipe, known, kept):
     """Audio continuation (video whole, audio's first 12 frames) and video continuation, and both at once."""
@@ -132,7 +170,7 @@ def test_continuation_returns_the_prefix_unchanged(pipe, known, kept):
     cond = {"video": torch.rand(2, 50, 3, 16, 16, generator=g) * 2 - 1, "audio": torch.rand(2, 50 * 1600, generator=g) - 0.5}
     prefix = torch.arange(50)[None].expand(2, -1) < 12
     for masks in ({known: prefix}, {"video": prefix, "audio": prefix}):
-        out = sample.generate(pipe, diffusion.SamplerConfig(sampler="dpmsolver++", steps=2), cond=cond, known=masks,
+        out = generate.generate(pipe, sampling.SamplerConfig(sampler="dpmsolver++", steps=2), cond=cond, known=masks,
                               generator=torch.Generator().manual_seed(1))
         assert out["video"].shape == (2, 50, 3, 16, 16) and out["audio"].shape == (2, 50 * 1600)
         assert torch.equal(out["video"][:, :12], cond["video"][:, :12])
@@ -244,12 +282,12 @@ def test_bad_input_one_line(tiny_ckpt, tmp_path):
 def test_run_settings_beside_the_checkpoint(tmp_path):
     """sampling.json beside a run's checkpoints gives the settings chosen for it per mode; a bad one is one line."""
     ckpt = tmp_path / "ckpt-00000001.safetensors"
-    assert sample.run_settings(ckpt, "v2a") == {}
+    assert pipeline.run_settings(ckpt, "v2a") == {}
     chosen = {"sampler": "ddim", "steps": 25, "guidance": 3.0}
-    (tmp_path / sample.RUN_SETTINGS).write_text(json.dumps({"v2a": chosen}))
-    assert sample.run_settings(ckpt, "v2a") == chosen and sample.run_settings(ckpt, "a2v") == {}
+    (tmp_path / pipeline.RUN_SETTINGS).write_text(json.dumps({"v2a": chosen}))
+    assert pipeline.run_settings(ckpt, "v2a") == chosen and pipeline.run_settings(ckpt, "a2v") == {}
     for bad in ('{"v2a": {"guidance": -1}}', '{"v2a": {"lambda": 3}}', "not json", "[1, 2]"):
-        (tmp_path / sample.RUN_SETTINGS).write_text(bad)
+        (tmp_path / pipeline.RUN_SETTINGS).write_text(bad)
         with pytest.raises(checkpoint.CheckpointError, match="sampling.json: not sampler settings per mode") as info:
-            sample.run_settings(ckpt, "v2a")
+            pipeline.run_settings(ckpt, "v2a")
         assert "\n" not in str(info.value)

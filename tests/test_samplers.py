@@ -1,4 +1,4 @@
-"""The samplers behind one interface (diffusion.Diffusion.sample): DDIM and DPM-Solver++(2M) against
+"""The samplers behind one interface (sampling.sample): DDIM, DPM-Solver++(2M) and (2S) against
 diffusers, oracles and hand-written loops; the temporal masks of the known part; and the new sampler
 against the DDIM sampler it replaced, bit for bit (Song et al. 2021; Lu et al. 2022; CMMD Eq. 3, 5)."""
 import math
@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from diffusion import Diffusion, SamplerConfig
+import mmunet  # noqa: F401  (the "mmdiffusion" guidance form)
+from diffusion import Diffusion
+from sampling import SamplerConfig, sample
 from legacy_sampler import legacy_sample
 from test_diffusion import COSINE, LINEAR_EPS, SHAPES, Coupled, Oracle, TinyJoint, VideoFromAudio, drawn_noise, rand
 
@@ -33,10 +35,10 @@ def test_ddim_equals_the_legacy_sampler_bit_for_bit(cfg, known, kw):
     cond = None if known is None else {known: rand(SHAPES, 3)[known]}
     shapes = {k: s for k, s in SHAPES.items() if k != known}
     old = legacy_sample(d, model, shapes, cond=cond, steps=6, generator=gen(1), **kw)
-    runs = [d.sample(model, shapes, cond=cond, steps=6, generator=gen(1), progress=False, **kw)]
+    runs = [sample(d, model, shapes, cond=cond, steps=6, generator=gen(1), progress=False, **kw)]
     if known is not None:
         mask = {known: torch.ones(B, SHAPES[known][TIME[known]], dtype=torch.bool)}
-        runs.append(d.sample(model, shapes, cond=cond, mask=mask, steps=6, generator=gen(1), progress=False, **kw))
+        runs.append(sample(d, model, shapes, cond=cond, mask=mask, steps=6, generator=gen(1), progress=False, **kw))
     for new in runs:
         for k in SHAPES:
             assert torch.equal(new[k], old[k]), k
@@ -54,14 +56,14 @@ class Imperfect(torch.nn.Module):
         return {k: o[k] + self.scale * e[k] for k in x}
 
 
-def diffusers_dpm_loop(d, kwargs, model, steps, x):
-    """diffusers' multistep DPM-Solver++ at our timesteps, one scheduler (one history) per modality. It is
+def diffusers_dpm_loop(d, kwargs, model, steps, x, scheduler="DPMSolverMultistepScheduler"):
+    """diffusers' DPM-Solver++ (multistep, or `scheduler`) at our timesteps, one scheduler (one history) per modality. It is
     handed our float64 ᾱ (equal to its own to float32, test_schedule_matches_diffusers): its float32 1 − ᾱ
     is 3e-3 off at n = 0, which moves the last step by 1e-4; this test compares solvers, not that rounding."""
     scheds = {}
     for k in x:
-        scheds[k] = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, algorithm_type="dpmsolver++",
-                                                          solver_order=2, **kwargs)
+        scheds[k] = getattr(diffusers, scheduler)(num_train_timesteps=1000, algorithm_type="dpmsolver++", solver_order=2,
+                                                  **kwargs)
         torch.testing.assert_close(scheds[k].alphas_cumprod, d.alphas_cumprod.float())
         scheds[k].alphas_cumprod = d.alphas_cumprod
         scheds[k].set_timesteps(timesteps=d.timesteps(steps))
@@ -83,17 +85,37 @@ def test_dpmsolver_matches_diffusers(cfg, kwargs, steps):
     model = Imperfect(Oracle(d, rand(SHAPES, 7)), TinyJoint())
     x, _ = drawn_noise(0, steps, False)
     ref = diffusers_dpm_loop(d, kwargs, model, steps, x)
-    out = d.sample(model, SHAPES, sampler="dpmsolver++", steps=steps, generator=gen(0), progress=False)
+    out = sample(d, model, SHAPES, sampler="dpmsolver++", steps=steps, generator=gen(0), progress=False)
+    for k in SHAPES:
+        torch.testing.assert_close(out[k], ref[k], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cfg,kwargs", [
+    (COSINE, dict(prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2")),
+    (LINEAR_EPS, dict(prediction_type="epsilon", beta_schedule="linear", beta_start=1e-4, beta_end=0.02)),
+])
+@pytest.mark.parametrize("steps", [26, 10, 7, 2])
+def test_dpmsolver_2s_matches_diffusers_singlestep(cfg, kwargs, steps):
+    """DPM-Solver++(2S), two network evaluations per step, against diffusers' DPMSolverSinglestepScheduler
+    (solver_order 2, its order list: pairs of grid steps, the last first order); odd and even step counts."""
+    d = Diffusion(cfg)
+    model = Imperfect(Oracle(d, rand(SHAPES, 7)), TinyJoint())
+    x, _ = drawn_noise(0, steps, False)
+    ref = diffusers_dpm_loop(d, kwargs, model, steps, x, "DPMSolverSinglestepScheduler")
+    calls = []
+    counted = lambda x, n: calls.append(int(n[0])) or model(x, n)  # noqa: E731
+    out = sample(d, counted, SHAPES, sampler="dpmsolver++2s", steps=steps, generator=gen(0), progress=False)
+    assert calls == d.timesteps(steps)  # one evaluation per grid step, as many as --steps
     for k in SHAPES:
         torch.testing.assert_close(out[k], ref[k], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("cfg", [COSINE, LINEAR_EPS])
-@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "dpmsolver++2s"])
 def test_oracle_recovers_x0(cfg, sampler):
     d = Diffusion(cfg)
     x0 = rand(SHAPES, 7)
-    out = d.sample(Oracle(d, x0), SHAPES, sampler=sampler, steps=10, generator=gen(0), progress=False)
+    out = sample(d, Oracle(d, x0), SHAPES, sampler=sampler, steps=10, generator=gen(0), progress=False)
     for k in SHAPES:
         torch.testing.assert_close(out[k], x0[k], atol=1e-4, rtol=0)
 
@@ -101,7 +123,7 @@ def test_oracle_recovers_x0(cfg, sampler):
 def guided_dpm_loop(d, model, v0, steps, seed, lam):
     """Video→audio with DPM-Solver++(2M) and CMMD guidance written out: the solver integrates the guided â₀
     plus the second-order correction of the network's own x̂₀, which is what its history keeps (the [choice]
-    of Diffusion.sample)."""
+    in sampling.dpmpp_2m)."""
     g = gen(seed)
     eps_v, a = torch.randn(SHAPES["video"], generator=g), torch.randn(SHAPES["audio"], generator=g)
     ts = d.timesteps(steps)
@@ -129,7 +151,7 @@ def guided_dpm_loop(d, model, v0, steps, seed, lam):
 def test_dpmsolver_guidance_matches_hand_loop():
     d = Diffusion(COSINE)
     model, v0 = VideoFromAudio(d, "v"), rand(SHAPES, 3)["video"]
-    out = d.sample(model, {"audio": SHAPES["audio"]}, sampler="dpmsolver++", cond={"video": v0}, steps=6,
+    out = sample(d, model, {"audio": SHAPES["audio"]}, sampler="dpmsolver++", cond={"video": v0}, steps=6,
                    guidance=0.05, generator=gen(2), progress=False)
     torch.testing.assert_close(out["audio"], guided_dpm_loop(d, model, v0, 6, 2, 0.05), atol=1e-5, rtol=1e-5)
 
@@ -140,7 +162,7 @@ def test_dpmsolver_guidance_lowers_reconstruction_error(form, lams):
     model, v0 = VideoFromAudio(d, "eps"), rand(SHAPES, 3)["video"]
 
     def err(lam):
-        a = d.sample(model, {"audio": SHAPES["audio"]}, sampler="dpmsolver++", cond={"video": v0}, steps=10,
+        a = sample(d, model, {"audio": SHAPES["audio"]}, sampler="dpmsolver++", cond={"video": v0}, steps=10,
                      guidance=lam, guidance_form=form, generator=gen(0), progress=False)["audio"]
         return ((v0 - model.x0(a)[0]) ** 2).sum().item()
 
@@ -151,14 +173,14 @@ def test_dpmsolver_guidance_lowers_reconstruction_error(form, lams):
 def test_sampler_config_refuses_bad_values():
     for bad in (dict(sampler="euler"), dict(steps=0), dict(guidance=-1.0), dict(guidance=float("nan")),
                 dict(guidance_form="ddpm"), dict(eta_ddim=1.5), dict(sampler="dpmsolver++", eta_ddim=0.5)):
-        with pytest.raises(ValueError, match="diffusion.py"):
+        with pytest.raises(ValueError, match="sampling.py"):
             SamplerConfig(**bad)
 
 
 def test_deterministic_under_generator_for_each_sampler():
     d, model = Diffusion(COSINE), TinyJoint()
     for sampler in ("ddim", "dpmsolver++"):
-        a, b, c = (d.sample(model, SHAPES, sampler=sampler, steps=5, generator=gen(s), progress=False) for s in (0, 0, 1))
+        a, b, c = (sample(d, model, SHAPES, sampler=sampler, steps=5, generator=gen(s), progress=False) for s in (0, 0, 1))
         assert all(torch.equal(a[k], b[k]) for k in SHAPES) and not torch.allclose(a["audio"], c["audio"])
 
 
@@ -177,7 +199,7 @@ def test_continuation_keeps_the_prefix(sampler, guidance, form):
     the rest is generated, and the shapes are the sample's."""
     d, model, x0 = Diffusion(LINEAR_EPS), TinyJoint(), rand(SHAPES, 3)
     mask = {"audio": prefix_mask("audio", 5)}
-    out = d.sample(model, {}, cond=x0, mask=mask, sampler=sampler, steps=6, guidance=guidance, guidance_form=form,
+    out = sample(d, model, {}, cond=x0, mask=mask, sampler=sampler, steps=6, guidance=guidance, guidance_form=form,
                    generator=gen(0), progress=False)
     assert {k: tuple(v.shape) for k, v in out.items()} == SHAPES
     assert out["video"] is x0["video"]
@@ -188,7 +210,7 @@ def test_continuation_keeps_the_prefix(sampler, guidance, form):
 def test_sounding_video_continuation_keeps_both_prefixes():
     d, model, x0 = Diffusion(COSINE), TinyJoint(), rand(SHAPES, 4)
     mask = {"video": prefix_mask("video", 1), "audio": prefix_mask("audio", 4)}
-    out = d.sample(model, {}, cond=x0, mask=mask, sampler="dpmsolver++", steps=5, guidance=0.05,
+    out = sample(d, model, {}, cond=x0, mask=mask, sampler="dpmsolver++", steps=5, guidance=0.05,
                    generator=gen(0), progress=False)
     assert torch.equal(out["video"][:, :1], x0["video"][:, :1]) and torch.equal(out["audio"][..., :4], x0["audio"][..., :4])
     assert not torch.equal(out["video"][:, 1:], x0["video"][:, 1:])
@@ -197,8 +219,8 @@ def test_sounding_video_continuation_keeps_both_prefixes():
 def test_all_false_mask_is_joint_generation():
     """A modality whose mask knows nothing is generated as in joint generation, bit for bit."""
     d, model, x0 = Diffusion(COSINE), TinyJoint(), rand(SHAPES, 3)
-    joint = d.sample(model, SHAPES, steps=6, generator=gen(5), progress=False)
-    none = d.sample(model, {"audio": SHAPES["audio"]}, cond={"video": x0["video"]},
+    joint = sample(d, model, SHAPES, steps=6, generator=gen(5), progress=False)
+    none = sample(d, model, {"audio": SHAPES["audio"]}, cond={"video": x0["video"]},
                     mask={"video": torch.zeros(B, SHAPES["video"][1], dtype=torch.bool)}, steps=6, generator=gen(5),
                     progress=False)
     for k in SHAPES:
@@ -210,7 +232,7 @@ def test_oracle_inpaints_the_unknown_part():
     d, x0 = Diffusion(COSINE), rand(SHAPES, 8)
     given = {k: v.clone() for k, v in x0.items()}
     given["audio"][..., 6:] = 5.0  # values under the mask's False part must not matter
-    out = d.sample(Oracle(d, x0), {}, cond=given, mask={"audio": prefix_mask("audio", 6)}, sampler="dpmsolver++",
+    out = sample(d, Oracle(d, x0), {}, cond=given, mask={"audio": prefix_mask("audio", 6)}, sampler="dpmsolver++",
                    steps=10, generator=gen(0), progress=False)
     torch.testing.assert_close(out["audio"], x0["audio"], atol=1e-4, rtol=0)
 
@@ -270,19 +292,19 @@ def test_masked_guidance_matches_hand_loop(form, cfg, lam):
     for b, s in enumerate(known_steps):
         given["audio"][b, :, s:] = 5.0  # not known: must not enter the guidance
     mask = {"audio": torch.arange(SHAPES["audio"][2]) < torch.tensor(known_steps).view(B, 1)}  # (B, T)
-    out = d.sample(model, {}, cond=given, mask=mask, steps=6, guidance=lam, guidance_form=form, generator=gen(2),
+    out = sample(d, model, {}, cond=given, mask=mask, steps=6, guidance=lam, guidance_form=form, generator=gen(2),
                    progress=False)
     ref = masked_guided_loop(d, model, given, known_steps, 6, 2, lam, form)
     torch.testing.assert_close(out["audio"], ref, atol=1e-5, rtol=1e-5)
-    replacement = d.sample(model, {}, cond=given, mask=mask, steps=6, generator=gen(2), progress=False)["audio"]
+    replacement = sample(d, model, {}, cond=given, mask=mask, steps=6, generator=gen(2), progress=False)["audio"]
     assert (out["audio"] - replacement).abs().max() > 1e-2  # the guidance is seen
 
 
 def test_mask_must_match_its_modality():
     d, model, x0 = Diffusion(COSINE), TinyJoint(), rand(SHAPES, 3)
     with pytest.raises(AssertionError, match="mask"):
-        d.sample(model, {}, cond=x0, mask={"audio": torch.ones(B, 3, dtype=torch.bool)}, steps=2, progress=False)
+        sample(d, model, {}, cond=x0, mask={"audio": torch.ones(B, 3, dtype=torch.bool)}, steps=2, progress=False)
     with pytest.raises(AssertionError, match="without cond"):
-        d.sample(model, SHAPES, mask={"audio": prefix_mask("audio", 2)}, steps=2, progress=False)
+        sample(d, model, SHAPES, mask={"audio": prefix_mask("audio", 2)}, steps=2, progress=False)
     with pytest.raises(ValueError, match="nothing to generate"):
-        d.sample(model, {}, cond=x0, steps=2, progress=False)
+        sample(d, model, {}, cond=x0, steps=2, progress=False)

@@ -9,6 +9,7 @@ from conftest import ROOT
 import data
 import demo
 import melspec
+import models
 import pipeline
 
 
@@ -67,6 +68,6 @@ def test_guidance_weights_same_weight_on_the_summed_error():
     codecs = {"video": SimpleNamespace(channels=3, factor=1),
               "audio": SimpleNamespace(channels=80, steps=lambda samples: samples // melspec.HOP)}
     lam = {"v2a": 2.0, "a2v": 0.5}
-    cmmd, mmd = (pipeline.Pipeline(None, None, codecs, clip, {"sampler": s}) for s in ({}, pipeline.MMDIFFUSION_SAMPLER))
+    cmmd, mmd = (pipeline.Pipeline(None, None, codecs, clip, {"sampler": s}) for s in ({}, models.MODELS["mmdiffusion"].sampler))
     assert demo.guidance_weights(cmmd, lam) == lam
     assert demo.guidance_weights(mmd, lam) == {"v2a": 2.0 * 18 * 3 * 16 * 16, "a2v": 0.5 * 80 * 112}
