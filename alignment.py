@@ -1,22 +1,17 @@
 """Audio-visual alignment scores (CMMD §3.1 "Temporal Alignment"), every setting stated, and the paired
 bootstrap that compares two systems on the same clips.
 
-- beat hit rate: librosa.beat.beat_track(y, sr=16000, hop_length=256, units="time"; librosa defaults
-  otherwise: onset envelope of a 128-band mel spectrogram with n_fft 2048, start_bpm 120, tightness 100,
-  trim=True) on generated and ground-truth audio; the hit rate is the fraction of ground-truth beats with
-  at least one generated beat within ±tolerance (±100 ms, and ±500 ms which the paper reports but does not
-  trust), pooled over all pairs (total hits / total ground-truth beats).
-- onset P/R/F1: librosa.onset.onset_detect(y, sr=16000, hop_length=256, backtrack=False, units="time";
-  librosa defaults otherwise) on generated audio against the stored event times, with a one-to-one
-  matching at ±100 ms (greedy in time order, which is a maximum matching for equal tolerance windows);
-      P = matched / n_est,   R = matched / n_ref,   F1 = 2·matched / (n_est + n_ref),
-  counts pooled over clips.
-- visual onsets (audio-to-video): the motion envelope e_i = mean |x_{i+1} − x_i| over the pixels (in
-  [0, 1]) of consecutive frames, normalised to [0, 1] like librosa's onset envelope, peaks picked with
-  librosa.util.peak_pick(pre_max=1, post_max=2, pre_avg=2, post_avg=3, delta=0.1, wait=1); a peak in the
-  difference between frames i−1 and i is an event at i / fps. Scored like audio onsets.
-Tolerance edges are inclusive: |t_est − t_ref| <= tolerance + 1e-9 s (the slack absorbs float round-off:
-1.1 − 1.0 > 0.1 in binary floating point). Audio is resampled to 16 kHz first (media.resample).
+- beat hit rate: librosa.beat.beat_track (16 kHz, hop 256) on generated and ground-truth audio; the fraction
+  of ground-truth beats with a generated beat within ±100 ms (and ±500 ms, which the paper reports but does
+  not trust), pooled over all pairs.
+- onset P/R/F1: librosa.onset.onset_detect (16 kHz, hop 256, no backtracking) on generated audio against the
+  stored event times, one-to-one matching at ±100 ms, counts pooled over clips:
+      P = matched / n_est,   R = matched / n_ref,   F1 = 2·matched / (n_est + n_ref).
+- visual onsets (audio-to-video): peaks of the motion envelope e_i = mean |x_{i+1} − x_i| of consecutive
+  frames; a peak between frames i−1 and i is an event at i / fps. Scored like audio onsets.
+Tolerance edges are inclusive (EDGE_SLACK). Audio is resampled to 16 kHz first (media.resample).
+
+Every librosa setting, the matching and the peak picking: docs/evaluation.md.
 """
 import math
 from typing import NamedTuple

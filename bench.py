@@ -1,23 +1,17 @@
 """Speed of one function evaluation: CMMD vs MM-Diffusion (CMMD Table 3, "Performance"; App. B).
 
-Times one forward pass of each network at batch 1, in one process, under torch.inference_mode:
-- CMMD, paper preset (unet.preset("paper")), at 16×16 SD-VAE latents (128 px): 18 frames + 80×112 mel;
-- CMMD, the same network at 64×64 latents (512 px);
-- MM-Diffusion at its official configuration (mmunet.preset("official")): 16×3×64×64 px + 1×25 600;
-- the same network as the official code computes it (researchmm/MM-Diffusion's MultimodalUNet, imported from
-  ../shared/reference/mm-diffusion when that folder and einops are there), to show what the implementation costs;
-and reports parameters, GFLOP per evaluation (torch's FlopCounterMode on a meta-device copy: matmuls,
-convolutions and attention) and ms per evaluation as median/min/max over N runs after warm-up, then the
-ratio MM-Diffusion / CMMD next to the paper's (RTX Titan: 136, 299 and 721 ms, so 5.3× and 2.4×).
+Times one forward pass at batch 1 under torch.inference_mode of CMMD's paper preset at 16×16 and 64×64
+SD-VAE latents, MM-Diffusion at its official configuration and, when ../shared/reference/mm-diffusion and
+einops are there, the official code's MultimodalUNet; reports parameters, GFLOP (torch's FlopCounterMode on a
+meta-device copy), ms per evaluation (median/min/max after warm-up) and the ratio MM-Diffusion / CMMD next to
+the paper's. Absolute times mean something only on a GPU; on a CPU only the ratios do, the CPU time is reported
+too, and --quick runs on one thread (intra-op threads of an oversubscribed CPU mostly wait on each other).
+Modes: fp32 on CPU; fp32 (true fp32 unless --tf32) and bf16 autocast on CUDA; --compile adds compiled runs.
 
-Absolute times mean something only on a GPU. On a CPU only the ratios do, and on a shared CPU even they
-are noisy: there the process's CPU time per evaluation is reported too, and --quick runs on one thread
-(intra-op threads of an oversubscribed CPU mostly wait on each other: 5-10× slower here). Modes: fp32 on CPU; fp32 and bf16 (autocast) on CUDA, with true fp32 convolutions and matmuls
-unless --tf32 (the paper's RTX Titan has no TF32); --compile adds torch.compile'd runs of every mode.
-
-    python bench.py --quick                      # CPU, a few minutes
+    python bench.py --quick                      # CPU, one thread
     python bench.py --device cuda --compile --json bench.json
     python bench.py --demo-step                  # the demo's training step, old network against new
+What it measures in full, and every measurement: docs/speed.md.
 """
 import argparse
 import json
@@ -35,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mmdiffusion
 import mmunet
-import unet
+import models
 
 PAPER_MS = {"CMMD 16×16": 136.0, "CMMD 64×64": 299.0, "MM-Diffusion": 721.0}  # CMMD Table 3, RTX Titan, batch 1
 CMMD_FRAMES, MEL_BINS, MEL_STEPS = 18, 80, 112  # a training clip (CMMD §3 "Feature Extraction", data.ClipConfig)
@@ -81,18 +75,20 @@ def official_available() -> bool:
 
 
 def networks() -> list[Network]:
-    mmd = mmunet.preset("official")
-    official = [Network(OFFICIAL_NAME, lambda: OfficialForward(mmd),
-                        {"video": (1, mmd.frames, mmd.video_channels, mmd.image_size, mmd.image_size),
-                         "audio": (1, mmd.audio_channels, mmd.audio_samples)})] if official_available() else []
+    """The networks of CMMD's Table 3 at their full size, built through the model registry (models.py)."""
+    cmmd, mmd = models.MODELS["cmmd"], models.MODELS["mmdiffusion"]
+    official_cfg = mmd.preset("paper")
+    mmd_shapes = {"video": (1, official_cfg.frames, official_cfg.video_channels, official_cfg.image_size,
+                            official_cfg.image_size),
+                  "audio": (1, official_cfg.audio_channels, official_cfg.audio_samples)}
+    official = ([Network(OFFICIAL_NAME, lambda: OfficialForward(official_cfg), mmd_shapes)]
+                if official_available() else [])
     return [
-        Network("CMMD 16×16", lambda: unet.UNet(unet.preset("paper")),
+        Network("CMMD 16×16", lambda: cmmd.build("paper"),
                 {"video": (1, CMMD_FRAMES, LATENT_CHANNELS, 16, 16), "audio": (1, MEL_BINS, MEL_STEPS)}),
-        Network("CMMD 64×64", lambda: unet.UNet(unet.preset("paper")),
+        Network("CMMD 64×64", lambda: cmmd.build("paper"),
                 {"video": (1, CMMD_FRAMES, LATENT_CHANNELS, 64, 64), "audio": (1, MEL_BINS, MEL_STEPS)}),
-        Network("MM-Diffusion", lambda: mmunet.MMDiffusion(mmd),
-                {"video": (1, mmd.frames, mmd.video_channels, mmd.image_size, mmd.image_size),
-                 "audio": (1, mmd.audio_channels, mmd.audio_samples)}),
+        Network("MM-Diffusion", lambda: mmd.build("paper"), mmd_shapes),
         *official,
     ]
 
@@ -263,7 +259,7 @@ def paper_pipeline(device: torch.device, clip):
     import melgan
     import pipeline
     import vae
-    model = unet.UNet(unet.preset("paper")).to(device).eval()
+    model = models.MODELS["cmmd"].build("paper").to(device).eval()
     codecs = {"video": vae.SDVAECodec(vae.AutoencoderKL(vae.VAEConfig())).to(device),
               "audio": pipeline.MelCodec(melgan.Generator(melgan.MelGANConfig()).to(device).eval().vocode)}
     return pipeline.Pipeline(model, diffusion.Diffusion(diffusion.DiffusionConfig()), codecs, clip, {})
@@ -311,12 +307,14 @@ def end_to_end(args, device: torch.device) -> list[Section]:
             columns[name] = (t, run != steps)
     for stage in columns[names[0]][0]:
         label = {"encode": "SD-VAE encode", "sample": "sampling", "decode audio": "MelGAN vocoder"}.get(stage, stage)
-        section.rows.append([label, *(f"{columns[c][0][stage]:.2f}" + (" (extrapolated)" if columns[c][1] and stage == "sample"
-                                                                       else "") for c in names)])
+        section.rows.append([label, *(f"{columns[c][0][stage]:.2f}"
+                                      + (" (extrapolated)" if columns[c][1] and stage == "sample" else "")
+                                      for c in names)])
     section.rows.append(["total", *(f"{sum(columns[c][0].values()):.2f}" for c in names)])
     section.records = [dict(setting=c, extrapolated=columns[c][1], **columns[c][0]) for c in names]
     section.notes = ["Paper preset (108 M) on 4×16×36 latents + 80×224 mel; random SD-VAE and MelGAN weights; no "
-                     "guidance (sample.py's default λ = 0)" + ("; torch.compile'd network" if args.compile else "") + "."]
+                     "guidance (sample.py's default λ = 0)"
+                     + ("; torch.compile'd network" if args.compile else "") + "."]
     return [section, samplers(args, device, pipe, clip)]
 
 
@@ -339,8 +337,10 @@ def samplers(args, device: torch.device, pipe, clip) -> Section:
             for steps in ([QUICK_STEPS] if quick else SAMPLER_STEPS):
                 watch = generate.Stopwatch()
                 with watch("sample"), autocast:
-                    sampling.sample(pipe.diffusion, pipe.net, shapes, pipe.sampler(sampler=sampler, steps=steps, guidance=lam),
-                                    cond={"video": latents}, generator=torch.Generator(device).manual_seed(0), progress=False)
+                    sampling.sample(pipe.diffusion, pipe.net, shapes,
+                                    pipe.sampler(sampler=sampler, steps=steps, guidance=lam),
+                                    cond={"video": latents}, generator=torch.Generator(device).manual_seed(0),
+                                    progress=False)
                 per_step[steps] = watch.seconds["sample"] / steps
             cells = [per_step[s if s in per_step else QUICK_STEPS] * s for s in SAMPLER_STEPS]
             section.rows.append([sampler, "λ > 0" if lam else "none", *(f"{c:.2f}" for c in cells)])
@@ -376,7 +376,8 @@ def demo_training(args, device: torch.device) -> list[Section]:
         batch = torch.utils.data.default_collate([dataset[i] for i in range(cfg.batch)])
         gen = torch.Generator(device).manual_seed(0)
 
-        def step(model=model, codecs=codecs, opt=opt, neg_cfg=neg_cfg, batch=batch, gen=gen, diff=pipe.diffusion, cfg=cfg):
+        def step(model=model, codecs=codecs, opt=opt, neg_cfg=neg_cfg, batch=batch, gen=gen, diff=pipe.diffusion,
+                 cfg=cfg):
             pos = negatives.positive(pipeline.encode_batch(batch, codecs, device), neg_cfg)
             loss, _ = diff.joint_loss(model, pos, generator=gen, snr_gamma=cfg.snr_gamma)
             train.optimizer_step(opt, loss, cfg.lr, cfg.grad_clip)
@@ -392,8 +393,8 @@ def demo_training(args, device: torch.device) -> list[Section]:
                 times[name].append(time.perf_counter() - t)
     old, new = (statistics.median(t) for t in times.values())
     section = Section("Demo training step (batch 8, 16 px, seconds)", ["network", "parameters", "median", "min", "max"],
-                      [[name, f"{params / 1e6:.2f} M", f"{statistics.median(times[name]):.3f}", f"{min(times[name]):.3f}",
-                        f"{max(times[name]):.3f}"] for name, (_, params) in steps.items()])
+                      [[name, f"{params / 1e6:.2f} M", f"{statistics.median(times[name]):.3f}",
+                        f"{min(times[name]):.3f}", f"{max(times[name]):.3f}"] for name, (_, params) in steps.items()])
     section.notes = [f"old / new = {old / new:.2f}× per step; {3 * DEMO_STEP_RUNS} timed steps each, interleaved in "
                      f"three rounds; {torch.get_num_threads()} threads."]
     section.records = [dict(network=name, seconds=t) for name, t in times.items()]

@@ -55,7 +55,7 @@ def biquad_filter(wav: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.
     L = wav.shape[1]
     n_fft = 2 * L
     w = 2 * math.pi * torch.arange(n_fft // 2 + 1, device=wav.device, dtype=torch.float64) / n_fft
-    z = torch.exp(-1j * w[:, None] * torch.arange(3, device=wav.device, dtype=torch.float64))  # (n_fft/2+1, 3): e^{-jωk}
+    z = torch.exp(-1j * w[:, None] * torch.arange(3, device=wav.device, dtype=torch.float64))  # (n_fft/2+1, 3) e^{-jωk}
     H = (b.double().to(z.dtype) @ z.T) / (a.double().to(z.dtype) @ z.T)  # (B, n_fft/2+1)
     spec = torch.fft.rfft(wav.double(), n=n_fft)  # (B, n_fft/2+1)
     return torch.fft.irfft(spec * H, n=n_fft)[:, :L].to(wav.dtype)  # (B, L)

@@ -67,7 +67,8 @@ def save(path, tensors: dict, config: dict, **metadata) -> Path:
     from safetensors.torch import save_file
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={CONFIG_KEY: json.dumps(config), **{k: str(v) for k, v in metadata.items()}})
+        save_file(tensors, str(tmp),
+                  metadata={CONFIG_KEY: json.dumps(config), **{k: str(v) for k, v in metadata.items()}})
     return Path(path)
 
 
@@ -154,8 +155,9 @@ def resolve(ckpt: str | None, root=RUNS) -> tuple[Path, str]:
     if ckpt is None:
         found = newest_under(root)
         if found is None:
-            raise CheckpointError(f"no --ckpt given and no checkpoint under {Path(root)}/: make one with `python demo.py` "
-                                  f"(CPU, minutes) or `python train.py --out runs/NAME ...`, or pass --ckpt PATH")
+            raise CheckpointError(f"no --ckpt given and no checkpoint under {Path(root)}/: make one with "
+                                  f"`python demo.py` (CPU, minutes) or `python train.py --out runs/NAME ...`, "
+                                  f"or pass --ckpt PATH")
         return found, f"using the newest checkpoint under {Path(root)}/: {found}"
     path = Path(ckpt).expanduser()
     if path.is_dir():  # a run folder: its newest checkpoint

@@ -93,3 +93,14 @@ def check_writable_dir(path, flag: str = "--out") -> None:
         raise ValueError(f"{parent}: not a directory, so {path} cannot be made ({flag})")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{parent}: not writable ({flag} {path})")
+
+
+def experiment_parser(doc: str, out: str, clips: int, clips_help: str) -> argparse.ArgumentParser:
+    """The flags every experiment on a trained run shares: --ckpt (the demo's run by default), --out, --clips;
+    the description is the module docstring's first paragraph."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", default="runs/demo/model", help="a checkpoint, or a run folder (its newest)")
+    p.add_argument("--out", default=out, help="output folder")
+    p.add_argument("--clips", type=int, default=clips, help=clips_help)
+    return p

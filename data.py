@@ -29,6 +29,7 @@ import melspec
 import synthetic
 import vae
 from media import BadInput
+from modalities import to_unit
 
 SPLITS = ("train", "val", "test")
 SYNTHETIC_CLIPS = dict(zip(SPLITS, (2000, 100, 100)))  # synthetic clips per split, by default
@@ -364,7 +365,7 @@ def run_prepare(a):
 
         def encoder(frames):  # (Fw, 3, H, W) uint8 -> (Fw, 4, h, w)
             with torch.inference_mode():
-                return codec.encode(frames[None].float() / 127.5 - 1)[0]
+                return codec.encode(to_unit(frames[None]))[0]
     prepare(a.data, a.out, clip=clip, root=a.data_root, seed=a.seed, encoder=encoder,
             num_clips=dict(zip(SPLITS, a.clips)))
 

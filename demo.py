@@ -29,13 +29,14 @@ import melspec
 import pipeline
 import sampling
 import train
-from modalities import to_unit
+from modalities import to_uint8, to_unit
 
 SHIFT_S = 0.4  # the no-model baseline: the true signal moved by 400 ms (the window's margin, real content)
 # What the demo writes to sampling.json beside its checkpoints (pipeline.RUN_SETTINGS), which sample.py then
 # uses: the sampler and λ of the reconstruction guidance (CMMD Eq. 3; 0: replacement) per direction, chosen on
 # validation clips (docs/results.md). GUIDANCE and SAMPLER are views of it for the flags.
-SAMPLING = {"v2a": {"sampler": "ddim", "steps": 25, "guidance": 3.0}, "a2v": {"sampler": "ddim", "steps": 25, "guidance": 30.0}}
+SAMPLING = {"v2a": {"sampler": "ddim", "steps": 25, "guidance": 3.0},
+            "a2v": {"sampler": "ddim", "steps": 25, "guidance": 30.0}}
 GUIDANCE = {d: s["guidance"] for d, s in SAMPLING.items()}
 SAMPLER = {k: SAMPLING["v2a"][k] for k in ("sampler", "steps")}
 REFERENCES = ("ground truth", "shifted 400 ms", "other clip")
@@ -64,7 +65,8 @@ def audio_scores(truth: dict, wav: torch.Tensor, sample_rate: int) -> dict:
     out = {"mel_l1": (melspec.wav_to_mel(wav[None]) - truth["mel"]).abs().mean().item()}
     if truth["beats"] is not None:
         beats = truth["beats"]
-        out.update(beat_hits=alignment.hit_count(beats, alignment.beat_times(wav.numpy(), sample_rate), 0.1), beats=beats.size)
+        out.update(beat_hits=alignment.hit_count(beats, alignment.beat_times(wav.numpy(), sample_rate), 0.1),
+                   beats=beats.size)
     return out
 
 
@@ -103,7 +105,8 @@ def evaluate(pipe, items, out: Path, sampler: dict, seed: int = 0, save_first: i
     `save_first` clips}."""
     lam = guidance_weights(pipe, GUIDANCE if guidance is None else guidance)
     clip = pipe.clip
-    m, ms, shift_f, shift_s = clip.margin, clip.margin_samples, round(SHIFT_S * clip.fps), round(SHIFT_S * clip.sample_rate)
+    m, ms = clip.margin, clip.margin_samples
+    shift_f, shift_s = round(SHIFT_S * clip.fps), round(SHIFT_S * clip.sample_rate)
     audio = {"ground truth": [it["audio"][ms:ms + clip.samples] for it in items],
              "shifted 400 ms": [it["audio"][ms + shift_s:ms + shift_s + clip.samples] for it in items]}
     video = {"ground truth": [it["video"][m:m + clip.frames] for it in items],
@@ -121,7 +124,7 @@ def evaluate(pipe, items, out: Path, sampler: dict, seed: int = 0, save_first: i
         v2a = generate.generate(pipe, pipe.sampler(**sampler, guidance=lam["v2a"]), cond={"video": v}, generator=g)
         a2v = generate.generate(pipe, pipe.sampler(**sampler, guidance=lam["a2v"]), cond={"audio": a}, generator=g)
         audio["model"] += list(v2a["audio"].cpu())
-        video["model"] += list(media.to_uint8(a2v["video"].cpu()))
+        video["model"] += list(to_uint8(a2v["video"].cpu()))
         for i in range(max(0, min(save_first - start, len(v)))):  # the first clips as files to look at
             shown.append(show_clip(out, start + i, items[start + i], v2a, a2v, i, clip))
     truths = [{"mel": melspec.wav_to_mel(a[None]),
@@ -135,10 +138,11 @@ def evaluate(pipe, items, out: Path, sampler: dict, seed: int = 0, save_first: i
             rows.setdefault(f"v2a {name}", []).append({
                 **event_scores(events, alignment.audio_onsets(wav.numpy(), clip.sample_rate)),
                 **audio_scores(truths[i], wav, clip.sample_rate)})
-            rows.setdefault(f"a2v {name}", []).append({**event_scores(events, alignment.visual_onsets(video[name][i], clip.fps)),
-                                                       "roughness": alignment.roughness(video[name][i])})
-    noise = torch.randint(0, 256, (len(items), clip.frames, 3, clip.size, clip.size), generator=torch.Generator().manual_seed(seed),
-                          dtype=torch.uint8)
+            rows.setdefault(f"a2v {name}", []).append({
+                **event_scores(events, alignment.visual_onsets(video[name][i], clip.fps)),
+                "roughness": alignment.roughness(video[name][i])})
+    noise = torch.randint(0, 256, (len(items), clip.frames, 3, clip.size, clip.size),
+                          generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
     names = [f"{d} {name}" for d in DIRECTIONS for name in ("model", *REFERENCES)]
     return {"scores": {k: pooled(rows[k]) for k in names}, "rows": rows, "shown": shown,
             "noise_roughness": float(np.mean([alignment.roughness(x) for x in noise]))}
@@ -151,40 +155,48 @@ def show_clip(out: Path, k: int, item: dict, v2a: dict, a2v: dict, i: int, clip)
     stem = out / f"clip{k}"
     truth = v2a["video"][i].cpu()  # v2a's condition: the true frames
     media.write_mp4(f"{stem}_truth.mp4", truth, a2v["audio"][i].cpu(), clip.fps, clip.sample_rate)
-    generate.save(f"{stem}_v2a", v2a, i, clip, reference=a2v["audio"][i].cpu(), events=events, title=f"clip {k}: video → audio")
+    generate.save(f"{stem}_v2a", v2a, i, clip, reference=a2v["audio"][i].cpu(), events=events,
+                  title=f"clip {k}: video → audio")
     generate.save(f"{stem}_a2v", a2v, i, clip, reference=None, events=events, title=f"clip {k}: audio → video")
     figures.frame_strip(f"{stem}_frames.png", {"generated": a2v["video"][i].cpu(), "truth": truth}, fps=clip.fps,
                         events=events, title=f"clip {k}: audio → video frames")
     name = item["name"].rsplit("-", 1)[-1]
     return {"name": f"clip {k} ({name})", "caption": "true events at " + ", ".join(f"{t:.1f}" for t in events) + " s",
             "directions": [
-                {"title": DIRECTIONS["v2a"], "videos": [("generated sound", f"{stem}_v2a.mp4"), ("truth", f"{stem}_truth.mp4")],
+                {"title": DIRECTIONS["v2a"],
+                 "videos": [("generated sound", f"{stem}_v2a.mp4"), ("truth", f"{stem}_truth.mp4")],
                  "images": [("mel spectrograms", f"{stem}_v2a_mel.png")]},
-                {"title": DIRECTIONS["a2v"], "videos": [("generated video", f"{stem}_a2v.mp4"), ("truth", f"{stem}_truth.mp4")],
+                {"title": DIRECTIONS["a2v"],
+                 "videos": [("generated video", f"{stem}_a2v.mp4"), ("truth", f"{stem}_truth.mp4")],
                  "images": [("frames", f"{stem}_frames.png")]}]}
 
 
 def summary(result: dict, seed: int = 0) -> dict:
     """Per direction: the model's F1 minus the shifted truth's, with a 95 % paired bootstrap interval over clips."""
     rows = result["rows"]
-    return {d: dict(zip(("delta", "lo", "hi"), alignment.paired_bootstrap(rows[f"{d} model"], rows[f"{d} shifted 400 ms"],
-                                                                         seed=seed))) for d in DIRECTIONS}
+    return {d: dict(zip(("delta", "lo", "hi"),
+                        alignment.paired_bootstrap(rows[f"{d} model"], rows[f"{d} shifted 400 ms"], seed=seed)))
+            for d in DIRECTIONS}
 
 
 def table_rows(result: dict, margin: dict) -> list[list]:
     s = result["scores"]
-    rows = [["held-out clips", "onset F1 ±100 ms", "event hit rate ±100 ms", "model − shifted F1 [95 % CI]", "frame roughness"]]
+    rows = [["held-out clips", "onset F1 ±100 ms", "event hit rate ±100 ms", "model − shifted F1 [95 % CI]",
+             "frame roughness"]]
     for d in DIRECTIONS:
         for name in ("model", *REFERENCES):
             x = s[f"{d} {name}"]
-            ci = f"{margin[d]['delta']:+.3f} [{margin[d]['lo']:+.3f}, {margin[d]['hi']:+.3f}]" if name == "model" else ""
-            rows.append([f"{d} {name}", f"{x['f1']:.3f}", f"{x['hit']:.3f}", ci, f"{x['roughness']:.3f}" if d == "a2v" else ""])
+            ci = (f"{margin[d]['delta']:+.3f} [{margin[d]['lo']:+.3f}, {margin[d]['hi']:+.3f}]"
+                  if name == "model" else "")
+            rows.append([f"{d} {name}", f"{x['f1']:.3f}", f"{x['hit']:.3f}", ci,
+                         f"{x['roughness']:.3f}" if d == "a2v" else ""])
     rows.append(["a2v uniform noise", "", "", "", f"{result['noise_roughness']:.3f}"])
     return rows
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--steps", type=int, default=DEMO_TRAIN.steps, help="training steps (the same on every machine)")
     p.add_argument("--minutes", type=float, default=0.0, help="optional cap on the training time (0: none); "
@@ -201,7 +213,8 @@ def parse_args(argv=None):
     p.add_argument("--sample-steps", type=int, default=SAMPLER["steps"], help="sampling steps")
     for d, name in DIRECTIONS.items():
         p.add_argument(f"--guidance-{d}", type=float, default=GUIDANCE[d], help=f"λ of {name} (Eq. 3; 0: replacement)")
-    p.add_argument("--split", default="test", choices=("val", "test"), help="held-out clips to score (val: to choose λ)")
+    p.add_argument("--split", default="test", choices=("val", "test"),
+                   help="held-out clips to score (val: to choose λ)")
     p.add_argument("--eval-only", action="store_true", help="skip training: score the newest checkpoint in OUT/model")
     p.add_argument("--show", type=int, default=4, help="clips shown on the page")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the training and the sampling")
@@ -230,7 +243,8 @@ def run(a):
     train.check_config(cfg)  # --lr, --minutes: before the clips are generated
     print(f"1/3 generating {a.train_clips} synthetic training clips once", file=sys.stderr)
     clip = data.ClipConfig(size=DEMO_TRAIN.size)
-    data.prepare("synthetic", out / "shards", clip=clip, seed=a.seed, num_clips={"train": a.train_clips}, progress=False)
+    data.prepare("synthetic", out / "shards", clip=clip, seed=a.seed, num_clips={"train": a.train_clips},
+                 progress=False)
     if not a.eval_only:
         print(f"2/3 training a {a.preset} nCMMD on synthetic {clip.size} px clips for {a.steps} steps "
               f"(resumes if {cfg.out} has a checkpoint)", file=sys.stderr)
@@ -253,7 +267,8 @@ def run(a):
     rows = table_rows(result, margin)
     checkpoint.write_text(out / f"scores-{a.split}.json", json.dumps(
         {"guidance": guidance, "sampler": {"sampler": a.sampler, "steps": a.sample_steps}, "checkpoint": ckpt.name,
-         "step": step, "clips": a.clips, "margin": margin, "noise_roughness": result["noise_roughness"], **result["scores"]},
+         "step": step, "clips": a.clips, "margin": margin, "noise_roughness": result["noise_roughness"],
+         **result["scores"]},
         indent=1))
     page = figures.write_page(out / ("index.html" if a.split == "test" else f"index-{a.split}.html"),
                               title="cmmd demo: a tiny nCMMD on the synthetic benchmark",
@@ -277,12 +292,12 @@ def intro(a, trained: dict, step: int, guidance: dict) -> str:
     weighting = f"the loss weighted by Min-SNR-{gamma:g}" if gamma > 0 else "the uniform loss of CMMD Eq. 2"
     return (f"A {trained['preset']} nCMMD trained {step} steps (batch {trained['batch']}, {weighting}) on synthetic "
             f"{trained['size']} px clips, sampled with "
-            f"{a.sampler} at {a.sample_steps} steps and reconstruction guidance λ = {guidance['v2a']:g} (video → audio), "
-            f"{guidance['a2v']:g} (audio → video), on {a.clips} held-out {a.split} clips. Onset F1 and hit rate at ±100 ms "
-            f"against the true event times; the model's F1 minus the 400 ms-shifted truth's, with a 95 % paired bootstrap "
-            f"interval over clips. Frame roughness (mean absolute difference of neighbouring pixels) tells a rendered "
-            f"scene from noise.\n\nvideo → audio: the true video with the generated sound. audio → video: the generated "
-            f"frames with the true sound.")
+            f"{a.sampler} at {a.sample_steps} steps and reconstruction guidance λ = {guidance['v2a']:g} "
+            f"(video → audio), {guidance['a2v']:g} (audio → video), on {a.clips} held-out {a.split} clips. "
+            f"Onset F1 and hit rate at ±100 ms against the true event times; the model's F1 minus the 400 ms-shifted "
+            f"truth's, with a 95 % paired bootstrap interval over clips. Frame roughness (mean absolute difference of "
+            f"neighbouring pixels) tells a rendered scene from noise.\n\nvideo → audio: the true video with the "
+            f"generated sound. audio → video: the generated frames with the true sound.")
 
 
 if __name__ == "__main__":

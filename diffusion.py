@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from modalities import MODALITIES, check
+
 COSINE_S = 0.008  # offset of the cosine schedule (Nichol & Dhariwal 2021, Eq. 17)
 MAX_BETA = 0.999  # β clip of the cosine schedule (Nichol & Dhariwal 2021; diffusers' squaredcos_cap_v2)
 LINEAR_BETAS = (1e-4, 0.02)  # β₁ … β_N of the linear schedule (Ho et al. 2020, §4), used by MM-Diffusion
@@ -136,7 +137,8 @@ class Diffusion:
         weight = self.min_snr_weights(n, snr_gamma) if snr_gamma > 0 else None  # (B,)
         mse = {}
         for k in keys:
-            assert out[k].shape == x_n[k].shape, f"model output {k} {tuple(out[k].shape)} != input {tuple(x_n[k].shape)}"
+            assert out[k].shape == x_n[k].shape, \
+                f"model output {k} {tuple(out[k].shape)} != input {tuple(x_n[k].shape)}"
             err = (out[k].to(x_n[k].dtype) - self.target(x0[k], n_all, eps[k])).pow(2)
             err = err.reshape(P, B, -1).mean(dim=2)  # (P, B): each example's MSE
             if weight is not None:

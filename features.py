@@ -1,41 +1,19 @@
 """The feature networks of the metrics (CMMD §3.1), written here and loaded strictly from their published
 weights: I3D for FVD/KVD and VGGish for FAD. What is computed from their features is metrics.py's.
 
-I3D (Carreira & Zisserman 2017, Fig. 3: Inception-v1 inflated to 3-D), the RGB Kinetics-400 network of
-  FVD (Unterthiner et al. 2018): frames resized to 224×224 with torch F.interpolate(mode="bilinear",
-  antialias=True, align_corners=False) (from 64 or 128 px this is an upsampling, where antialias changes
-  nothing; it matters only for larger inputs), scaled to [-1, 1] by x/127.5 − 1, through TF "SAME"
-  padding, BatchNorm eps 1e-3 and no dropout at test time. The feature is the 400-d logits averaged over
-  the output time steps; I3D needs >= 9 frames. Weights: shared/weights/i3d-kinetics400 (`--i3d PATH`).
+- I3D (Carreira & Zisserman 2017, Fig. 3: Inception-v1 inflated to 3-D), the RGB Kinetics-400 network of
+  FVD (Unterthiner et al. 2018): 224×224 frames in [-1, 1], TF "SAME" padding; the feature is the 400-d
+  logits averaged over time; needs >= 9 frames. Weights: shared/weights/i3d-kinetics400 (`--i3d PATH`).
+- VGGish (Hershey et al. 2017), an `AudioEmbedder`: the TF reference's 64-band log-mel, 0.96 s windows, the
+  128-d output of the last linear layer (no ReLU, no PCA). Weights: torchvggish's vggish-10086976.pth
+  (`--vggish PATH`, or `VGGISH_URL` via the torch hub cache).
+CLAP (the paper's choice, CMMD ref. [5]) is not implemented: its weights cannot be fetched here; it would be
+an `AudioEmbedder` subclass. Every loading problem is a one-line checkpoint.CheckpointError naming the file.
 
-VGGish (Hershey et al. 2017), an `AudioEmbedder`: 16 kHz; log-mel front end of the TF reference
-  (mel_features.py: 25 ms periodic-Hann window, 10 ms hop, 512-point FFT magnitude, 64 HTK-mel bands
-  125–7500 Hz with triangles linear in mel m(f) = 1127·ln(1 + f/700), log(mel + 0.01)); 96×64 patches =
-  0.96 s windows with a 0.96 s hop (non-overlapping, as the reference); VGG conv 64-128-256×2-512×2, fc
-  4096-4096-128; the 128-d output of the last linear layer, no final ReLU and no PCA/quantisation (the TF
-  reference's `embedding` tensor and fadtk's default, `use_activation=False`, `use_pca=False`). Clips
-  shorter than 0.96 s are zero-padded to one window (fadtk pads to 1 s). Weights: torchvggish's
-  vggish-10086976.pth (Apache-2.0), from `--vggish PATH` or its release URL `VGGISH_URL` via the torch
-  hub cache. An embedder's `sample_rate`, `window` and `hop` are part of its definition; audio is
-  resampled to its rate with media.resample (soxr_hq, the resampler media.read_av uses).
-
-CLAP (the paper's choice; reference [5] of CMMD is Microsoft's CLAP) is not implemented here, because its
-weights and package cannot be fetched in this environment. What it needs, as fadtk runs it:
-  - MS-CLAP 2023 (fadtk "clap-2023"): `pip install msclap`; weights CLAP_weights_2023.pth from the
-    Hugging Face repo microsoft/msclap; 44.1 kHz mono; 7 s windows with a 1 s hop, the last ones
-    zero-padded to 7 s; the 1024-d output of `clap.audio_encoder`.
-  - LAION-CLAP (fadtk "clap-laion-audio" / "-music"): `pip install laion_clap`; weights
-    630k-audioset-best.pt (HTSAT-tiny) or music_audioset_epoch_15_esc_90.14.pt (HTSAT-base) from the
-    Hugging Face repo lukewys/laion_clap, `CLAP_Module(enable_fusion=False, amodel=...)`; 48 kHz mono,
-    audio quantised to int16 and back; 10 s windows with a 1 s hop, zero-padded to 10 s; 512-d
-    `get_audio_embedding_from_data`.
-  Either is a subclass of `AudioEmbedder` with that sample_rate/window/hop and `embed`; nothing else
-  changes. A 3.6 s test clip gives 4 frames with either CLAP (one per 1 s hop start).
-Every loading problem (a missing or foreign file, weights that do not fit, no network for the download)
-is a one-line checkpoint.CheckpointError naming the file.
+Every setting, and what CLAP needs: docs/evaluation.md.
 """
-from abc import ABC, abstractmethod
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -8,15 +8,10 @@ One place for every picture the project writes, shared by the demo, sample.py an
 - `write_page`: one self-contained `index.html` (inline CSS, no scripts, no external resources) that
   opens from disk: the score table, then per clip the generated and true videos with sound side by side
   for each direction, and the figures.
+Every file is written atomically (a temporary name, then `os.replace`); figures are drawn on matplotlib
+`Figure` objects with the Agg renderer, never through pyplot, so no window opens.
 
-Every file is written atomically (a temporary name in the same folder, then `os.replace`), so a reader
-never sees half a PNG or half a page. Figures are drawn on matplotlib `Figure` objects with the Agg
-renderer, never through pyplot: no window opens and a user's interactive backend is left alone.
-
-Browsers: the page links the mp4s of `media.write_mp4` (H.264 High profile + AAC-LC, the most widely
-played web format) directly. Debian's Chromium, the one CI has, is built with these codecs: it decodes
-their frames and sound (tests/test_page.py checks both), so no WebM copy is written. Should a browser
-ever need one, PyAV's bundled ffmpeg encodes VP8/VP9 (libvpx) with Opus or Vorbis.
+Why, and which browsers play the page's mp4s: docs/evaluation.md.
 """
 import html
 import os
@@ -31,6 +26,7 @@ import torch
 import checkpoint
 import media
 import melspec
+from modalities import to_uint8
 
 DPI = 100  # figure resolution: mel figures 600 px wide (about 80 kB), frame strips about 10 kB
 MEL_WIDTH_IN, MEL_PANEL_IN = 6.0, 1.7  # figure width and height per panel, inches
@@ -106,7 +102,7 @@ def frame_strip(path, rows: dict, *, fps: int = media.FPS, every: int = 1, event
     videos = {}
     for label, v in rows.items():
         assert v.ndim == 4 and v.shape[1] == 3, f"row {label!r} must be (F, 3, H, W), got {tuple(v.shape)}"
-        videos[label] = media.to_uint8(v.detach().cpu())[::every].permute(0, 2, 3, 1).numpy()  # (F', H, W, 3)
+        videos[label] = to_uint8(v.detach().cpu())[::every].permute(0, 2, 3, 1).numpy()  # (F', H, W, 3)
     H, W = next(iter(videos.values())).shape[1:3]
     assert all(v.shape[1:3] == (H, W) for v in videos.values()), "all rows must have frames of one size"
     cols = max(len(v) for v in videos.values())

@@ -68,15 +68,16 @@ def _model_space(pipe, cond: dict, known: dict, batch: int, frames: int, watch) 
     full = pipe.shapes(batch, frames)
     with torch.no_grad(), watch("encode"):
         # clone: the pixel codec's encode is the identity, and x is written into below
-        x = {k: codecs[k].encode(cond[k].to(device).float()).clone() if k in cond else torch.zeros(full[k], device=device)
-             for k in MODALITIES}
+        x = {k: codecs[k].encode(cond[k].to(device).float()).clone() if k in cond
+             else torch.zeros(full[k], device=device) for k in MODALITIES}
     have = {}
     for k in MODALITIES:
         length = full[k][TIME_AXIS[k]]
         have[k] = torch.zeros(batch, length, dtype=torch.bool, device=device)
         if k in cond:
             frame_known = known[k].to(device)  # (B, F)
-            have[k] = frame_known.clone() if k == "video" else codecs[k].known_steps(frame_known.repeat_interleave(spf, 1))
+            have[k] = (frame_known.clone() if k == "video"
+                       else codecs[k].known_steps(frame_known.repeat_interleave(spf, 1)))
     return x, have
 
 
@@ -170,6 +171,7 @@ def save(stem, result: dict, i: int, clip: data.ClipConfig, *, duration: float |
     media.write_wav(f"{stem}.wav", wav, clip.sample_rate)
     mels = {"generated": result["mel"][i, :, :n // melspec.HOP]}
     if reference is not None:
-        mels["truth" if events is not None else "input"] = melspec.wav_to_mel(reference[None, :n].to(result["mel"].device))[0]
+        mels["truth" if events is not None else "input"] = \
+            melspec.wav_to_mel(reference[None, :n].to(result["mel"].device))[0]
     figures.mel_figure(f"{stem}_mel.png", mels, events=events, title=title or stem.name)
     return [f"{stem}.mp4 ({how})", f"{stem}_mel.png"]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 import checkpoint
 from melspec import SAMPLE_RATE
+from modalities import to_uint8
 
 FPS = 10  # video frames per second, CMMD §3
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
@@ -227,13 +228,6 @@ def read_av(path, *, start: float = 0.0, frames: int | None = None, size: int = 
     return AV(out["video"], out["audio"], info["duration"], ends)
 
 
-def to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """Frames in [-1, 1] (float) or uint8 -> uint8, same shape."""
-    if video.dtype == torch.uint8:
-        return video
-    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
 def _finite_audio(audio: torch.Tensor, path) -> np.ndarray:
     """(L,) float in [-1, 1] as float32 numpy; non-finite samples are an error, never passed to an encoder."""
     wav = audio.detach().float().cpu()
@@ -248,7 +242,8 @@ def _aac_packets(stream, wav: np.ndarray, sample_rate: int) -> list:
     import av
     packets = []
     for i in range(0, len(wav), AAC_FRAME):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wav[None, i:i + AAC_FRAME]), format="fltp", layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wav[None, i:i + AAC_FRAME]), format="fltp",
+                                           layout="mono")
         frame.sample_rate, frame.pts = sample_rate, i
         packets += stream.encode(frame)
     return packets + stream.encode()

@@ -528,16 +528,22 @@ def main(argv=None):
     q.add_argument("--data-root", help="folder of videos (folder) or the AIST++ root (aist)")
     q.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl, samples/")
     run_defaults, cfg_defaults = TrainRun(), MelGANConfig()
-    q.add_argument("--steps", type=int, default=run_defaults.steps, help=f"total training steps (default {run_defaults.steps})")
+    q.add_argument("--steps", type=int, default=run_defaults.steps,
+                   help=f"total training steps (default {run_defaults.steps})")
     # Config flags default to None: on resume, only the ones given override the checkpoint's config.
     q.add_argument("--segment", type=int, help=f"samples per training segment (default {cfg_defaults.segment_length})")
     q.add_argument("--batch", type=int, help=f"segments per batch (default {cfg_defaults.batch_size})")
     q.add_argument("--lr", type=float, help=f"Adam learning rate of G and D (default {cfg_defaults.lr})")
-    q.add_argument("--aug-p", type=float, help=f"probability of a random biquad per segment (default {cfg_defaults.aug_p})")
-    q.add_argument("--val-every", type=int, default=run_defaults.val_every, help=f"steps between validations (default {run_defaults.val_every})")
-    q.add_argument("--ckpt-every", type=int, default=run_defaults.ckpt_every, help=f"steps between checkpoints (default {run_defaults.ckpt_every})")
-    q.add_argument("--n-val", type=int, default=run_defaults.n_val, help=f"fixed validation clips (default {run_defaults.n_val})")
-    q.add_argument("--seed", type=int, default=run_defaults.seed, help=f"seed of the init and of the data stream (default {run_defaults.seed})")
+    q.add_argument("--aug-p", type=float,
+                   help=f"probability of a random biquad per segment (default {cfg_defaults.aug_p})")
+    q.add_argument("--val-every", type=int, default=run_defaults.val_every,
+                   help=f"steps between validations (default {run_defaults.val_every})")
+    q.add_argument("--ckpt-every", type=int, default=run_defaults.ckpt_every,
+                   help=f"steps between checkpoints (default {run_defaults.ckpt_every})")
+    q.add_argument("--n-val", type=int, default=run_defaults.n_val,
+                   help=f"fixed validation clips (default {run_defaults.n_val})")
+    q.add_argument("--seed", type=int, default=run_defaults.seed,
+                   help=f"seed of the init and of the data stream (default {run_defaults.seed})")
     q.add_argument("--device", default=run_defaults.device, help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     a = p.parse_args(argv)
     try:

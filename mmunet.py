@@ -3,73 +3,15 @@
 
 ε-prediction (Eq. 7) with DDPM's linear β schedule over 1000 steps (§4.1): `diffusion_config()`; the diffusion
 maths is diffusion.py's. Zero-shot conditional generation (§3.4) is sampling.py's: replacement (λ = 0, Eq. 11) or
-gradient guidance (λ > 0, Eq. 12, as the official code runs it: `eq12_guidance`, below), with x̂₀ clipped (the
-official clip_denoised); its registry entry (models.py) records both in its checkpoints' config.
-
+gradient guidance (λ > 0, Eq. 12, as the official code runs it: `eq12_guidance`, below).
 Model call convention (unet.UNet's, checked by unet.check_inputs): model({"video": (B, F, 3, H, W) pixels
 in [-1, 1], "audio": (B, 1, L) waveform}, n (B,)) -> {"video": ε̂ᵥ, "audio": ε̂ₐ} of the same shapes.
-
-Architecture, at the released AIST++/Landscape flags of the official code (researchmm/MM-Diffusion,
-mm_diffusion/multimodal_unet.py and ssh_scripts/multimodal_train.sh), written anew:
-- two U-Nets side by side, video on (B, C, F, H, W) and audio on (B, C, L), with the same channel widths
-  (base 128, multipliers 1, 2, 3, 4), 2 residual blocks per level, improved-diffusion residual blocks with
-  scale-shift norm, one timestep-embedding projection shared by the two paths of each block (the MM-Block
-  of Fig. 3b), skip connections from every encoder block into the decoder;
-- video residual blocks: a 2-D 3×3 conv per frame then a 1-D 3-tap conv over frames (the code's order;
-  the paper's text says 1-D then 2-D), then a 1×1×1 conv (zero-initialised); audio residual blocks: a
-  dilated 3-tap conv, then a 1×1 conv; the k-th audio block (k = 1, 2, … down the encoder, back down the
-  decoder) has dilation 2^(k mod 10), the official "doubling up to 2^N" with N = 10 (for 4 levels:
-  2, 4, … 512, 1, 2 in the encoder, 4 in the middle);
-- down/upsampling inside residual blocks (`resblock_updown`): video H, W by 2 (never frames), audio by 4
-  (average pooling / nearest), so 64×64 px → 8×8 and 25 600 → 400 samples at the bottom;
-- video self-attention (spatial over H·W per frame, then temporal over F per pixel; 4 heads at any
-  width, as the official code, which ignores num_head_channels there) at downsample rates 2, 4, 8; no
-  audio self-attention outside the middle block (the official middle block has it in both its residual
-  blocks, and the parameter count below needs it);
-- RS-MMA (Fig. 3c, Eq. 8–9) after every non-resampling residual block at rates 2, 4, 8 with windows
-  1, 4, 8, and in the middle block with a window of F and no shift (full cross-attention); head
-  channels 64.
-This has 133.68 M parameters, the official count (tests/test_mmdiffusion.py); the paper says 115 M.
-The other official flags are config fields too (audio self-attention rates, scale-shift norm off, an input
-width of base·channel_mult[0]), so that mmdiffusion.py's `convert` takes any MultimodalUNet with
-resblock_updown.
-
-RS-MMA, as the official code computes it (multimodal_unet.py CrossAttentionBlock): pure cross-attention,
-each modality GroupNorm'd with its own 1×1 projection to q, k, v and its own zero-initialised output
-projection plus residual. Audio of length L at a level is cut into F contiguous segments of ⌊L/F⌋
-samples, the remainder going to the last one. With window S and shift R, queries of unit i (video frame
-i, or audio segment i) attend to the other modality's units (i+R), …, (i+R+S−1) mod F, one R for both
-directions. `rs_mma_mask` is this definition as a boolean (queries, keys) mask; the module computes
-exactly that attention, but on the gathered windows (SDPA per query unit over S key units) instead of the
-dense masked F·H·W × L product, which would cost F/S times as much (16× at window 1, 32×32 px) — the
-point of RS-MMA (§3.3).
-
-[choice] R ∈ {0, …, F−S} (the paper's range) is drawn per RS-MMA layer and per call in training, from
-`model.shift_generator` if set, else torch's global CPU RNG (so torch.manual_seed makes it repeatable;
-the official code draws from Python's `random`); in eval mode (sampling) R = 0, for determinism.
-`shift_in_eval=True` restores the official behaviour of redrawing at every call, in sampling too;
-`random_shift=False` is the "w/o RS" ablation (Table 4).
-
-[choice] The windows above are the paper's segments (Step I-II). The official code cuts them by index
-arithmetic instead, which gives the same windows at the released shapes (every level's L a multiple of
-F, S ≤ F, F = `frames`), but elsewhere: a video frame sees the S·⌊L/F⌋ consecutive samples from
-(i+R)·⌊L/F⌋ mod L (a remainder belongs to no frame's window; `window_samples`), a window of S > F repeats
-units (keys counted twice in the softmax) where ours is full cross-attention, and the middle block's
-window is the configured `frames` rather than the input's F. `official_windows=True` restores all three.
-[choice] The official middle block has RS-MMA only when the windows are exactly [1, 4, 8] (a list
-comparison in MultimodalUNet); ours has it unless `middle_rs_mma=False`.
-
-Official behaviours not reproduced, being bugs: CrossAttentionBlock caches its window indices on the first
-call (keyed on nothing: a later call with other shapes, or on another device, uses them); its forced
-gradient checkpointing redraws R in the backward pass, so the gradient is of another window than the
-loss; GroupNorm32 normalises the wrong axis of a (B, F, C, H, W) video when F equals C; with
-resblock_updown=False (its create_model default) the decoder never upsamples and the forward fails.
-
-[choice] Dropout 0.1 as the released training flags (the code's default is 0). Lengths: H, W must be
-divisible by 2^(levels−1) and L by 4^(levels−1), with at least F samples per level for the segments;
-the same weights take any F, H, W, L that fit.
-
+Written anew at the released AIST++/Landscape flags of the official code (researchmm/MM-Diffusion): two U-Nets,
+video 2-D + 1-D and audio dilated 1-D residual blocks sharing each block's timestep projection (the MM-Block,
+Fig. 3b), joined by RS-MMA (Fig. 3c, Eq. 8–9); official behaviours that are bugs are not reproduced.
 The released checkpoints of the official code convert into this network: mmdiffusion.py.
+
+Design notes (architecture, RS-MMA as computed, windows and shifts, official bugs, presets): docs/networks.md.
 """
 from dataclasses import dataclass
 
@@ -101,15 +43,16 @@ class MMDiffusionConfig:
     cross_rates: tuple[int, ...] = (2, 4, 8)  # downsample rates with RS-MMA (--cross_attention_resolutions)
     cross_windows: tuple[int, ...] = (1, 4, 8)  # RS-MMA window S in frames at each of cross_rates (§4.1)
     middle_rs_mma: bool = True  # [choice] full cross-attention in the middle block (official: iff windows 1, 4, 8)
-    official_windows: bool = False  # [choice] RS-MMA windows cut as the official index arithmetic (docstring)
+    official_windows: bool = False  # [choice] RS-MMA windows cut as the official index arithmetic; False: the
+    # paper's segments, which differ off the released shapes (docs/networks.md)
     head_channels: int = 64  # RS-MMA: heads = channels // 64 (--num_head_channels)
     self_attention_heads: int = 4  # video/audio self-attention heads at any width (official num_heads)
     scale_shift_norm: bool = True  # FiLM (1 + scale)·norm(h) + shift (--use_scale_shift_norm); False: norm(h + emb)
     audio_rate: int = 4  # audio down/upsampling factor per level (official Downsample/Upsample, 1-D)
     dilation_cycle: int = 10  # audio dilation 2^(k mod 10) (official max_dila)
     random_shift: bool = True  # draw R in training (--cross_attention_shift); False: R = 0 always
-    shift_in_eval: bool = False  # [choice] official: True (R redrawn in sampling too)
-    dropout: float = 0.1  # --dropout of the released training flags
+    shift_in_eval: bool = False  # [choice] official: True (R redrawn in sampling too); False: R = 0, for determinism
+    dropout: float = 0.1  # [choice] --dropout of the released training flags (the code's default: 0)
     norm_groups: int = 32  # GroupNorm groups (improved-diffusion's normalization)
 
     def __post_init__(self):
@@ -134,12 +77,11 @@ class MMDiffusionConfig:
 
 
 PRESETS = {
-    "official": {},  # 133.68 M parameters, the released AIST++/Landscape model
-    # CPU study next to CMMD's "small" preset (unet.py, 19.5 M, 12.9 M of it the 1-D audio path): 5.9 M, on the
-    # same 18-frame 64 px, 1.8 s clips (data.ClipConfig); in pixels that is 55 GFLOP per evaluation.
+    "official": {},  # the released AIST++/Landscape model (OFFICIAL_PARAMS); sizes: docs/networks.md
+    # CPU study next to CMMD's "small" preset (unet.py), on the same 18-frame 64 px, 1.8 s clips (data.ClipConfig).
     "small": dict(frames=18, image_size=64, audio_samples=28_800, base_channels=32, num_res_blocks=1,
                   head_channels=32, self_attention_heads=1, dropout=0.0),
-    # Unit tests: a forward in milliseconds; L = 260 leaves a remainder segment at the second level.
+    # Unit tests: L = 260 leaves a remainder segment at the second level.
     "tiny": dict(frames=4, image_size=16, audio_samples=260, base_channels=16, channel_mult=(1, 2),
                  num_res_blocks=1, attention_rates=(2,), cross_rates=(1, 2), cross_windows=(1, 2),
                  head_channels=8, self_attention_heads=2, dropout=0.0, norm_groups=8),
@@ -234,7 +176,7 @@ def rs_mma_keys(F_: int, HW: int, L: int, window: int, shift: int, official: boo
     """The keys of each query group: {m: (index (G, K), valid (G, K) bool or None)}. Queries of modality m
     come in G groups (G = F: unit i's tokens; G = 1: all of them, full cross-attention); index points into
     the other modality's tokens, video (F·H·W) in (F, H, W) order, audio the (F·n_max) grid of `audio_grid`.
-    `official`: the official windows (`window_units` with repeats, `window_samples`), see the module docstring."""
+    `official`: the official windows (`window_units` with repeats, `window_samples`), see docs/networks.md."""
     slot, n_max, grid_valid = audio_grid(F_, L, device)
     units = window_units(F_, window, shift, repeat=official).to(device)  # (G, S)
     frame_tokens = (units[..., None] * HW + torch.arange(HW, device=device)).flatten(1)  # (G, S·H·W)
@@ -506,7 +448,9 @@ class MMDiffusion(nn.Module):
                 "audio": (batch, c.audio_channels, c.audio_samples)}
 
     def draw_shift(self, window: int | None, frames: int) -> int:
-        """R for one RS-MMA call (module docstring [choice]); 0 for full cross-attention and in eval mode."""
+        """R for one RS-MMA call; 0 for full cross-attention and in eval mode."""
+        # [choice] R ∈ {0, …, F−S} per layer and call in training, from torch's RNG so torch.manual_seed repeats it
+        # (official: Python's `random`, redrawn in sampling too, as shift_in_eval=True); docs/networks.md.
         cfg = self.cfg
         if window is None or window >= frames or not cfg.random_shift or not (self.training or cfg.shift_in_eval):
             return 0

@@ -27,7 +27,9 @@ def to_unit(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Float pixels in [-1, 1] (clamped) -> uint8, rounded."""
+    """Float pixels in [-1, 1] (clamped) -> uint8, rounded; uint8 is returned as it is."""
+    if x.dtype == torch.uint8:
+        return x
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 

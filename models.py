@@ -18,10 +18,15 @@ class Family:
     config: type
     network: type
     presets: tuple
+    preset: Callable  # (name, **fields) -> the network's config
     net_config: Callable
     diffusion: Callable = diffusion.DiffusionConfig
     audio_codec: str = "mel"  # "mel" (CMMD §3) or "wave" (a raw waveform, MM-Diffusion)
     sampler: dict = field(default_factory=dict)  # SamplerConfig fields the model needs
+
+    def build(self, preset: str, **fields):
+        """The untrained network of a named preset, its config's fields overridden by keyword."""
+        return self.network(self.preset(preset, **fields))
 
 
 def cmmd_net(cfg, clip) -> dict:
@@ -37,15 +42,19 @@ def mmdiffusion_net(cfg, clip) -> dict:
     if cfg.vae != "pixel" or cfg.patch != 1 or cfg.center:
         raise ValueError("--model mmdiffusion works on pixels and waveforms in [-1, 1]: use --vae pixel --patch 1 "
                          "--no-center")
-    name = {"paper": "official"}.get(cfg.preset, cfg.preset)
-    return asdict(mmunet.preset(name, frames=clip.frames, image_size=clip.size, audio_samples=clip.samples))
+    return asdict(mmdiffusion_preset(cfg.preset, frames=clip.frames, image_size=clip.size, audio_samples=clip.samples))
+
+
+def mmdiffusion_preset(name: str, **fields):
+    """mmunet's presets, with "paper" its official size."""
+    return mmunet.preset({"paper": "official"}.get(name, name), **fields)
 
 
 MODELS = {
     "cmmd": Family("CMMD's easy-fusion U-Net (CMMD App. B, Fig. 1)", unet.UNetConfig, unet.UNet,
-                   tuple(unet.PRESETS), cmmd_net),
+                   tuple(unet.PRESETS), unet.preset, cmmd_net),
     "mmdiffusion": Family("MM-Diffusion's coupled U-Net with RS-MMA (the baseline)", mmunet.MMDiffusionConfig,
-                          mmunet.MMDiffusion, ("paper", *mmunet.PRESETS), mmdiffusion_net,
+                          mmunet.MMDiffusion, ("paper", *mmunet.PRESETS), mmdiffusion_preset, mmdiffusion_net,
                           diffusion=mmunet.diffusion_config, audio_codec="wave",
                           sampler={"guidance_form": "mmdiffusion", "clip_x0": True}),
 }

@@ -8,21 +8,16 @@ A negative of one modality is paired with the other modality's positive, e.g. (v
                   read from the window's margin, never wrapped around (CMMD App. B.2);
   "segment_swap": concat(d[:s], x[s:]) or concat(x[:s], d[s:]) with another clip d of the batch and a
                   random split point s;
-  "swap":         another clip of the batch, never the clip itself (needs B >= 2).
-[choice] The kind is drawn per example, so one negative batch mixes kinds; `num_per_modality` negative
-batches are drawn per modality and step (the paper draws "a subset" per step; the default, one per modality,
-estimates each expectation of Eq. 6 with one draw). With B = 1 only "shift" is possible and is used.
-[choice] The split point s is uniform over [split[0]·T, split[1]·T], (0.25, 0.75) by default, so a
-segment-swap negative keeps at least a quarter of each clip and is never almost the positive; the paper only
-says "a random split point".
-Shift ranges and margins are in each modality's own time steps (NegativesConfig); for a raw waveform use
-NegativesConfig.waveform(), which scales the audio ranges from video frames to samples.
+  "swap":         another clip of the batch, never the clip itself (needs B >= 2; with B = 1 only "shift").
+Shift ranges and margins are in each modality's own time steps; NegativesConfig.waveform() scales the audio
+ones from video frames to samples. How kinds and split points are drawn: docs/training.md.
 """
 from dataclasses import dataclass, field
 
 import torch
 
 from modalities import MODALITIES, NDIM, TIME_AXIS
+
 KINDS = ("shift", "segment_swap", "swap")
 VIDEO_MARGIN = 4  # frames each side, data.ClipConfig.margin
 VIDEO_SHIFT = (2, 4)  # frames, 200–400 ms at 10 fps (CMMD App. B.2)
@@ -34,10 +29,12 @@ AUDIO_SHIFT_MEL = (12, 25)  # mel steps, 200–400 ms at a 16 ms hop (CMMD App. 
 class NegativesConfig:
     kinds: tuple = KINDS  # which of KINDS to draw from (CMMD §2.2: all three)
     negate: tuple = ("audio", "video")  # modalities that get negatives: (v, a¬) and (v¬, a) terms of Eq. 6
-    num_per_modality: int = 1  # negative batches drawn per modality and step
+    num_per_modality: int = 1  # [choice] negative batches per modality and step (paper: "a subset"); one draw
+    # per expectation of Eq. 6
     margin: dict = field(default_factory=lambda: {"video": VIDEO_MARGIN, "audio": AUDIO_MARGIN_MEL})  # steps each side
     shift: dict = field(default_factory=lambda: {"video": VIDEO_SHIFT, "audio": AUDIO_SHIFT_MEL})  # (min, max) steps
     split: tuple = (0.25, 0.75)  # range of the segment-swap split point, as a fraction of the clip length
+    # [choice] so a segment-swap negative keeps a quarter of each clip (paper: "a random split point")
 
     def __post_init__(self):
         bad = [k for k in self.kinds if k not in KINDS]
@@ -48,7 +45,8 @@ class NegativesConfig:
         for k in MODALITIES:
             lo, hi = self.shift[k]
             if not 1 <= lo <= hi <= self.margin[k]:
-                raise ValueError(f"negatives.py: {k} shift {self.shift[k]} must be 1 <= min <= max <= margin {self.margin[k]}")
+                raise ValueError(f"negatives.py: {k} shift {self.shift[k]} must be 1 <= min <= max <= margin "
+                                 f"{self.margin[k]}")
         if not 0 < self.split[0] <= self.split[1] < 1:
             raise ValueError(f"negatives.py: split must satisfy 0 < lo <= hi < 1, got {self.split}")
 
@@ -76,9 +74,11 @@ def _randint(lo, hi, size, generator, device) -> torch.Tensor:
 
 def crop(window: torch.Tensor, margin: int, modality: str) -> torch.Tensor:
     """The positive clip: the window without its `margin` steps on each side of the time axis."""
-    assert window.ndim == NDIM[modality], f"{modality} window must have {NDIM[modality]} dims, got {tuple(window.shape)}"
+    assert window.ndim == NDIM[modality], \
+        f"{modality} window must have {NDIM[modality]} dims, got {tuple(window.shape)}"
     length = window.shape[TIME_AXIS[modality]] - 2 * margin
-    assert length > 0, f"{modality} window of {window.shape[TIME_AXIS[modality]]} steps is shorter than 2 × margin {margin}"
+    assert length > 0, \
+        f"{modality} window of {window.shape[TIME_AXIS[modality]]} steps is shorter than 2 × margin {margin}"
     return window.narrow(TIME_AXIS[modality], margin, length)
 
 
@@ -86,7 +86,8 @@ def shifted(window: torch.Tensor, margin: int, offset: torch.Tensor, modality: s
     """The clip moved by offset (B,) steps (|offset| <= margin; positive = later content), read from the window."""
     w = _time_first(window, modality)  # (B, T + 2m, ...)
     B, length = w.shape[0], w.shape[1] - 2 * margin
-    assert offset.shape == (B,) and offset.abs().max() <= margin, f"offsets {offset.tolist()} exceed the margin {margin}"
+    assert offset.shape == (B,) and offset.abs().max() <= margin, \
+        f"offsets {offset.tolist()} exceed the margin {margin}"
     idx = margin + offset.view(B, 1) + torch.arange(length, device=w.device)  # (B, T)
     return _time_back(w[torch.arange(B, device=w.device).view(B, 1), idx], modality)  # (B, T, ...) -> own layout
 
@@ -126,7 +127,7 @@ def negative(windows: dict, modality: str, cfg: NegativesConfig, generator=None)
             candidates.append(segment_swapped(pos, d, s, _randint(0, 1, (B,), generator, device).bool(), modality))
         else:  # "swap"
             candidates.append(pos[other_clip(B, generator, device)])
-    pick = _randint(0, len(kinds) - 1, (B,), generator, device)
+    pick = _randint(0, len(kinds) - 1, (B,), generator, device)  # [choice] a kind per example: batches mix kinds
     return torch.stack(candidates)[pick, torch.arange(B, device=device)]  # (B, ...) kind pick[b] for example b
 
 

@@ -25,6 +25,7 @@ import melspec
 import models
 import sampling
 import vae
+from modalities import to_unit
 
 FORMAT = "cmmd-1"
 
@@ -112,7 +113,7 @@ def encode_batch(batch: dict, codecs: dict, device) -> dict:
             if isinstance(codecs["video"], Centered):
                 video = video - codecs["video"].mean
         else:
-            video = codecs["video"].encode(batch["video"].to(device).float() / 127.5 - 1)
+            video = codecs["video"].encode(to_unit(batch["video"].to(device)))
         return {"video": video, "audio": codecs["audio"].encode(batch["audio"].to(device))}
 
 
@@ -138,9 +139,9 @@ def run_config(cfg, init_meta: dict | None = None) -> dict:
         return {**init_meta, "train": asdict(cfg)}
     clip = data.ClipConfig(frames=cfg.frames, size=cfg.size)
     fam = models.family(cfg.model)
-    return {"format": FORMAT, "model": cfg.model, "net": fam.net_config(cfg, clip), "diffusion": asdict(fam.diffusion()),
-            "clip": asdict(clip), "codec": {"video": cfg.vae, "audio": fam.audio_codec,
-                                            **({"patch": cfg.patch} if cfg.patch != 1 else {})},
+    return {"format": FORMAT, "model": cfg.model, "net": fam.net_config(cfg, clip),
+            "diffusion": asdict(fam.diffusion()), "clip": asdict(clip),
+            "codec": {"video": cfg.vae, "audio": fam.audio_codec, **({"patch": cfg.patch} if cfg.patch != 1 else {})},
             "mel": {"log_min": melspec.LOG_MEL_MIN, "log_max": melspec.LOG_MEL_MAX}, "sampler": dict(fam.sampler),
             "train": asdict(cfg)}
 
@@ -220,7 +221,8 @@ def build(meta: dict, vae_path: str | None = None, vocoder=None, path=None) -> P
         clip = data.ClipConfig(**meta["clip"])
         sampling.SamplerConfig(**meta.get("sampler", {}))
     except KeyError as e:
-        raise checkpoint.CheckpointError(f"{path}: its config lacks or has a wrong field {e} (not a {FORMAT} config)") from None
+        raise checkpoint.CheckpointError(
+            f"{path}: its config lacks or has a wrong field {e} (not a {FORMAT} config)") from None
     except TypeError as e:  # a dataclass given a field it does not have
         raise checkpoint.CheckpointError(f"{path}: its config does not fit this code ({e})") from None
     return Pipeline(net, diff, codecs, clip, meta, Path(path) if path else None)

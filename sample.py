@@ -84,7 +84,8 @@ def read_input(path: Path, mode: str, clip: data.ClipConfig, prefix: float, seco
             "a2v": {"audio"} | ({"video"} if prefix else set()), "continue": {"video", "audio"}}[mode]
     for kind in sorted(need):
         if not info[kind]:
-            why = "its first --prefix seconds are kept" if (mode, kind) in (("v2a", "audio"), ("a2v", "video")) else f"--{mode} needs one"
+            why = ("its first --prefix seconds are kept" if (mode, kind) in (("v2a", "audio"), ("a2v", "video"))
+                   else f"--{mode} needs one")
             raise media.BadInput(f"{path}: no {kind} stream ({why})")
     duration = info["duration"] if mode != "continue" else (seconds or info["duration"])
     if prefix and prefix >= min(duration, info["duration"]):
@@ -106,12 +107,15 @@ def read_input(path: Path, mode: str, clip: data.ClipConfig, prefix: float, seco
 # ---- the command ---------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--v2a", nargs="+", metavar="VIDEO", help="generate a soundtrack for these videos (or folders)")
-    mode.add_argument("--a2v", nargs="+", metavar="AUDIO", help="generate video for these audio files (wav, flac, mp3, or a video's sound)")
-    mode.add_argument("--continue", dest="cont", nargs="+", metavar="VIDEO", help="continue both streams after --prefix")
+    mode.add_argument("--a2v", nargs="+", metavar="AUDIO",
+                      help="generate video for these audio files (wav, flac, mp3, or a video's sound)")
+    mode.add_argument("--continue", dest="cont", nargs="+", metavar="VIDEO",
+                      help="continue both streams after --prefix")
     mode.add_argument("--joint", type=int, metavar="N", help="generate N sounding videos from noise")
     p.add_argument("--ckpt", default=None, help="a checkpoint file, a Hugging Face Hub repo id (org/name), or none: "
                                                 "the newest under runs/")
@@ -121,11 +125,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=None, help="length of --joint and --continue outputs "
                    "(default: --window frames for joint, the input's length for continue)")
     p.add_argument("--window", type=int, default=generate.DEFAULT_WINDOW, help="frames the model sees at once")
-    p.add_argument("--overlap", type=int, default=generate.DEFAULT_OVERLAP, help="frames each window shares with the one before")
+    p.add_argument("--overlap", type=int, default=generate.DEFAULT_OVERLAP,
+                   help="frames each window shares with the one before")
     p.add_argument("--samples", type=int, default=1, help="generations per input (the paper's protocol: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed; the same seed and --batch give the same output")
     p.add_argument("--batch", type=int, default=4, help="examples sampled together")
-    p.add_argument("--keep-audio", action="store_true", help="v2a: add the input's own sound as a second, non-default track")
+    p.add_argument("--keep-audio", action="store_true",
+                   help="v2a: add the input's own sound as a second, non-default track")
     p.add_argument("--out", default="samples", help="output directory")
     p.add_argument("--vocoder", default=None, help="a melgan.py checkpoint; without one, Griffin-Lim")
     p.add_argument("--vae-path", default=None, help="SD-VAE directory or hub id (default: the checkpoint's)")
@@ -155,7 +161,8 @@ def check_args(a) -> torch.device:
         raise media.BadInput("--prefix needs an input to keep; --joint starts from noise (use --continue FILE)")
     if a.cont is not None and not a.prefix:
         raise media.BadInput("--continue needs --prefix SECONDS, the part of the input that is kept")
-    sampling.SamplerConfig(**{k: v for k, v in cli.dataclass_fields(a, sampling.SamplerConfig).items() if v is not None})
+    sampling.SamplerConfig(**{k: v for k, v in cli.dataclass_fields(a, sampling.SamplerConfig).items()
+                              if v is not None})
     device = cli.device(a.device)
     out = Path(a.out)
     cli.check_writable_dir(out)

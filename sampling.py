@@ -131,15 +131,16 @@ class Denoiser:
             assert out[k].shape == x_in[k].shape, f"model output {k} {tuple(out[k].shape)} != {tuple(x_in[k].shape)}"
             x0[k], eps[k] = self.diffusion.x0_eps(x_in[k], out[k], alpha, sigma)
         x0_net = {k: v.clamp(-1, 1) if self.cfg.clip_x0 else v for k, v in x0.items()}
+        changed = []  # the modalities whose x̂₀ guidance or clipping moved
         if self.guided and self.cfg.guidance_form == "cmmd":
             found = grads(self.known.reconstruction_error(x0), [x_in[k] for k in self.generated])
             for k, g in zip(self.generated, found):
                 x0[k] = x0[k] - self.cfg.guidance * alpha * g  # â₀ = x̂₀ − λ·α·∇‖x₀ − x̂₀‖² (CMMD Eq. 3)
-                eps[k] = (x_in[k] - alpha * x0[k]) / sigma  # ε̂ = (xₙ − α·â₀) / σ
+            changed = self.generated
         if self.cfg.clip_x0:
-            for k in self.shapes:
-                x0[k] = x0[k].clamp(-1, 1)
-                eps[k] = (x_in[k] - alpha * x0[k]) / sigma  # ε̂ re-derived from the clipped x̂₀ (as GLIDE)
+            x0, changed = {k: v.clamp(-1, 1) for k, v in x0.items()}, list(self.shapes)  # as GLIDE
+        for k in changed:
+            eps[k] = (x_in[k] - alpha * x0[k]) / sigma  # ε̂ = (xₙ − α·â₀) / σ, from the guided or clipped x̂₀
         self.evaluations += 1
         self.bar.update()
         return Prediction(n, x_in, x0, eps, x0_net)
@@ -240,8 +241,10 @@ class SamplerConfig:
         "help": "network evaluations (guidance adds a backward pass to each)"})
     guidance: float = field(default=0.0, metadata={"help": "λ of the guidance (CMMD Eq. 3); 0: replacement (Eq. 5)"})
     guidance_form: str = field(default="cmmd", metadata={
-        "help": "cmmd (Eq. 3) or mmdiffusion (MM-Diffusion Eq. 12 as its code runs it)", "choices": list(GUIDANCE_FORMS)})
-    eta_ddim: float = field(default=0.0, metadata={"help": "DDIM's η: 0 deterministic, 1 DDPM (Song et al. 2021, Eq. 16)"})
+        "help": "cmmd (Eq. 3) or mmdiffusion (MM-Diffusion Eq. 12 as its code runs it)",
+        "choices": list(GUIDANCE_FORMS)})
+    eta_ddim: float = field(default=0.0, metadata={
+        "help": "DDIM's η: 0 deterministic, 1 DDPM (Song et al. 2021, Eq. 16)"})
     clip_x0: bool = field(default=False, metadata={"help": "clamp x̂₀ to [-1, 1] (pixel and waveform models)"})
 
     def __post_init__(self):
@@ -264,7 +267,8 @@ class SamplerConfig:
 
 def full_shapes(shapes: dict, cond: dict) -> dict:
     """{modality: shape} of the whole sample, in MODALITIES order: a known modality's from its values."""
-    shapes = {k: tuple(cond[k].shape) if k in cond else tuple(shapes[k]) for k in MODALITIES if k in cond or k in shapes}
+    shapes = {k: tuple(cond[k].shape) if k in cond else tuple(shapes[k])
+              for k in MODALITIES if k in cond or k in shapes}
     assert all(len(s) == NDIM[k] for k, s in shapes.items()), f"sampling.py: bad shapes {shapes}"
     assert len({s[0] for s in shapes.values()}) == 1, f"sampling.py: batch sizes differ: {shapes}"
     return shapes

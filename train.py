@@ -28,8 +28,8 @@ from tqdm import tqdm
 import checkpoint
 import cli
 import data
-import media
 import generate
+import media
 import models
 import negatives
 import pipeline
@@ -52,11 +52,14 @@ class TrainConfig:
     model: str = field(default="cmmd", metadata={
         "help": "; ".join(f"{k}: {f.summary}" for k, f in models.MODELS.items()), "choices": list(models.MODELS)})
     preset: str = field(default="small", metadata={
-        "help": "network size (paper is MM-Diffusion's official size with --model mmdiffusion)", "choices": list(models.PRESETS)})
+        "help": "network size (paper is MM-Diffusion's official size with --model mmdiffusion)",
+        "choices": list(models.PRESETS)})
     fusion: bool = field(default=True, metadata={"help": "easy fusion between the paths (off: ablation)"})
-    vae: str = field(default="pixel", metadata={"help": "video codec: SD-VAE latents or pixels", "choices": ["sd", "pixel"]})
+    vae: str = field(default="pixel", metadata={
+        "help": "video codec: SD-VAE latents or pixels", "choices": ["sd", "pixel"]})
     vae_path: str = field(default=HUB_ID, metadata={"help": "SD-VAE directory or hub id"})
-    patch: int = field(default=1, metadata={"help": "pixel codec: space-to-depth patch, video diffused as (3·p², H/p, W/p)"})
+    patch: int = field(default=1, metadata={
+        "help": "pixel codec: space-to-depth patch, video diffused as (3·p², H/p, W/p)"})
     center: bool = field(default=False, metadata={
         "help": "diffuse each modality minus its mean over the training clips (pipeline.Centered; for pixel models)"})
     frames: int = field(default=18, metadata={"help": "video frames per training clip (CMMD §3)"})
@@ -148,7 +151,8 @@ class StepBatchSampler(torch.utils.data.Sampler):
     of the global batch."""
 
     def __init__(self, n: int, batch: int, seed: int, start: int, stop: int, rank: int = 0, world: int = 1):
-        self.n, self.batch, self.seed, self.start, self.stop, self.rank, self.world = n, batch, seed, start, stop, rank, world
+        self.n, self.batch, self.seed = n, batch, seed
+        self.start, self.stop, self.rank, self.world = start, stop, rank, world
 
     def __len__(self):
         return self.stop - self.start
@@ -160,7 +164,8 @@ class StepBatchSampler(torch.utils.data.Sampler):
             for j in range(step * g, (step + 1) * g):
                 if j // self.n != epoch:
                     epoch = j // self.n
-                    perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+                    perm = torch.randperm(self.n,
+                                          generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
                 idx.append(int(perm[j % self.n]))
             yield idx[self.rank::self.world]
 
@@ -202,8 +207,8 @@ def parameters_and_buffers(net: torch.nn.Module) -> tuple[list, list]:
 @torch.no_grad()
 def ema_update(ema: tuple[list, list], model: tuple[list, list], step: int, decay: float) -> None:
     """θ_ema ← d·θ_ema + (1 − d)·θ with d = min(decay, (1 + step) / (10 + step)): a warm-up, so that short runs
-    sample from trained weights. `ema`, `model`: (parameters, buffers) as `parameters_and_buffers` lists them; buffers are
-    copied."""
+    sample from trained weights. `ema`, `model`: (parameters, buffers) as `parameters_and_buffers` lists them;
+    buffers are copied."""
     d = min(decay, (1 + step) / (10 + step))
     torch._foreach_lerp_(ema[0], model[0], 1 - d)
     for e, b in zip(ema[1], model[1]):
@@ -282,10 +287,7 @@ def check_network(pipe: pipeline.Pipeline, device) -> None:
     clip, codecs = pipe.clip, pipe.codecs
     if clip.size % codecs["video"].factor:
         raise ValueError(f"--size {clip.size} must be divisible by the video codec's factor {codecs['video'].factor}")
-    side = clip.size // codecs["video"].factor
-    T = codecs["audio"].steps(clip.samples)
-    x = {"video": torch.zeros(1, clip.frames, codecs["video"].channels, side, side, device=device),  # (1, F, C, H, W)
-         "audio": torch.zeros(1, codecs["audio"].channels, T, device=device)}  # (1, M, T)
+    x = {k: torch.zeros(s, device=device) for k, s in pipe.shapes(1, clip.frames).items()}  # (1, F, C, H, W), (1, M, T)
     pipe.net.eval()  # no dropout: the check draws no random numbers
     try:
         with torch.no_grad():
@@ -363,7 +365,8 @@ def run_steps(cfg: TrainConfig, meta: dict, pipe: pipeline.Pipeline, dataset, em
         dataset, batch_sampler=StepBatchSampler(len(dataset), cfg.batch, cfg.seed, start, cfg.steps, rank, world),
         num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=False)
     neg_cfg = negatives_config(clip, pipe.codecs, cfg.negatives)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
     t0 = time.time()
     model.train()
     with tqdm(total=cfg.steps, initial=start, desc="train", disable=rank != 0 or not progress,
@@ -419,7 +422,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if start >= cfg.steps:
             print(f"{out}: already trained to step {start} (--steps {cfg.steps})", file=sys.stderr)
             return last_ckpt
-        last_ckpt = run_steps(cfg, meta, pipe, dataset, ema, opt, gen, start, last_ckpt, (device, rank, world), progress)
+        last_ckpt = run_steps(cfg, meta, pipe, dataset, ema, opt, gen, start, last_ckpt, (device, rank, world),
+                              progress)
         if world > 1:
             dist.barrier()  # no process returns before rank 0 has written the last checkpoint
         return last_ckpt
@@ -436,7 +440,8 @@ def preview(pipe: pipeline.Pipeline, cfg: TrainConfig, stem: Path):
     pipe.net.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for mode, known in (("v2a", "video"), ("a2v", "audio")):
-            result = generate.generate(pipe, sampler, cond={known: truth[known]}, generator=torch.Generator(device).manual_seed(0))
+            result = generate.generate(pipe, sampler, cond={known: truth[known]},
+                                       generator=torch.Generator(device).manual_seed(0))
             generate.save(f"{stem}_{mode}", result, 0, clip, reference=truth["audio"][0])
     pipe.net.train()
 

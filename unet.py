@@ -1,67 +1,17 @@
 """Easy-fusion video-audio U-Net (CMMD App. B, Fig. 1, Fig. 6, Table 4, Eq. 7).
 
-One network predicts both velocities, 𝐯_θ(vₙ, aₙ, n) (CMMD Eq. 2). Two U-Nets run side by side:
-
-- video path on latents (B, F, C, H, W): factorised "2D+1D" residual blocks (a per-frame 3×3 conv, then a
-  3-tap conv over frames) with spatial self-attention (over H·W within a frame) and temporal
-  self-attention (over F at each pixel); down/upsampling halves/doubles H and W, never F;
+One network predicts both velocities, 𝐯_θ(vₙ, aₙ, n) (CMMD Eq. 2), with two U-Nets side by side:
+- video path on latents (B, F, C, H, W): "2D+1D" residual blocks (a per-frame 3×3 conv, then a 3-tap conv
+  over frames) with spatial and temporal self-attention; down/upsampling halves/doubles H and W, never F;
 - audio path on log-mel (B, M, T), mel bins as channels: 1-D residual blocks over T with temporal
   self-attention; down/upsampling halves/doubles T.
+Easy fusion (Fig. 6) joins them: audio → video by nearest-neighbour interpolation T → F repeated over H×W,
+video → audio by an average pool over H×W and interpolation F → T, each concatenated on channels; the
+self-attention after a fused block works on fused features, standing in for cross-attention (Eq. 7).
+Blocks follow improved-diffusion (Nichol & Dhariwal 2021). The same weights take any F, T and H, W divisible
+by 2^(levels − 1).
 
-Both paths have the channel widths base · channel_mult and are joined by "easy fusion" (Fig. 6):
-audio → video: nearest-neighbour interpolation along time T → F, repeated over H×W, concatenated on
-channels; video → audio: average pool over H×W, nearest-neighbour interpolation F → T, concatenated on
-channels. The residual block that follows brings the channels back. The self-attention after it then
-works on fused features, standing in for cross-attention (Eq. 7).
-The video block computes its fused input's share without materialising the repeat over H×W
-(`broadcast_group_norm`, `broadcast_conv`): the same function, at a fraction of the cost.
-
-Building blocks follow improved-diffusion (Nichol & Dhariwal 2021): GroupNorm + SiLU before each conv,
-the timestep embedding (sinusoidal in n, then an MLP) added after the first conv of every residual block,
-the last conv of every residual block, every attention output projection and the output convs
-zero-initialised (of a 2D+1D conv, its temporal part), skip connections from every encoder block into
-the decoder, and a residual path that is the identity where a block keeps its channel count, else a 1×1
-conv (a fused block is no exception: at encoder level 1, 128 + 128 fused channels pass straight on).
-
-[choice] Where fusion happens: once per resolution level and per direction, at the input of the first
-residual block of each encoder level, of the middle block and of each decoder level (2·levels + 1 = 9
-fusion points for 4 levels). Both directions are computed from the same pre-block features (a
-simultaneous exchange), and the fused block's input is concat(h, skip (decoder only), other modality).
-With `fusion=False` zeros of the same shape are concatenated instead, so the parameter count is the same
-and the two paths are exactly independent except through the shared timestep n.
-
-[choice] Nearest-neighbour is centre-aligned ("nearest-exact"): output index i reads input index
-⌊(i + ½)·n_in / n_out⌋, so video frame f (centre (f + ½)/fps) reads the mel step nearest its centre
-rather than the first one (torch's legacy "nearest" is left-aligned: frame 0 would always read mel step 0).
-
-[choice] Lengths: F, H and W are never padded; H and W must be divisible by 2^(levels − 1) (8 for the
-paper's 4 levels, so 8×8 and 16×16 latents or 64×64 pixels). T is zero-padded at the end to a multiple
-of 2^(levels − 1) and the output cropped back; fusion maps time through the unpadded length T / 2^level,
-so padding never stretches the audio-video alignment. Padded steps are not masked in attention (112 and
-224 mel steps need no padding with 4 levels). The same weights accept any F, T, H, W.
-
-[choice] Size (paper: 106 M at 16×16 latents, 18 frames, 80×112 mel; Table 4 fixes base 128,
-multipliers 1, 2, 3, 4, head dim 64, and leaves the rest unstated). With 2D+1D convs in both halves of
-every residual block and the fusion inputs (about 17 M of the total), two residual blocks per level
-already give 140-178 M whatever the attention levels, so: one residual block per encoder level (two per
-decoder level); parameter-free resampling (2×2 average pooling down, nearest up, as inside
-MM-Diffusion's up/down residual blocks; 3-tap resampling convs would add 8.5 M); attention (video
-spatial + temporal, audio temporal) at levels 0, 1, 2 and in the middle block, none at the lowest level
-(the Stable-Diffusion pattern of attention at every level but the lowest; at 16×16 latents the lowest
-level is 2×2, where spatial attention adds little). This gives 108.05 M parameters (+1.9 %); the
-alternatives with conv resampling were 108.2 M (attention in the middle block only), 111.2 M (levels 0,
-1) and 126.0 M (every level). tests/test_unet.py asserts the count.
-
-[choice] Widths per path. The paper's model has one base width, 128, for both paths, wider than the 80
-mel bins. A path narrower than its input cannot learn: at mid noise the 𝐯 target carries xₙ's own noise
-in every mel bin, and 16 or 32 channels cannot pass 80 bins through, so such an audio path denoises worse
-than predicting the data mean and samples noise. `audio_base_channels` gives the audio path its own width
-(None: base_channels); the 1-D audio path is cheap next to the video path, so the reduced presets keep it at
-96 while the video path shrinks. A fused block's input adds the other path's width.
-
-[choice] The 2D+1D convolution has no nonlinearity between its spatial and temporal parts (a factorised
-3×3×3 convolution); the temporal part is the one zero-initialised at the end of a residual block.
-Dropout is not given in the paper; it defaults to 0.
+Design notes (building blocks, fusion points, lengths, size, widths per path, presets): docs/networks.md.
 """
 import math
 from dataclasses import dataclass
@@ -87,9 +37,10 @@ class UNetConfig:
     audio_channels: int = 80  # mel bins (CMMD §3); 1 for a raw waveform
     base_channels: int = 128  # Table 4
     audio_base_channels: int | None = None  # [choice] None: base_channels; the audio path's own width, which
-    # must not be narrower than its 80 mel-bin input (see the module docstring)
+    # must not be narrower than its 80 mel-bin input, or it samples noise (docs/networks.md, widths per path)
     channel_mult: tuple[int, ...] = (1, 2, 3, 4)  # Table 4; one resolution level each
-    num_res_blocks: int = 1  # [choice] per encoder level (decoder: one more); see the module docstring
+    num_res_blocks: int = 1  # [choice] per encoder level (decoder: one more), near the paper's 106 M with 2D+1D
+    # convs; docs/networks.md, size
     head_dim: int = 64  # Table 4: heads = channels // head_dim
     attention_levels: tuple[int, ...] = (0, 1, 2)  # [choice] levels (0 = full resolution) with attention,
     # besides the middle block, which always has it
@@ -130,17 +81,15 @@ class UNetConfig:
 
 
 PRESETS = {
-    "paper": {},  # 108.05 M parameters (CMMD Table 3: 106 M), Table 4
-    # The paper's topology, the video path at a quarter of the width (19.5 M): minutes of CPU training on 8×8 latents.
+    "paper": {},  # the paper's model, Table 4 (CMMD Table 3: 106 M parameters); sizes: docs/networks.md
+    # The paper's topology, the video path at a quarter of the width, for CPU training on 8×8 latents.
     "small": dict(base_channels=32, audio_base_channels=96, head_dim=32, norm_groups=16),
-    # The demo and unit tests: two levels, attention in the middle block only (at 16×16 pixels, attention at
-    # level 0 took 2/3 of a CPU training step), a video path of width 8: 2.1 M parameters, most of them the
-    # cheap 1-D audio path.
+    # The demo and unit tests: two levels, attention in the middle block only (attention at level 0 is costly
+    # on a CPU), a video path of width 8, so most parameters are the cheap 1-D audio path.
     "tiny": dict(base_channels=8, audio_base_channels=96, channel_mult=(1, 2), head_dim=8, attention_levels=(),
                  norm_groups=8),
     # The demo's: the tiny topology for 16 px frames through the patch-2 pixel codec (vae.PixelCodec), whose
-    # video path works on 8×8 positions of 12 values at width 16: twice tiny's video width for about half its
-    # CPU step (README, "Quickstart"); 2.5 M parameters.
+    # video path works on 8×8 positions of 12 values at width 16: twice tiny's video width, for a cheaper CPU step.
     "cpu": dict(base_channels=16, audio_base_channels=96, channel_mult=(1, 2), head_dim=16, attention_levels=(),
                 norm_groups=8),
 }
@@ -172,6 +121,7 @@ def zero_(module: nn.Module) -> nn.Module:
 def conv(modality: str, c_in: int, c_out: int) -> nn.Module:
     """The path's 3-tap convolution: video 2D+1D (per-frame 3×3, then 3 over frames), audio 3 over T."""
     if modality == "video":  # on (B, C, F, H, W)
+        # [choice] No nonlinearity between the two parts: a factorised 3×3×3 conv (docs/networks.md).
         return nn.Sequential(nn.Conv3d(c_in, c_out, (1, 3, 3), padding=(0, 1, 1)),
                              nn.Conv3d(c_out, c_out, (3, 1, 1), padding=(1, 0, 0)))
     return nn.Conv1d(c_in, c_out, 3, padding=1)  # on (B, C, T)
@@ -210,8 +160,10 @@ class ResBlock(nn.Module):
             norm, act, (spatial, temporal) = self.in_layers
             x_n, b_n = broadcast_group_norm(norm, x, broadcast)
             h = temporal(broadcast_conv(spatial, act(x_n), act(b_n)))  # (B, C_out, F, H, W)
-            skip = (broadcast_conv(self.skip, x, broadcast) if isinstance(self.skip, nn.Conv3d) else  # c_in = c_out:
-                    torch.cat([x, broadcast[..., None, None].expand(-1, -1, -1, *x.shape[3:])], 1))  # (B, C_in, F, H, W)
+            if isinstance(self.skip, nn.Conv3d):
+                skip = broadcast_conv(self.skip, x, broadcast)
+            else:  # c_in = c_out: the identity on the concatenation, (B, C_in, F, H, W)
+                skip = torch.cat([x, broadcast[..., None, None].expand(-1, -1, -1, *x.shape[3:])], 1)
         h = h + self.emb(emb).view(emb.shape[0], -1, *[1] * (h.ndim - 2))  # + (B, C_out, 1, ...)
         return skip + self.out_layers(h)
 
@@ -335,6 +287,8 @@ class Resample(nn.Module):
         return self.op(h)
 
 
+# [choice] Centre-aligned ("nearest-exact"): frame f reads the mel step nearest its centre, not the first one as
+# torch's left-aligned legacy "nearest" would (docs/networks.md).
 def nearest_index(n_out: int, scale: float, n_in: int, device: torch.device) -> torch.Tensor:
     """Centre-aligned nearest-neighbour source indices: ⌊(i + ½)·scale⌋ for i < n_out, clamped to n_in − 1."""
     i = torch.arange(n_out, dtype=torch.float64)
@@ -383,6 +337,8 @@ class UNet(nn.Module):
                                         nn.Linear(cfg.time_embed_dim, cfg.time_embed_dim))
         self.inp = path_modules(lambda m: conv(m, in_channels[m], cfg.width[m]))
 
+        # [choice] Fusion once per level and direction: into the first block of each encoder level, of the middle
+        # block and of each decoder level (2·levels + 1 points); fusion=False feeds zeros (docs/networks.md).
         # ch: each path's current width; a fused block's input adds the other path's width.
         width = cfg.width
         ch = dict(width)
@@ -392,7 +348,8 @@ class UNet(nn.Module):
             blocks = nn.ModuleList()
             attention = level in cfg.attention_levels
             for i in range(cfg.num_res_blocks):
-                c_in = {m: ch[m] + (ch[OTHER[m]] if i == 0 else 0) for m in MODALITIES}  # + fused at a level's first block
+                # + the fused channels at a level's first block
+                c_in = {m: ch[m] + (ch[OTHER[m]] if i == 0 else 0) for m in MODALITIES}
                 blocks.append(path_modules(lambda m: Block(m, c_in[m], width[m] * mult, cfg, attention)))
                 ch = {m: width[m] * mult for m in MODALITIES}
                 skip_channels.append(ch)
@@ -446,6 +403,8 @@ class UNet(nn.Module):
             raise ValueError(f"unet.py: video H×W {H}×{W} must be divisible by {stride} for {cfg.levels} levels")
 
         emb = self.time_embed(timestep_embedding(n, cfg.base_channels))  # (B, time_embed_dim)
+        # [choice] T is zero-padded at the end and cropped back; fusion maps time through the unpadded T, and padded
+        # steps are not masked in attention. F, H, W are never padded (docs/networks.md, lengths).
         h = {"video": v.transpose(1, 2),  # (B, C, F, H, W)
              "audio": F.pad(a, (0, -T % stride))}  # (B, M, T') with T' a multiple of stride
         h = {m: self.inp[m](h[m]) for m in MODALITIES}

@@ -3,21 +3,14 @@ Latent Diffusion Models", the KL-regularised autoencoder with f = 8 and 4 latent
 identity pixel codec.
 
 CMMD (§3 "Feature Extraction", App. B) diffuses video in the latent space of the pre-trained, frozen
-`stabilityai/sd-vae-ft-mse`: every frame is encoded on its own, 128 px -> 4×16×16, and the latent is
-multiplied by the scaling factor 0.18215 so that it has roughly unit variance. The MM-Diffusion baseline
-and tiny CPU runs diffuse pixels directly, through `PixelCodec`. Both codecs share one interface
-(`encode`, `decode`, `channels`, `factor`); the network, the samplers, train.py and sample.py use only that.
-Which codec is in use is looked at only in `make_codec` here, in data.py's `prepare --vae sd` (which stores
-SD-VAE latents in the shards), and in pipeline.py: `run_config` (the network's input channels, 4 latent or
-3·p² pixel channels; --patch is the pixel codec's; MM-Diffusion runs on pixels) and `encode_batch` (a
-shard's stored latents stand in for encoding its frames).
+`stabilityai/sd-vae-ft-mse`: every frame encoded on its own, 128 px -> 4×16×16, and scaled by 0.18215 to
+roughly unit variance. The MM-Diffusion baseline and tiny CPU runs diffuse pixels through `PixelCodec`.
+Both codecs share one interface (`encode`, `decode`, `channels`, `factor`); the network, samplers, train.py
+and sample.py use only that.
+The autoencoder is written here from scratch with diffusers' parameter names, so the published weights load
+with strict=True (`convert_legacy_attention` renames older checkpoints' four attention keys).
 
-The autoencoder is written here from scratch. Its parameter names follow the diffusers checkpoint layout
-(`encoder.down_blocks.0.resnets.0.norm1`, `encoder.mid_block.attentions.0.to_q`, `quant_conv`, ...), so
-the published `diffusion_pytorch_model.safetensors` loads with strict=True and no renaming table. The one
-exception: checkpoints saved by older diffusers (sd-vae-ft-mse was published in 2022) may name the four
-mid-block attention projections `query`, `key`, `value`, `proj_attn`; `convert_legacy_attention` renames
-exactly those four (to `to_q`, `to_k`, `to_v`, `to_out.0`), as diffusers itself does on load.
+Where the codec is chosen, and the parameter names: docs/codecs.md.
 """
 from __future__ import annotations
 
@@ -28,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import huggingface_hub
-from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -382,7 +375,8 @@ class PixelCodec(nn.Module):
         if self.patch == 1:
             return frames
         B, nF, _, H, W = frames.shape
-        assert H % self.patch == 0 and W % self.patch == 0, f"frame size must be a multiple of {self.patch}, got {H}×{W}"
+        assert H % self.patch == 0 and W % self.patch == 0, \
+            f"frame size must be a multiple of {self.patch}, got {H}×{W}"
         return F.pixel_unshuffle(x, self.patch).view(B, nF, self.channels, H // self.patch, W // self.patch)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -4,23 +4,15 @@ reconstruction guidance (CMMD Eq. 3) and without it (λ = 0, replacement, Eq. 5)
 
     python experiments/samplers.py                        # the demo's checkpoint, 64 validation clips
     python experiments/samplers.py --ckpt runs/x/model --clips 128 --split val --out runs/samplers
-    python experiments/samplers.py --out /tmp/smoke --smoke   # seconds: guards the script
+    python experiments/samplers.py --out /tmp/smoke --smoke   # guards the script
 
-Every setting samples the same clips from the same seed (demo.evaluate), so settings compare pairwise:
-each one's video→audio and audio→video onset F1 (±100 ms) is given with the paired bootstrap interval of
-its difference to DDIM at 200 steps (the paper's sampler) with the same guidance, over clips. Cost is counted
-in network passes, not steps: --steps counts network evaluations (DPM-Solver++(2S) takes two per step of its
-own), and with guidance every evaluation is a forward pass and a backward pass (the gradient of
-Eq. 3 through the network), so a guided step is 2 passes and an unguided one 1 (a backward pass takes
-about twice a forward's arithmetic, so passes understate guidance's cost in time).
-
-[choice] The sweep runs on the validation split: it chooses sample.py's default, and defaults are never
-tuned on test clips. The cheapest setting that matches DDIM-200 is printed (`cheapest_match`): "matches"
-means the 95 % interval of its F1 minus DDIM-200's reaches 0 (a difference not told from noise) in both
-directions, with the demo's λ and with λ = 0, at it and at every larger step count of its sampler. Results go to OUT/results.json as each setting finishes (a rerun resumes), the table to
-OUT/results.md and the plot to OUT/samplers.png.
+Every setting samples the same clips from the same seed (demo.evaluate), so settings compare pairwise: each
+one's onset F1 (±100 ms) in both directions comes with the paired bootstrap interval of its difference to DDIM
+at 200 steps (the paper's sampler) with the same guidance, over clips. Cost is counted in network passes, not
+steps (a guided step is 2, an unguided one 1). The cheapest setting that matches DDIM-200 is printed
+(`cheapest_match`). Results go to OUT/results.json (a rerun resumes), OUT/results.md and OUT/samplers.png.
+How passes and "matches" are counted: docs/results.md.
 """
-import argparse
 import json
 import sys
 import time
@@ -143,11 +135,10 @@ def plot(results: dict, settings, path: Path):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ckpt", default="runs/demo/model", help="a checkpoint, or a run folder (its newest)")
-    p.add_argument("--out", default="runs/samplers", help="output folder")
-    p.add_argument("--clips", type=int, default=64, help="held-out clips")
-    p.add_argument("--split", default="val", choices=("val", "test"), help="held-out split (val: defaults are chosen here)")
+    p = cli.experiment_parser(__doc__, "runs/samplers", 64, "held-out clips")
+    # [choice] The validation split: the sweep chooses sample.py's default, and defaults are never tuned on test clips.
+    p.add_argument("--split", default="val", choices=("val", "test"),
+                   help="held-out split (val: defaults are chosen here)")
     p.add_argument("--seed", type=int, default=0, help="seed of the clips, the sampling noise and the bootstrap")
     p.add_argument("--smoke", action="store_true", help="two settings of 2 steps on 2 clips")
     return p.parse_args(argv)

@@ -4,20 +4,14 @@ along time) on long synthetic clips with known event times.
     python experiments/seams.py                         # the demo's checkpoint, 32 clips of 14.4 s
     python experiments/seams.py --out /tmp/smoke --smoke
 
-For each long clip (bounce and dance alternating, from a seed stream of their own), video→audio and
-audio→video are generated three ways with the same sampler, guidance and seed:
-- long: `generate.generate` over the whole clip, in windows of --window frames overlapping by --overlap, each
-  window after the first given the overlap already generated as known (what sample.py does);
-- single windows: the clip cut into windows of --window frames, each generated on its own and scored on its
-  own (what the model does within one window: the reference for "no loss from going long");
-- hard cuts: the same single windows laid end to end (what long generation would be without inpainting).
-Scores: onset F1 at ±100 ms over the whole clip (long) or pooled over windows (single), with the paired
-bootstrap interval of long − single over clips; and the jump at the seams, the mean absolute change from one
-mel step to the next (v2a) or one frame to the next (a2v) where a window's new part meets the known part,
-against the same change everywhere else (inside windows), for the generated signal, the hard cuts and the
-truth at the same places. Results go to OUT/results.json and OUT/results.md.
+For each long clip, video→audio and audio→video are generated three ways with the same sampler, guidance and
+seed: long (`generate.generate` in overlapping windows, each given the overlap already generated as known:
+what sample.py does), single windows (each generated and scored on its own: the reference for "no loss from
+going long") and hard cuts (the single windows laid end to end). Scores: onset F1 at ±100 ms with the paired
+bootstrap interval of long − single over clips, and the jump at the seams against the same change inside
+windows. Results go to OUT/results.json and OUT/results.md.
+How the clips are made and the scores computed: docs/results.md.
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -32,11 +26,11 @@ import cli  # noqa: E402
 import data  # noqa: E402
 import demo  # noqa: E402
 import generate  # noqa: E402
-import media  # noqa: E402
 import melspec  # noqa: E402
 import pipeline  # noqa: E402
 import sampling  # noqa: E402
 import synthetic  # noqa: E402
+from modalities import to_uint8, to_unit  # noqa: E402
 
 MAX_EVENTS = 256  # room for every event of a long clip (synthetic.EVENTS_MAX is sized for 1.8 s windows)
 
@@ -71,7 +65,7 @@ def onset_rows(direction: str, signal, events_per_clip, clip, offsets=None) -> l
     """Per clip, onset counts of the generated `signal` against the true events (seconds). offsets: window
     starts (frames) when the signal is a list of windows per clip, scored window by window and pooled."""
     detect = (lambda a: alignment.audio_onsets(a.numpy(), clip.sample_rate)) if direction == "v2a" else \
-        (lambda v: alignment.visual_onsets(media.to_uint8(v), clip.fps))
+        (lambda v: alignment.visual_onsets(to_uint8(v), clip.fps))
     rows = []
     for i, ev in enumerate(events_per_clip):
         parts = signal[i] if offsets is not None else [signal[i]]
@@ -97,15 +91,17 @@ def run_direction(pipe, cfg, clips: list[dict], direction: str, window: int, ove
     cuts = [(f0, min(f0 + window, clip.frames)) for f0 in range(0, clip.frames, window)]
     for lo in range(0, len(clips), batch):
         part = clips[lo:lo + batch]
-        cond = {"video": torch.stack([c["video"] for c in part]).float() / 127.5 - 1,  # (b, F, 3, H, W)
+        cond = {"video": to_unit(torch.stack([c["video"] for c in part])),  # (b, F, 3, H, W)
                 "audio": torch.stack([c["audio"] for c in part])}  # (b, L)
         r = generate.generate(pipe, cfg, cond={known: cond[known]}, window=window, overlap=overlap, generator=g)
         spans = r["windows"]
         long += list(r[gen_key].cpu())
         pieces = []
         for f0, f1 in cuts:
-            c = {"video": cond["video"][:, f0:f1]} if known == "video" else {"audio": cond["audio"][:, f0 * spf:f1 * spf]}
-            pieces.append(generate.generate(pipe, cfg, cond=c, window=window, overlap=overlap, generator=g)[gen_key].cpu())
+            c = ({"video": cond["video"][:, f0:f1]} if known == "video"
+                 else {"audio": cond["audio"][:, f0 * spf:f1 * spf]})
+            pieces.append(generate.generate(pipe, cfg, cond=c, window=window, overlap=overlap,
+                                            generator=g)[gen_key].cpu())
         single += [[p[i] for p in pieces] for i in range(len(part))]
     rows_long = onset_rows(direction, long, events, clip)
     rows_single = onset_rows(direction, single, events, clip, offsets=[f0 for f0, _ in cuts])
@@ -121,7 +117,7 @@ def run_direction(pipe, cfg, clips: list[dict], direction: str, window: int, ove
                                                                  ("truth", truth))}
     else:
         to_steps = lambda fs: fs  # noqa: E731
-        truth = truth / 127.5 - 1
+        truth = to_unit(truth)
         series = {k: jumps(x, 1) for k, x in (("generated", generated), ("hard cuts", hard_cat), ("truth", truth))}
     seam = {"inpainted seams": seam_stats({k: series[k] for k in ("generated", "truth")}, to_steps(seams)),
             "hard cuts": seam_stats({k: series[k] for k in ("hard cuts", "truth")}, to_steps(hard))}
@@ -131,10 +127,7 @@ def run_direction(pipe, cfg, clips: list[dict], direction: str, window: int, ove
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ckpt", default="runs/demo/model", help="a checkpoint, or a run folder (its newest)")
-    p.add_argument("--out", default="runs/seams", help="output folder")
-    p.add_argument("--clips", type=int, default=32, help="long clips")
+    p = cli.experiment_parser(__doc__, "runs/seams", 32, "long clips")
     p.add_argument("--seconds", type=float, default=14.4, help="length of each clip")
     p.add_argument("--window", type=int, default=generate.DEFAULT_WINDOW, help="frames per window")
     p.add_argument("--overlap", type=int, default=generate.DEFAULT_OVERLAP, help="frames shared with the window before")
@@ -168,7 +161,8 @@ def run(a):
         j = r["jumps"]
         dl = r["long_minus_single"]
         lines.append(f"| {d} | {r['f1_long']:.3f} | {r['f1_single']:.3f} | {dl[0]:+.3f} [{dl[1]:+.3f}, {dl[2]:+.3f}] | "
-                     f"{j['inpainted seams']['generated']['ratio']:.2f} | {j['inpainted seams']['truth']['ratio']:.2f} | "
+                     f"{j['inpainted seams']['generated']['ratio']:.2f} | "
+                     f"{j['inpainted seams']['truth']['ratio']:.2f} | "
                      f"{j['hard cuts']['hard cuts']['ratio']:.2f} | {j['hard cuts']['truth']['ratio']:.2f} |")
         checkpoint.write_text(out / "results.json", json.dumps(results, indent=1))
     md = "\n".join(lines)

@@ -1,22 +1,17 @@
 """CMMD's claims at small scale on the synthetic benchmark (CMMD §3.2, Table 2): nCMMD vs CMMD vs
 MM-Diffusion vs a fusion-off ablation, over several seeds, scored against the clips' true event times.
 
-    python experiments/study.py --out runs/study                    # the study (hours on a CPU)
+    python experiments/study.py --out runs/study                    # the study
     python experiments/study.py --out /tmp/smoke --smoke            # a handful of steps: guards the script
-    python experiments/study.py --out runs/study --parallel         # one process per seed (a GPU left idle by one)
+    python experiments/study.py --out runs/study --parallel         # one process per seed
 
-For every seed it trains, on the same synthetic clips (bounce and dance variants together):
-- nCMMD: the joint loss only, `--steps` steps;
-- nCMMD, fusion off: the same, with the two paths independent (alignment should be at chance);
-- MM-Diffusion at the same preset name (mmunet.py's, smaller than CMMD's), `--steps` steps;
-and, from the nCMMD checkpoint, `--finetune` more steps at `--finetune-batch` (2, the paper's CMMD batch) of:
-- nCMMD continued without the contrastive loss (the control: the same extra training);
-- CMMD with the contrastive loss at the paper's η = 5e-5, and at a larger η.
-Each is evaluated on held-out clips (demo.evaluate, with the demo's guidance λ): video→audio onset F1 and
-hit rate at ±100 ms, the beat hit rate at ±100 ms on the dance clips and a mel L1 distance to the truth;
-audio→video visual-event F1 and hit rate; next to the ground truth, the ground truth shifted by 400 ms and another clip's signal. The
-table (mean ± std over seeds) goes to OUT/results.md, every number to OUT/results.json; each seed's scores
-are kept in OUT/seedN/scores.json as they come, so an interrupted study resumes where it stopped.
+For every seed it trains, on the same synthetic clips, nCMMD, nCMMD with fusion off and MM-Diffusion at the
+same preset name (`--steps` steps each), and from the nCMMD checkpoint `--finetune` more steps at
+`--finetune-batch` of nCMMD (the control) and of CMMD at the paper's η = 5e-5 and at a larger η. Each is
+scored on held-out clips with demo.evaluate (onset, beat and visual-event F1 and hit rates, mel L1) next to
+the ground truth, the truth shifted by 400 ms and another clip's signal. The table (mean ± std over seeds)
+goes to OUT/results.md, every number to OUT/results.json; OUT/seedN/scores.json lets a study resume.
+What it trains and scores in full, and the runs: docs/study.md.
 """
 import argparse
 import dataclasses
@@ -65,8 +60,9 @@ def slug(name: str) -> str:
 
 def summarise(per_seed: dict) -> tuple[str, dict]:
     """Markdown table of mean ± std over seeds, and the same numbers as a dict."""
-    columns = [("v2a", "f1", "v2a onset F1"), ("v2a", "hit", "v2a hit ±100 ms"), ("v2a", "beat", "dance beat hit ±100 ms"),
-               ("v2a", "mel_l1", "mel L1 ↓"), ("a2v", "f1", "a2v visual F1"), ("a2v", "hit", "a2v visual hit ±100 ms")]
+    columns = [("v2a", "f1", "v2a onset F1"), ("v2a", "hit", "v2a hit ±100 ms"),
+               ("v2a", "beat", "dance beat hit ±100 ms"), ("v2a", "mel_l1", "mel L1 ↓"),
+               ("a2v", "f1", "a2v visual F1"), ("a2v", "hit", "a2v visual hit ±100 ms")]
     rows = sorted(dict.fromkeys(name for seed in per_seed.values() for name in seed),  # training order,
                   key=lambda n: n.startswith("reference"))  # then the references
     table = ["| model | " + " | ".join(c[2] for c in columns) + " |", "|---|" + "---|" * len(columns)]
@@ -91,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
     """The study's flags, with their defaults and help."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/study", help="study directory (runs resume from their checkpoints)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (data order, init, noise); default 0 1 2, or 0 with --smoke")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="seeds (data order, init, noise); default 0 1 2, or 0 with --smoke")
     p.add_argument("--preset", default="tiny", help="network preset of every model",
                    choices=train.TrainConfig.__dataclass_fields__["preset"].metadata["choices"])
     p.add_argument("--size", type=int, default=16, help="frame side in pixels")
@@ -101,7 +98,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune", type=int, default=500, help="fine-tuning steps of CMMD and of the control")
     p.add_argument("--finetune-batch", type=int, default=2, help="clips per fine-tuning step (the paper's CMMD: 2)")
     p.add_argument("--skip", nargs="+", default=[], metavar="RUN",
-                   help="runs to leave out: ncmmd-fusion-off, mm-diffusion, ncmmd-fine-tune-control, cmmd-eta-5e-5, cmmd-eta-0.005")
+                   help="runs to leave out: ncmmd-fusion-off, mm-diffusion, ncmmd-fine-tune-control, "
+                        "cmmd-eta-5e-5, cmmd-eta-0.005")
     p.add_argument("--train-clips", type=int, default=1024, help="synthetic training clips")
     p.add_argument("--clips", type=int, default=32, help="held-out clips evaluated per model")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps when sampling")

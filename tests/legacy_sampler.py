@@ -18,7 +18,8 @@ def legacy_sample(d, model, shapes, *, cond=None, steps=200, guidance=0.0, guida
     gen = [k for k in MODALITIES if k in shapes and k not in cond]
     shapes = {k: tuple(cond[k].shape) if k in cond else tuple(shapes[k]) for k in MODALITIES if k in cond or k in gen}
     B = next(iter(shapes.values()))[0]
-    device, dtype = (next(iter(cond.values())).device, next(iter(cond.values())).dtype) if cond else ("cpu", torch.float32)
+    device, dtype = ((next(iter(cond.values())).device, next(iter(cond.values())).dtype) if cond
+                     else ("cpu", torch.float32))
     noise = {k: _randn(shapes[k], generator, device, dtype) for k in shapes}
     x = {k: noise[k] for k in gen}
     ts = d.timesteps(steps)

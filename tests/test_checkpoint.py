@@ -39,16 +39,18 @@ def test_written_files_follow_the_umask(tmp_path):
 
 def test_save_read_and_strict_load(tmp_path):
     net = torch.nn.Linear(3, 2)
-    path = checkpoint.save(tmp_path / "ckpt-00000001.safetensors", {f"model.{k}": v for k, v in net.state_dict().items()},
-                           {"net": {"in": 3}}, step=1)
+    path = checkpoint.save(tmp_path / "ckpt-00000001.safetensors",
+                           {f"model.{k}": v for k, v in net.state_dict().items()}, {"net": {"in": 3}}, step=1)
     config, tensors = checkpoint.read(path)
     assert config == {"net": {"in": 3}}
     other = checkpoint.load_strict(torch.nn.Linear(3, 2), tensors, "model.", path)
     assert torch.equal(other.weight, net.weight)
-    with pytest.raises(checkpoint.CheckpointError, match=r"model.weight has shape \(2, 3\) where the network has \(2, 4\)"):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"model.weight has shape \(2, 3\) where the network has \(2, 4\)"):
         checkpoint.load_strict(torch.nn.Linear(4, 2), tensors, "model.", path)
     with pytest.raises(checkpoint.CheckpointError, match=r"4 missing, e.g. \['0.bias', '0.weight'\]; 2 unexpected"):
-        checkpoint.load_strict(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)), tensors, "model.", path)
+        checkpoint.load_strict(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)), tensors, "model.",
+                               path)
     assert checkpoint.latest(tmp_path) == path and checkpoint.latest(tmp_path / "none") is None
 
 

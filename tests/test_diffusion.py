@@ -30,7 +30,8 @@ class TinyJoint(nn.Module):
         v, a = x["video"], x["audio"]
         t = (n.float() / 1000).view(-1, 1)  # (B, 1)
         out_v = self.mix_v(v.movedim(2, -1)).movedim(-1, 2)  # (B, F, C, H, W)
-        out_v = torch.tanh(out_v) + 0.3 * a.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1) + torch.sin(3 * t).view(-1, 1, 1, 1, 1)
+        out_v = (torch.tanh(out_v) + 0.3 * a.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
+                 + torch.sin(3 * t).view(-1, 1, 1, 1, 1))
         out_a = self.mix_a(a.transpose(1, 2)).transpose(1, 2)  # (B, M, T)
         out_a = torch.tanh(out_a) + 0.3 * v.mean(dim=(1, 2, 3, 4)).view(-1, 1, 1) + torch.cos(3 * t).view(-1, 1, 1)
         return {"video": out_v, "audio": out_a}
@@ -205,7 +206,8 @@ def test_min_snr_losses_by_hand(cfg):
     for k in shapes:
         torch.testing.assert_close(terms[k], ref[k])
     assert abs(loss - d.joint_loss(model, x0, n=n, noise=noise)[0]) > 1e-3  # γ = 0: the uniform loss, another value
-    negs = [{"video": x0["video"], "audio": rand(shapes, 4)["audio"]}, {"video": rand(shapes, 5)["video"], "audio": x0["audio"]}]
+    negs = [{"video": x0["video"], "audio": rand(shapes, 4)["audio"]},
+            {"video": rand(shapes, 5)["video"], "audio": x0["audio"]}]
     neg_noise = [rand(shapes, 6), rand(shapes, 7)]
     c_loss, c_terms = d.contrastive_loss(model, x0, negs, 0.3, n=n, noise=[noise, *neg_noise], snr_gamma=gamma)
     torch.testing.assert_close(c_terms["jdiff"], loss)
@@ -249,7 +251,8 @@ def test_ddim_trajectory_matches_diffusers(cfg, kwargs, eta, steps):
     assert d.timesteps(steps) == sched.timesteps.tolist()
     x, step_noise = drawn_noise(0, steps, eta > 0)
     ref = diffusers_loop(sched, model, steps, x, eta=eta, step_noise=step_noise)
-    out = sample(d, model, SHAPES, steps=steps, eta_ddim=eta, generator=torch.Generator().manual_seed(0), progress=False)
+    out = sample(d, model, SHAPES, steps=steps, eta_ddim=eta, generator=torch.Generator().manual_seed(0),
+                 progress=False)
     for k in SHAPES:
         torch.testing.assert_close(out[k], ref[k], atol=1e-4, rtol=1e-4)
 
@@ -326,7 +329,8 @@ class VideoFromAudio(nn.Module):
         super().__init__()
         self.d, self.prediction = d, prediction
         g = torch.Generator().manual_seed(9)
-        self.W = nn.Parameter(torch.randn(math.prod(SHAPES["video"][1:]), math.prod(SHAPES["audio"][1:]), generator=g) / 8)
+        self.W = nn.Parameter(torch.randn(math.prod(SHAPES["video"][1:]), math.prod(SHAPES["audio"][1:]),
+                                          generator=g) / 8)
 
     def x0(self, a):
         return (a.flatten(1) @ self.W.T).view(SHAPES["video"]), a / 2

@@ -28,14 +28,15 @@ def run(script, *args):
 def test_samplers_smoke(ckpt, tmp_path):
     stdout = run("samplers.py", "--ckpt", ckpt, "--out", tmp_path, "--smoke")
     results = json.loads((tmp_path / "results.json").read_text())
-    assert len(results) == 4  # 2 settings × {demo λ, λ = 0}
+    assert len(results) == 6  # 3 settings (ddim, dpmsolver++, dpmsolver++2s) × {demo λ, λ = 0}
     guided = next(r for r in results.values() if r["guidance"] == "demo λ")
     assert guided["passes"] == {"v2a": 4, "a2v": 4}  # 2 steps, a forward and a backward each
     assert (tmp_path / "samplers.png").stat().st_size > 0 and "DDIM-200" in stdout
     # a rerun resumes: nothing is sampled again
     again = run("samplers.py", "--ckpt", ckpt, "--out", tmp_path, "--smoke")
     rerun = json.loads((tmp_path / "results.json").read_text())
-    assert {k: r["rows"] for k, r in rerun.items()} == {k: r["rows"] for k, r in results.items()} and "DDIM-200" in again
+    assert ({k: r["rows"] for k, r in rerun.items()} == {k: r["rows"] for k, r in results.items()}
+            and "DDIM-200" in again)
     assert [r["seconds"] for r in rerun.values()] == [r["seconds"] for r in results.values()]
 
 

@@ -222,7 +222,8 @@ def test_load_vocoder_rejects_another_front_end(tmp_path):
     G, D, (oG, oD) = _nets(tiny_cfg())
     path = melgan.save_checkpoint(tmp_path, 1, G, D, oG, oD, torch.Generator())
     meta = melgan.read_checkpoint(path)[1]
-    save_file(load_file(str(path)), str(path), metadata={**meta, "front_end": json.dumps({**melgan.FRONT_END, "n_fft": 1024})})
+    save_file(load_file(str(path)), str(path),
+              metadata={**meta, "front_end": json.dumps({**melgan.FRONT_END, "n_fft": 1024})})
     with pytest.raises(checkpoint.CheckpointError, match="another mel front end.*n_fft"):
         melgan.load_vocoder(path)
 
@@ -258,7 +259,8 @@ def test_training_starts_from_an_empty_filterbank_cache(tmp_path, monkeypatch):
     """A fresh process validates (no grad) before its first step: the cached filterbank must still allow backward."""
     monkeypatch.setattr(melspec, "_MEL_BASIS", {})
     run = melgan.TrainRun(steps=1, val_every=1, ckpt_every=1, n_val=1)
-    assert melgan.train("synthetic", tmp_path, tiny_cfg(segment_length=1024, batch_size=1), run, progress=False)["step"] == 1
+    assert melgan.train("synthetic", tmp_path, tiny_cfg(segment_length=1024, batch_size=1), run,
+                        progress=False)["step"] == 1
 
 
 def test_cli_trains_then_resumes_with_the_checkpoints_config(tmp_path, capsys):

@@ -13,12 +13,12 @@ import scipy.optimize
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import FIXTURES, I3D_DIR, shared_file
 
 import alignment
 import checkpoint
 import features
 import metrics as M
+from conftest import FIXTURES, I3D_DIR, shared_file
 
 SR = 16000
 
@@ -121,7 +121,8 @@ def test_hit_rate_exact_and_inclusive_edges():
         assert alignment.hit_rate(grid, grid + sign * (0.1 + 1 / SR), 0.1) == 0.0  # a sample beyond: misses
     assert alignment.hit_rate([1.0, 1.05], [1.02], 0.1) == 1.0  # one estimate may serve several references
     assert alignment.hit_rate([1.0], [], 0.1) == 0.0 and math.isnan(alignment.hit_rate([], [1.0], 0.1))
-    assert alignment.hit_rate(torch.tensor([1.0, 3.0, math.nan]), [1.05], 0.1) == 0.5  # NaN padding (synthetic.py) is ignored
+    # NaN padding (synthetic.py) is ignored
+    assert alignment.hit_rate(torch.tensor([1.0, 3.0, math.nan]), [1.05], 0.1) == 0.5
 
 
 def test_onset_prf_exact_and_one_to_one():
@@ -264,11 +265,13 @@ def test_vggish_weights_strict_load_and_errors(vggish, tmp_path, monkeypatch):
     torch.save(vggish.state_dict(), path)
     loaded = features.load_vggish(path)
     assert torch.equal(loaded.embeddings[4].weight, torch.load(path)["embeddings.4.weight"])
-    with pytest.raises(checkpoint.CheckpointError, match=r"missing\.pth: VGGish weights not found .*vggish-10086976\.pth"):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"missing\.pth: VGGish weights not found .*vggish-10086976\.pth"):
         features.load_vggish(tmp_path / "missing.pth")
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(checkpoint.CheckpointError, match=r"bad\.pth: weights do not fit the torchvggish VGGish network \(17 missing, "
-                                                         r"e\.g\. \['embeddings\.0\.bias', 'embeddings\.0\.weight'\]; 0 unexpected"):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"bad\.pth: weights do not fit the torchvggish VGGish network \(17 missing, "
+                             r"e\.g\. \['embeddings\.0\.bias', 'embeddings\.0\.weight'\]; 0 unexpected"):
         features.load_vggish(tmp_path / "bad.pth")
     (tmp_path / "text.pth").write_text("not a checkpoint")
     with pytest.raises(checkpoint.CheckpointError, match="text.pth: not a torchvggish VGGish state dict"):
@@ -325,8 +328,9 @@ def test_i3d_load_errors(tmp_path):
     state = features.I3D().state_dict()
     state.pop("logits.conv3d.bias")
     torch.save(state, tmp_path / "partial.pt")
-    with pytest.raises(checkpoint.CheckpointError, match=r"partial\.pt: weights do not fit the I3D Kinetics-400 network "
-                                                         r"\(1 missing, e\.g\. \['logits\.conv3d\.bias'\]; 0 unexpected"):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"partial\.pt: weights do not fit the I3D Kinetics-400 network "
+                             r"\(1 missing, e\.g\. \['logits\.conv3d\.bias'\]; 0 unexpected"):
         features.load_i3d(tmp_path / "partial.pt")
 
 

@@ -1,5 +1,6 @@
-"""mmunet.py, the MM-Diffusion baseline's network: the official size, RS-MMA against the paper's definition and a dense masked reference,
-shapes, zero-shot conditional sampling, a training step and determinism (MM-Diffusion §3.3–3.4)."""
+"""mmunet.py, the MM-Diffusion baseline's network: the official size, RS-MMA against the paper's definition and a
+dense masked reference, shapes, zero-shot conditional sampling, a training step and determinism (MM-Diffusion
+§3.3–3.4)."""
 import math
 
 import pytest
@@ -47,7 +48,8 @@ def test_official_parameter_count():
     total = sum(p.numel() for p in model.parameters())
     split = M.param_split(model)
     print(f"MM-Diffusion official: {total / 1e6:.2f} M parameters "
-          f"(video {split['video'] / 1e6:.2f} M, audio {split['audio'] / 1e6:.2f} M, shared {split['shared'] / 1e6:.2f} M)")
+          f"(video {split['video'] / 1e6:.2f} M, audio {split['audio'] / 1e6:.2f} M, "
+          f"shared {split['shared'] / 1e6:.2f} M)")
     assert abs(total / M.OFFICIAL_PARAMS - 1) < 0.02, f"{total / 1e6:.2f} M vs official 133.68 M"
     assert split["video"] == pytest.approx(96.7e6, rel=0.01) and split["audio"] == pytest.approx(34.6e6, rel=0.01)
     # the official dilation sequence 2^(k mod 10): encoder blocks, then the middle block
@@ -80,14 +82,14 @@ def test_rs_mma_mask_matches_paper_definition(F_, L, window, shift):
     """§3.3: segment i of ⌊L/F⌋ samples (remainder to the last) ↔ frames f_s = (i+R) % F … f_e = (i+R+S) % F."""
     mask = M.rs_mma_mask(F_, L, window, shift)
     seg_len = L // F_
-    segment = [min(l // seg_len, F_ - 1) for l in range(L)]
+    segment = [min(j // seg_len, F_ - 1) for j in range(L)]
     for i in range(F_):
         seen = {(i + shift + s) % F_ for s in range(min(window, F_))}
-        for l in range(L):
-            assert mask["video"][i, l] == (segment[l] in seen), (i, l)
-    for l in range(L):
-        seen = {(segment[l] + shift + s) % F_ for s in range(min(window, F_))}
-        assert mask["audio"][l].tolist() == [f in seen for f in range(F_)], l
+        for j in range(L):
+            assert mask["video"][i, j] == (segment[j] in seen), (i, j)
+    for j in range(L):
+        seen = {(segment[j] + shift + s) % F_ for s in range(min(window, F_))}
+        assert mask["audio"][j].tolist() == [f in seen for f in range(F_)], j
 
 
 def dense_rsmma(block: M.RSMMA, h: dict, window: int | None, shift: int) -> dict:
@@ -108,10 +110,12 @@ def dense_rsmma(block: M.RSMMA, h: dict, window: int | None, shift: int) -> dict
         qh, kh, vh = (t.view(B, -1, block.heads, d).transpose(1, 2) for t in (q[m], k[o], vv[o]))  # (B, heads, N, d)
         scores = (qh @ kh.transpose(-1, -2) / math.sqrt(d)).masked_fill(~masks[m], float("-inf"))
         y[m] = block.proj[m]((scores.softmax(-1) @ vh).transpose(1, 2).reshape(B, -1, C))
-    return {"video": v + y["video"].view(B, F_, H, W, C).permute(0, 4, 1, 2, 3), "audio": a + y["audio"].transpose(1, 2)}
+    return {"video": v + y["video"].view(B, F_, H, W, C).permute(0, 4, 1, 2, 3),
+            "audio": a + y["audio"].transpose(1, 2)}
 
 
-@pytest.mark.parametrize("F_,L,window,shift", [(4, 9, 2, 1), (4, 8, 1, 3), (5, 23, 3, 2), (4, 10, None, 0), (3, 7, 4, 0)])
+@pytest.mark.parametrize("F_,L,window,shift",
+                         [(4, 9, 2, 1), (4, 8, 1, 3), (5, 23, 3, 2), (4, 10, None, 0), (3, 7, 4, 0)])
 def test_rs_mma_block_equals_dense_masked_attention(F_, L, window, shift):
     cfg = M.MMDiffusionConfig(head_channels=8, norm_groups=4)
     block = randomize_(M.RSMMA(16, window, cfg), seed=1, std=0.3)

@@ -14,8 +14,8 @@ import types
 import pytest
 import torch
 
-from conftest import SHARED, shared_file
 import mmunet  # noqa: F401  (registers the "mmdiffusion" guidance form)
+from conftest import SHARED, shared_file
 from diffusion import Diffusion
 from sampling import sample
 from test_diffusion import LINEAR_EPS, SHAPES, Coupled

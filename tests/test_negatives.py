@@ -2,8 +2,18 @@
 import pytest
 import torch
 
-from negatives import (KINDS, TIME_AXIS, NegativesConfig, crop, draw_negatives, negative, other_clip, positive,
-                       segment_swapped, shifted)
+from negatives import (
+    KINDS,
+    TIME_AXIS,
+    NegativesConfig,
+    crop,
+    draw_negatives,
+    negative,
+    other_clip,
+    positive,
+    segment_swapped,
+    shifted,
+)
 
 B, F, C, H, W, M, T = 4, 6, 2, 3, 3, 5, 20  # tiny clips; the margins are the real ones
 CFG = NegativesConfig()
@@ -28,7 +38,8 @@ def labels(x, modality):
 
 def draws(cfg, seeds=range(20)):
     for seed in seeds:
-        yield seed, {k: negative(labelled_windows(cfg), k, cfg, torch.Generator().manual_seed(seed)) for k in cfg.negate}
+        yield seed, {k: negative(labelled_windows(cfg), k, cfg, torch.Generator().manual_seed(seed))
+                     for k in cfg.negate}
 
 
 def test_crop_is_the_centre():
@@ -161,7 +172,10 @@ def test_bad_config_is_one_line_error():
 def test_feeds_contrastive_loss():
     from diffusion import Diffusion, DiffusionConfig
     w = {k: x.float() / 1000 for k, x in labelled_windows().items()}
-    model = lambda x, n: {k: 0.5 * v for k, v in x.items()}
+
+    def model(x, n):
+        return {k: 0.5 * v for k, v in x.items()}
+
     d = Diffusion(DiffusionConfig())
     loss, terms = d.contrastive_loss(model, positive(w, CFG), draw_negatives(w, CFG, torch.Generator().manual_seed(0)),
                                      eta=5e-5, generator=torch.Generator().manual_seed(0))

@@ -114,7 +114,8 @@ def test_each_window_keeps_what_the_one_before_generated(pipe, monkeypatch):
 
     monkeypatch.setattr(sampling, "sample", spy)
     v = torch.rand(1, 64, 3, 16, 16) * 2 - 1
-    result = generate.generate(pipe, sampling.SamplerConfig(steps=2), cond={"video": v}, generator=torch.Generator().manual_seed(0))
+    result = generate.generate(pipe, sampling.SamplerConfig(steps=2), cond={"video": v},
+                               generator=torch.Generator().manual_seed(0))
     assert result["windows"] == [(0, 36), (24, 60), (28, 64)] and len(calls) == 3
     (_, _, first), (cond, mask, second), _ = calls
     overlap = mask["audio"][0]  # (T,) of the second window
@@ -133,8 +134,8 @@ def test_a_prefix_longer_than_a_window_is_kept_and_the_rest_generated(pipe, monk
     g = torch.Generator().manual_seed(0)
     v, a = torch.rand(1, 80, 3, 16, 16, generator=g) * 2 - 1, torch.rand(1, 80 * 1600, generator=g) - 0.5
     prefix = torch.arange(80)[None] < 50  # 5 s kept: past the first window (0, 36)
-    out = generate.generate(pipe, sampling.SamplerConfig(steps=2), cond={"video": v, "audio": a}, known={"audio": prefix},
-                            generator=torch.Generator().manual_seed(1))
+    out = generate.generate(pipe, sampling.SamplerConfig(steps=2), cond={"video": v, "audio": a},
+                            known={"audio": prefix}, generator=torch.Generator().manual_seed(1))
     assert out["windows"][0] == (0, 36) and len(calls) == len(out["windows"]) - 1  # the first window skipped
     assert torch.equal(out["audio"][:, :50 * 1600], a[:, :50 * 1600])
     assert not torch.equal(out["audio"][:, 60 * 1600:], a[:, 60 * 1600:])
@@ -167,7 +168,8 @@ def test_generated_audio_is_brought_to_its_peak_not_clipped(pipe, monkeypatch):
 def test_continuation_returns_the_prefix_unchanged(pipe, known, kept):
     """Audio continuation (video whole, audio's first 12 frames) and video continuation, and both at once."""
     g = torch.Generator().manual_seed(0)
-    cond = {"video": torch.rand(2, 50, 3, 16, 16, generator=g) * 2 - 1, "audio": torch.rand(2, 50 * 1600, generator=g) - 0.5}
+    cond = {"video": torch.rand(2, 50, 3, 16, 16, generator=g) * 2 - 1,
+            "audio": torch.rand(2, 50 * 1600, generator=g) - 0.5}
     prefix = torch.arange(50)[None].expand(2, -1) < 12
     for masks in ({known: prefix}, {"video": prefix, "audio": prefix}):
         out = generate.generate(pipe, sampling.SamplerConfig(sampler="dpmsolver++", steps=2), cond=cond, known=masks,
@@ -182,7 +184,8 @@ def test_continuation_returns_the_prefix_unchanged(pipe, known, kept):
 def test_continuation_and_long_joint_commands(tiny_ckpt, tmp_path):
     src, item = long_clip(tmp_path, seconds=4.0)
     runs = {"v2a": ["--v2a", src, "--prefix", "1.5"], "a2v": ["--a2v", src, "--prefix", "1.5"],
-            "continue": ["--continue", src, "--prefix", "1.5", "--seconds", "6"], "joint": ["--joint", "2", "--seconds", "5"]}
+            "continue": ["--continue", src, "--prefix", "1.5", "--seconds", "6"],
+            "joint": ["--joint", "2", "--seconds", "5"]}
     for mode, args in runs.items():
         proc = sample_cli("--ckpt", tiny_ckpt, *args, "--steps", "2", "--out", tmp_path / mode)
         assert proc.returncode == 0, (mode, proc.stderr[-2000:])
@@ -242,11 +245,13 @@ def test_a_bad_file_among_many_is_skipped(tiny_ckpt, tmp_path):
         good.append(media.write_mp4(tmp_path / name / "clip.mp4", torch.zeros(8, 3, 16, 16, dtype=torch.uint8),
                                    torch.zeros(12800)))
     (tmp_path / "bad.mp4").write_text("not a video")
-    proc = sample_cli("--ckpt", tiny_ckpt, "--v2a", *good, tmp_path / "bad.mp4", "--steps", "1", "--out", tmp_path / "o")
+    proc = sample_cli("--ckpt", tiny_ckpt, "--v2a", *good, tmp_path / "bad.mp4", "--steps", "1",
+                      "--out", tmp_path / "o")
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "bad.mp4: not a readable media file" in errors[0] and "Traceback" not in proc.stderr
-    assert sorted(p.name for p in (tmp_path / "o").glob("*.mp4")) == ["a_clip_v2a.mp4", "b_clip_v2a.mp4"]  # unique names
+    # unique names
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.mp4")) == ["a_clip_v2a.mp4", "b_clip_v2a.mp4"]
     assert "2 of 3 inputs done" in proc.stderr
 
 

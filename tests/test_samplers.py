@@ -8,8 +8,8 @@ import torch
 
 import mmunet  # noqa: F401  (the "mmdiffusion" guidance form)
 from diffusion import Diffusion
-from sampling import SamplerConfig, sample
 from legacy_sampler import legacy_sample
+from sampling import SamplerConfig, sample
 from test_diffusion import COSINE, LINEAR_EPS, SHAPES, Coupled, Oracle, TinyJoint, VideoFromAudio, drawn_noise, rand
 
 diffusers = pytest.importorskip("diffusers")
@@ -57,13 +57,13 @@ class Imperfect(torch.nn.Module):
 
 
 def diffusers_dpm_loop(d, kwargs, model, steps, x, scheduler="DPMSolverMultistepScheduler"):
-    """diffusers' DPM-Solver++ (multistep, or `scheduler`) at our timesteps, one scheduler (one history) per modality. It is
-    handed our float64 ᾱ (equal to its own to float32, test_schedule_matches_diffusers): its float32 1 − ᾱ
+    """diffusers' DPM-Solver++ (multistep, or `scheduler`) at our timesteps, one scheduler (one history) per modality.
+    It is handed our float64 ᾱ (equal to its own to float32, test_schedule_matches_diffusers): its float32 1 − ᾱ
     is 3e-3 off at n = 0, which moves the last step by 1e-4; this test compares solvers, not that rounding."""
     scheds = {}
     for k in x:
-        scheds[k] = getattr(diffusers, scheduler)(num_train_timesteps=1000, algorithm_type="dpmsolver++", solver_order=2,
-                                                  **kwargs)
+        scheds[k] = getattr(diffusers, scheduler)(num_train_timesteps=1000, algorithm_type="dpmsolver++",
+                                                  solver_order=2, **kwargs)
         torch.testing.assert_close(scheds[k].alphas_cumprod, d.alphas_cumprod.float())
         scheds[k].alphas_cumprod = d.alphas_cumprod
         scheds[k].set_timesteps(timesteps=d.timesteps(steps))
@@ -180,7 +180,8 @@ def test_sampler_config_refuses_bad_values():
 def test_deterministic_under_generator_for_each_sampler():
     d, model = Diffusion(COSINE), TinyJoint()
     for sampler in ("ddim", "dpmsolver++"):
-        a, b, c = (sample(d, model, SHAPES, sampler=sampler, steps=5, generator=gen(s), progress=False) for s in (0, 0, 1))
+        a, b, c = (sample(d, model, SHAPES, sampler=sampler, steps=5, generator=gen(s), progress=False)
+                   for s in (0, 0, 1))
         assert all(torch.equal(a[k], b[k]) for k in SHAPES) and not torch.allclose(a["audio"], c["audio"])
 
 
@@ -212,7 +213,8 @@ def test_sounding_video_continuation_keeps_both_prefixes():
     mask = {"video": prefix_mask("video", 1), "audio": prefix_mask("audio", 4)}
     out = sample(d, model, {}, cond=x0, mask=mask, sampler="dpmsolver++", steps=5, guidance=0.05,
                    generator=gen(0), progress=False)
-    assert torch.equal(out["video"][:, :1], x0["video"][:, :1]) and torch.equal(out["audio"][..., :4], x0["audio"][..., :4])
+    assert (torch.equal(out["video"][:, :1], x0["video"][:, :1])
+            and torch.equal(out["audio"][..., :4], x0["audio"][..., :4]))
     assert not torch.equal(out["video"][:, 1:], x0["video"][:, 1:])
 
 

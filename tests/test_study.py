@@ -4,13 +4,14 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-from conftest import ROOT
+import pytest
 
 import data
 import demo
 import melspec
 import models
 import pipeline
+from conftest import ROOT
 
 
 def test_study_smoke(tmp_path):
@@ -25,6 +26,7 @@ def test_study_smoke(tmp_path):
     assert "| reference: ground truth | 0.9" in table or "| reference: ground truth | 1.0" in table
 
 
+@pytest.mark.slow  # two processes training at once: two minutes on a 2-core CPU
 def test_study_parallel_smoke(tmp_path):
     """--parallel: one process per seed, each seed's scores in its own file, one table over both."""
     proc = subprocess.run([sys.executable, "experiments/study.py", "--smoke", "--parallel", "--seeds", "3", "4",
@@ -68,6 +70,7 @@ def test_guidance_weights_same_weight_on_the_summed_error():
     codecs = {"video": SimpleNamespace(channels=3, factor=1),
               "audio": SimpleNamespace(channels=80, steps=lambda samples: samples // melspec.HOP)}
     lam = {"v2a": 2.0, "a2v": 0.5}
-    cmmd, mmd = (pipeline.Pipeline(None, None, codecs, clip, {"sampler": s}) for s in ({}, models.MODELS["mmdiffusion"].sampler))
+    cmmd, mmd = (pipeline.Pipeline(None, None, codecs, clip, {"sampler": s})
+                 for s in ({}, models.MODELS["mmdiffusion"].sampler))
     assert demo.guidance_weights(cmmd, lam) == lam
     assert demo.guidance_weights(mmd, lam) == {"v2a": 2.0 * 18 * 3 * 16 * 16, "a2v": 0.5 * 80 * 112}

@@ -98,8 +98,9 @@ def test_nan_guard_names_the_step(tmp_path, monkeypatch):
 
 def test_ddp_two_processes_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                           "train.py", *TINY, "--out", str(tmp_path), "--steps", "3", "--device", "cpu"],
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29533", "train.py", *TINY, "--out", str(tmp_path), "--steps", "3",
+                           "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [p.name for p in tmp_path.glob("ckpt-*.safetensors")] == ["ckpt-00000003.safetensors"]
@@ -112,9 +113,10 @@ def test_ddp_two_processes_gloo(tmp_path):
 def test_ddp_time_limit_stops_every_process(tmp_path):
     """Rank 0 alone must not stop: the time limit is agreed across processes, so none is left waiting."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
-                           "train.py", *TINY, "--out", str(tmp_path), "--steps", "1000", "--time-limit", "0.0001",
-                           "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29534", "train.py", *TINY, "--out", str(tmp_path), "--steps", "1000",
+                           "--time-limit", "0.0001", "--device", "cpu"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [p.name for p in tmp_path.glob("ckpt-*.safetensors")] == ["ckpt-00000001.safetensors"]
 

@@ -209,7 +209,7 @@ def test_bf16_autocast():
 
 @pytest.mark.parametrize("name", ["paper", "small", "tiny"])
 def test_presets_audio_path_not_narrower_than_mel(name):
-    """A path narrower than its input cannot pass xₙ's noise through (unet.py docstring, widths per path):
+    """A path narrower than its input cannot pass xₙ's noise through (docs/networks.md, widths per path):
     every preset's audio path is at least as wide as the 80 mel bins, and its blocks are built that wide."""
     cfg = preset(name)
     assert cfg.width["audio"] >= cfg.audio_channels == 80
@@ -228,6 +228,7 @@ def test_config_json_round_trip_and_errors():
         UNet(preset("tiny"))(*inputs(H=5))
 
 
+@pytest.mark.slow  # two minutes of compiling on a 2-core CPU
 def test_compiled_forward_equals_eager():
     """pipeline.compile_net (torch.compile, its default mode on a CPU: the code path `sample.py --compile`
     takes) computes what the eager network does, forward and the backward pass guidance takes."""

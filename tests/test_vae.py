@@ -179,18 +179,21 @@ def test_mismatched_checkpoint_names_keys(small, tmp_path):
     dropped = "decoder.conv_out.bias"
     bad = rewrite_weights(path, tmp_path / "missing", lambda s: s.pop(dropped))
     fit = r"weights do not fit the VAE of config\.json"
-    with pytest.raises(checkpoint.CheckpointError, match=rf"{fit} \(1 missing, e\.g\. \['{dropped}'\]; 0 unexpected") as info:
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=rf"{fit} \(1 missing, e\.g\. \['{dropped}'\]; 0 unexpected") as info:
         vae.load_vae(bad)
     assert str(bad / vae.WEIGHTS_NAME) in str(info.value) and "\n" not in str(info.value)
 
     extra = "decoder.extra.weight"
     bad = rewrite_weights(path, tmp_path / "unexpected", lambda s: s.update({extra: torch.zeros(2)}))
-    with pytest.raises(checkpoint.CheckpointError, match=rf"{fit} \(0 missing, e\.g\. \[\]; 1 unexpected, e\.g\. \['{extra}'\]\)"):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=rf"{fit} \(0 missing, e\.g\. \[\]; 1 unexpected, e\.g\. \['{extra}'\]\)"):
         vae.load_vae(bad)
 
     key = "quant_conv.bias"
     bad = rewrite_weights(path, tmp_path / "shape", lambda s: s.update({key: torch.zeros(3)}))
-    with pytest.raises(checkpoint.CheckpointError, match=rf"{key} has shape \(3,\) where the VAE of config\.json has \(8,\)"):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=rf"{key} has shape \(3,\) where the VAE of config\.json has \(8,\)"):
         vae.load_vae(bad)
 
 
