@@ -115,6 +115,7 @@ def evaluate(pipe, items, out: Path, sampler: dict, seed: int = 0, save_first: i
         signal["other clip"] = signal["ground truth"][1:] + signal["ground truth"][:1]  # the next clip's
     device = pipe.device
     g = torch.Generator(device).manual_seed(seed)
+    torch.manual_seed(seed)  # Griffin-Lim's initial phases: a score must not depend on what ran before it
     audio["model"], video["model"] = [], []
     shown = []
     for start in range(0, len(items), batch):

@@ -181,6 +181,17 @@ def test_continuation_returns_the_prefix_unchanged(pipe, known, kept):
             assert not torch.equal(out[k], cond[k])  # the rest is generated
 
 
+def test_a_prefix_longer_than_the_first_window_from_the_command(tiny_ckpt, tmp_path):
+    """--prefix 4 on a 5 s clip: the first window (3.6 s) lies inside the kept sound and is skipped."""
+    src, item = long_clip(tmp_path, seconds=5.0)
+    proc = sample_cli("--ckpt", tiny_ckpt, "--v2a", src, "--prefix", "4", "--steps", "2", "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wav = media.read_av(tmp_path / "out" / "long_v2a.wav", need_video=False).audio
+    assert abs(wav.shape[0] - 5 * 16000) < 160
+    given = media.read_av(src, need_video=False).audio  # the input's sound as sample.py reads it (AAC decoded)
+    torch.testing.assert_close(wav[:4 * 16000], given[:4 * 16000], atol=1 / 16000, rtol=0)  # kept, to 16-bit wav
+
+
 def test_continuation_and_long_joint_commands(tiny_ckpt, tmp_path):
     src, item = long_clip(tmp_path, seconds=4.0)
     runs = {"v2a": ["--v2a", src, "--prefix", "1.5"], "a2v": ["--a2v", src, "--prefix", "1.5"],
@@ -277,6 +288,8 @@ def test_bad_input_one_line(tiny_ckpt, tmp_path):
         (["--ckpt", tiny_ckpt, "--joint", "1", "--steps", "0"], "steps must be a positive integer"),
         (["--ckpt", tiny_ckpt, "--joint", "-1"], "--joint must be at least 1"),
         (["--ckpt", tiny_ckpt, "--joint", "1", "--out", wav], "t.wav: exists and is not a directory"),
+        (["--ckpt", tiny_ckpt, "--joint", "1", "--window", "1", "--overlap", "0", "--out", tmp_path / "w1"],
+         "--window 1 frames is shorter than the audio codec's block of 4 frames"),
     ]
     for args, message in cases:
         proc = sample_cli(*args)
