@@ -88,7 +88,7 @@ def mel_to_wav(mel: torch.Tensor, n_iter: int = 32, generator: torch.Generator |
         spec = mag * torch.exp(1j * rebuilt.angle())
     z = torch.istft(spec, N_FFT, HOP, N_FFT, window, center=True, length=L)  # (B, L), z[t] = wav[t + 128]
     shift = (N_FFT - HOP) // 2
-    return limit_peak(F.pad(z, (shift, -shift)))  # (B, L)
+    return F.pad(z, (shift, -shift))  # (B, L), at the level the mel describes: generate.py sets the output level
 
 
 PEAK_DBFS = -1.0  # the loudest a generated waveform may be: louder ones are scaled down whole, never clipped
