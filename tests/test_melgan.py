@@ -235,7 +235,9 @@ def test_griffin_lim_fallback_warns_and_vocodes(caplog):
     assert "\n" not in caplog.records[0].getMessage()
     wav = 0.3 * torch.randn(2, 16 * melspec.HOP, generator=torch.Generator().manual_seed(0))
     out = vocoder(melspec.wav_to_mel(wav))
-    assert out.shape == wav.shape and out.abs().max() <= 1
+    assert out.shape == wav.shape and torch.isfinite(out).all()
+    rms = lambda w: w.pow(2).mean(-1).sqrt()  # noqa: E731
+    assert torch.allclose(rms(out), rms(wav), rtol=0.2)  # the level its mel describes, not limited here
 
 
 # ----------------------------------------------------------------------------------------------------
