@@ -81,6 +81,11 @@ PRESETS = {
     # CPU study next to CMMD's "small" preset (unet.py), on the same 18-frame 64 px, 1.8 s clips (data.ClipConfig).
     "small": dict(frames=18, image_size=64, audio_samples=28_800, base_channels=32, num_res_blocks=1,
                   head_channels=32, self_attention_heads=1, dropout=0.0),
+    # The study's MM-Diffusion arm: CMMD's "cpu" preset's parameter count (within 10 %) on CMMD's demo
+    # representations (train.py --as-cmmd: the patch-2 codec's 12 × 8 × 8 frames, the 80 × 112 mel), two levels
+    # as that preset has (experiments/study.py).
+    "cpu": dict(base_channels=40, channel_mult=(1, 2), num_res_blocks=2, attention_rates=(2,), cross_rates=(1, 2),
+                cross_windows=(1, 2), head_channels=40, self_attention_heads=1, dropout=0.0, norm_groups=8),
     # Unit tests: L = 260 leaves a remainder segment at the second level.
     "tiny": dict(frames=4, image_size=16, audio_samples=260, base_channels=16, channel_mult=(1, 2),
                  num_res_blocks=1, attention_rates=(2,), cross_rates=(1, 2), cross_windows=(1, 2),

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import diffusion
+import dit
+import melspec
 import mmunet  # also supplies the "mmdiffusion" guidance form to sampling.py
 import unet
 
@@ -28,20 +30,53 @@ class Family:
         """The untrained network of a named preset, its config's fields overridden by keyword."""
         return self.network(self.preset(preset, **fields))
 
+    def recipe(self, as_cmmd: bool) -> "Family":
+        """The family whose diffusion, audio codec and sampler a run uses: its own, or with --as-cmmd CMMD's,
+        so that only the network differs from a CMMD run (the study's architecture comparison)."""
+        return MODELS["cmmd"] if as_cmmd else self
+
+
+def video_channels(cfg) -> int:
+    """The video codec's channels: 4 SD-VAE latent channels, or 3·p² for the patch-p pixel codec."""
+    if cfg.vae == "sd" and cfg.patch != 1:
+        raise ValueError("--patch is the pixel codec's; the SD-VAE has its own factor 8 (use --patch 1)")
+    return 4 if cfg.vae == "sd" else 3 * cfg.patch ** 2
+
+
+def no_trained_conditions(cfg, model: str) -> None:
+    """Trained conditional modes (--cond-tasks) need a network that takes a clean condition: the DiT's."""
+    if cfg.cond_tasks > 0:
+        raise ValueError(f"--cond-tasks {cfg.cond_tasks:g}: {model} conditions by replacement and guidance at "
+                         "sampling; trained conditional modes are the DiT's (--model dit)")
+
 
 def cmmd_net(cfg, clip) -> dict:
     """The easy-fusion U-Net on SD-VAE latents (4 channels) or the patch-p pixel codec (3·p² channels)."""
-    if cfg.vae == "sd" and cfg.patch != 1:
-        raise ValueError("--patch is the pixel codec's; the SD-VAE has its own factor 8 (use --patch 1)")
-    channels = 4 if cfg.vae == "sd" else 3 * cfg.patch ** 2
-    return asdict(unet.preset(cfg.preset, video_channels=channels, fusion=cfg.fusion))
+    no_trained_conditions(cfg, "CMMD's U-Net")
+    return asdict(unet.preset(cfg.preset, video_channels=video_channels(cfg), fusion=cfg.fusion))
+
+
+def dit_net(cfg, clip) -> dict:
+    """The joint DiT on the same codecs, with trained conditional modes when --cond-tasks > 0."""
+    if not cfg.fusion:
+        raise ValueError("--no-fusion is the U-Net's ablation; the DiT's streams meet in joint attention")
+    return asdict(dit.preset(cfg.preset, video_channels=video_channels(cfg), fps=clip.fps,
+                             cond_modes=cfg.cond_tasks > 0))
 
 
 def mmdiffusion_net(cfg, clip) -> dict:
-    """MM-Diffusion's coupled U-Net on pixels and the waveform in [-1, 1]; its full size is its official one."""
+    """MM-Diffusion's coupled U-Net on pixels and the waveform in [-1, 1]; its full size is its official one.
+    With --as-cmmd, on CMMD's representations instead: the video codec the flags choose (3·p² channels on
+    H/p × W/p, or SD-VAE latents) and the mel's M bins as the audio path's channels over its T steps."""
+    no_trained_conditions(cfg, "MM-Diffusion")
+    if cfg.as_cmmd:
+        side = clip.size // (8 if cfg.vae == "sd" else cfg.patch)
+        return asdict(mmdiffusion_preset(cfg.preset, frames=clip.frames, image_size=side,
+                                         video_channels=video_channels(cfg), audio_channels=melspec.N_MELS,
+                                         audio_samples=clip.mel_steps))
     if cfg.vae != "pixel" or cfg.patch != 1 or cfg.center:
         raise ValueError("--model mmdiffusion works on pixels and waveforms in [-1, 1]: use --vae pixel --patch 1 "
-                         "--no-center")
+                         "--no-center, or --as-cmmd for CMMD's representations")
     return asdict(mmdiffusion_preset(cfg.preset, frames=clip.frames, image_size=clip.size, audio_samples=clip.samples))
 
 
@@ -57,6 +92,8 @@ MODELS = {
                           mmunet.MMDiffusion, ("paper", *mmunet.PRESETS), mmdiffusion_preset, mmdiffusion_net,
                           diffusion=mmunet.diffusion_config, audio_codec="wave",
                           sampler={"guidance_form": "mmdiffusion", "clip_x0": True}),
+    "dit": Family("a joint audio-video diffusion transformer (MM-LDM's DiT; Peebles & Xie 2023)", dit.DiTConfig,
+                  dit.DiT, tuple(dit.PRESETS), dit.preset, dit_net),
 }
 PRESETS = tuple(dict.fromkeys(p for f in MODELS.values() for p in f.presets))  # every family's, for --preset
 

@@ -139,10 +139,11 @@ def run_config(cfg, init_meta: dict | None = None) -> dict:
         return {**init_meta, "train": asdict(cfg)}
     clip = data.ClipConfig(frames=cfg.frames, size=cfg.size)
     fam = models.family(cfg.model)
+    recipe = fam.recipe(cfg.as_cmmd)  # the diffusion, audio codec and sampler: the family's or CMMD's
+    codec = {"video": cfg.vae, "audio": recipe.audio_codec, **({"patch": cfg.patch} if cfg.patch != 1 else {})}
     return {"format": FORMAT, "model": cfg.model, "net": fam.net_config(cfg, clip),
-            "diffusion": asdict(fam.diffusion()), "clip": asdict(clip),
-            "codec": {"video": cfg.vae, "audio": fam.audio_codec, **({"patch": cfg.patch} if cfg.patch != 1 else {})},
-            "mel": {"log_min": melspec.LOG_MEL_MIN, "log_max": melspec.LOG_MEL_MAX}, "sampler": dict(fam.sampler),
+            "diffusion": asdict(recipe.diffusion()), "clip": asdict(clip), "codec": codec,
+            "mel": {"log_min": melspec.LOG_MEL_MIN, "log_max": melspec.LOG_MEL_MAX}, "sampler": dict(recipe.sampler),
             "train": asdict(cfg)}
 
 

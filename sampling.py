@@ -87,6 +87,15 @@ class Prediction:
     x0_net: dict
 
 
+def trained_conditions(model, known: Known) -> dict:
+    """The network's extra inputs for a model trained with conditional modes (MM-LDM Fig. 2; train.py
+    --cond-tasks): {"cond": the clean modalities known whole}; {} for any other network, or when no modality
+    is known whole (joint generation, continuation)."""
+    if not getattr(getattr(model, "cfg", None), "cond_modes", False) or not known.whole:
+        return {}
+    return {"cond": {k: known.x0[k] for k in known.whole}}
+
+
 class Denoiser:
     """xₙ, n ↦ Prediction: replacement (Eq. 5), the network, 𝐯 or ε to x̂₀ and ε̂, guidance (Eq. 3), clipping."""
 
@@ -106,6 +115,7 @@ class Denoiser:
         # stepped: the generated modalities, and the known ones that an after-step guidance compares
         stepped = set(self.generated) | (set(known.whole) if self.after_step else set())
         self.stepped = [k for k in MODALITIES if k in stepped]
+        self.conditions = trained_conditions(model, known)
         self.generator, self.evaluations = generator, 0
         self.bar = tqdm(total=cfg.steps, desc=cfg.sampler, disable=not progress)
 
@@ -125,7 +135,7 @@ class Denoiser:
         self.known.replace(x, alpha, sigma)  # CMMD Eq. 5
         B, device = x[self.generated[0]].shape[0], x[self.generated[0]].device
         x_in = {k: x[k].detach().requires_grad_(self.guided and k in self.generated) for k in self.shapes}
-        out = self.model(x_in, torch.full((B,), n, dtype=torch.long, device=device))
+        out = self.model(x_in, torch.full((B,), n, dtype=torch.long, device=device), **self.conditions)
         x0, eps = {}, {}
         for k in self.shapes:
             assert out[k].shape == x_in[k].shape, f"model output {k} {tuple(out[k].shape)} != {tuple(x_in[k].shape)}"

@@ -54,6 +54,9 @@ class TrainConfig:
     preset: str = field(default="small", metadata={
         "help": "network size (paper is MM-Diffusion's official size with --model mmdiffusion)",
         "choices": list(models.PRESETS)})
+    as_cmmd: bool = field(default=False, metadata={
+        "help": "the --model's network with everything else CMMD's: the video codec of the flags, the mel, CMMD's "
+                "diffusion and guidance (compares architectures alone)"})
     fusion: bool = field(default=True, metadata={"help": "easy fusion between the paths (off: ablation)"})
     vae: str = field(default="pixel", metadata={
         "help": "video codec: SD-VAE latents or pixels", "choices": ["sd", "pixel"]})
@@ -79,6 +82,9 @@ class TrainConfig:
     contrastive: bool = field(default=False, metadata={"help": "add the contrastive loss (CMMD Eq. 6)"})
     eta: float = field(default=PAPER_ETA, metadata={"help": "η, weight of the negative terms of Eq. 6"})
     negatives: int = field(default=1, metadata={"help": "negative batches per modality and step (CMMD §2.2)"})
+    cond_tasks: float = field(default=0.0, metadata={
+        "help": "MM-LDM's trained conditional modes (--model dit): the share of examples trained as v2a or a2v "
+                "(half each), the clean known modality fed to the network and the loss on the other; 0: joint"})
     snr_gamma: float = field(default=0.0, metadata={
         "help": "γ of the Min-SNR-γ loss weighting (Hang et al. 2023; diffusion.py); 0: uniform over n, the paper's"})
     init: str | None = field(default=None, metadata={"help": "start from this checkpoint's weights (fine-tune)"})
@@ -234,6 +240,9 @@ def check_config(cfg: TrainConfig) -> None:
                       ("preview_every", 0), ("preview_steps", 1), ("log_every", 1), ("workers", 0), ("lr_min", 0),
                       ("grad_clip", 0), ("eta", 0), ("time_limit", 0), ("snr_gamma", 0)):
         cli.check_range(name, getattr(cfg, name), low)
+    cli.check_range("cond_tasks", cfg.cond_tasks, 0, 1)
+    if cfg.cond_tasks > 0 and cfg.contrastive:
+        raise ValueError("--cond-tasks with --contrastive: Eq. 6's negatives are joint pairs; train one or the other")
     cli.check_range("lr", cfg.lr, 0, above=True)
     cli.check_range("lr_decay", cfg.lr_decay, 0, 1, above=True)
     cli.check_range("ema", cfg.ema, 0, 1)
@@ -336,7 +345,16 @@ def algorithm_1_loss(cfg: TrainConfig, diff, model, windows: dict, neg_cfg: nega
         if cfg.contrastive:
             negs = negatives.draw_negatives(windows, neg_cfg, generator=gen)  # v₀¬, a₀¬
             return diff.contrastive_loss(model, pos, negs, cfg.eta, generator=gen, snr_gamma=cfg.snr_gamma)  # Eq. 6
-        return diff.joint_loss(model, pos, generator=gen, snr_gamma=cfg.snr_gamma)  # Eq. 2
+        known = draw_tasks(cfg.cond_tasks, pos, gen) if cfg.cond_tasks > 0 else None
+        return diff.joint_loss(model, pos, generator=gen, snr_gamma=cfg.snr_gamma, known=known)  # Eq. 2
+
+
+def draw_tasks(share: float, x0: dict, gen: torch.Generator) -> dict:
+    """Each example's task (MM-LDM's conditional modes): v2a with probability share/2, a2v share/2, else joint.
+    Returns {modality: (B,) bool, True where that modality is the clean known condition}."""
+    some = next(iter(x0.values()))
+    u = torch.rand(some.shape[0], generator=gen, device=gen.device).to(some.device)  # (B,)
+    return {"video": u < share / 2, "audio": (u >= share / 2) & (u < share)}
 
 
 def log_step(cfg: TrainConfig, out: Path, bar, step: int, loss: torch.Tensor, terms: dict, t0: float, device) -> None:

@@ -1,183 +1,278 @@
-"""CMMD's claims at small scale on the synthetic benchmark (CMMD §3.2, Table 2): nCMMD vs CMMD vs
-MM-Diffusion vs a fusion-off ablation, over several seeds, scored against the clips' true event times.
+"""The paper's claims on the synthetic benchmark (CMMD §2.2, §3.2–3.4, Tables 2–3), each a paired difference
+with a 95 % interval over seeds and clips, the smallest effect the study could see, and a verdict.
 
-    python experiments/study.py --out runs/study                    # the study
-    python experiments/study.py --out /tmp/smoke --smoke            # a handful of steps: guards the script
-    python experiments/study.py --out runs/study --parallel         # one process per seed
+    python experiments/study.py --out runs/study                 # the study: docs/study.md
+    python experiments/study.py --out runs/study --seeds 3 4 5   # other seeds; resumes what exists
+    python experiments/study.py --out /tmp/smoke --smoke         # a few steps and clips: what CI runs
 
-For every seed it trains, on the same synthetic clips, nCMMD, nCMMD with fusion off and MM-Diffusion at the
-same preset name (`--steps` steps each), and from the nCMMD checkpoint `--finetune` more steps at
-`--finetune-batch` of nCMMD (the control) and of CMMD at the paper's η = 5e-5 and at a larger η. Each is
-scored on held-out clips with demo.evaluate (onset, beat and visual-event F1 and hit rates, mel L1) next to
-the ground truth, the truth shifted by 400 ms and another clip's signal. The table (mean ± std over seeds)
-goes to OUT/results.md, every number to OUT/results.json; OUT/seedN/scores.json lets a study resume.
-What it trains and scores in full, and the runs: docs/study.md.
+Per seed, on that seed's synthetic clips, with the demo's recipe (demo.DEMO_TRAIN): nCMMD for --steps N; from
+it --finetune K steps at --finetune-batch of the joint loss (the control) and of CMMD's Eq. 6 at each --eta;
+fusion off and MM-Diffusion's coupled U-Net at CMMD's size on CMMD's representations (train.py --as-cmmd), each
+N + K steps the same way. Every scored arm samples that seed's held-out test clips with the demo's sampler and λ
+and the same noise; each clip's scores are kept (OUT/seedS/ARM.json), so an interrupted study resumes and any
+pairing can be recomputed. OUT/results.md holds the tables, OUT/results.json every number.
 """
 import argparse
 import dataclasses
 import json
-import re
-import statistics
-import subprocess
+import platform
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import alignment  # noqa: E402
 import data  # noqa: E402
 import demo  # noqa: E402
+import media  # noqa: E402
 import pipeline  # noqa: E402
 import train  # noqa: E402
 
-LARGE_ETA = 5e-3  # the "larger η": 100× the paper's, where the negative terms are visible in the loss
+# the paper's η (CMMD §2.2) and three larger, up to one where Eq. 6's unbounded negative term diverges
+ETAS = (train.PAPER_ETA, 1e-3, 5e-3, 5e-2)
+FINETUNE_LR = (1e-3, 1e-4)  # [choice] a cosine from 1e-3 to the demo's final 1e-4 over K steps: docs/study.md
+METRICS = [("v2a", "f1", "v2a onset F1", 1), ("v2a", "hit", "v2a hit ±100 ms", 1),
+           ("v2a", "beat", "dance beat hit ±100 ms", 1), ("v2a", "mel_l1", "mel L1", -1),
+           ("a2v", "f1", "a2v visual F1", 1), ("a2v", "hit", "a2v hit ±100 ms", 1),
+           ("a2v", "roughness", "a2v frame roughness", -1)]  # (direction, key, label, +1 higher is better)
+COMPARED = [m for m in METRICS if m[1] != "roughness"]  # roughness describes an arm; it is no claim's measure
 
 
-def runs(a) -> list[tuple[str, train.TrainConfig, str | None]]:
-    """(name, training config, name of the run to fine-tune from) in training order; the data, output
-    folder, seed and parent checkpoint are each seed's (main)."""
-    base = train.TrainConfig(preset=a.preset, vae="pixel", size=a.size, lr=a.lr, lr_min=a.lr, ema=0.999,
-                             ckpt_every=max(a.steps, a.finetune), preview_every=0, workers=0)
-    main = dataclasses.replace(base, batch=a.batch, steps=a.steps)
-    more = dataclasses.replace(base, batch=a.finetune_batch, steps=a.finetune)
-    every = [("nCMMD", main, None),
-             ("nCMMD, fusion off", dataclasses.replace(main, fusion=False), None),
-             ("MM-Diffusion", dataclasses.replace(main, model="mmdiffusion"), None),
-             ("nCMMD + fine-tune (control)", more, "nCMMD"),
-             ("CMMD η=5e-5", dataclasses.replace(more, contrastive=True, eta=train.PAPER_ETA), "nCMMD"),
-             (f"CMMD η={LARGE_ETA:g}", dataclasses.replace(more, contrastive=True, eta=LARGE_ETA), "nCMMD")]
-    unknown = set(a.skip) - {slug(name) for name, _, _ in every} - {"ncmmd"}
-    if unknown or "ncmmd" in a.skip:
-        raise SystemExit(f"error: --skip {' '.join(sorted(unknown or {'ncmmd'}))}: not a run that can be skipped "
-                         f"(nCMMD is every fine-tune's parent); choose from {[slug(n) for n, _, _ in every[1:]]}")
-    return [run for run in every if slug(run[0]) not in a.skip]
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    name: str  # as in the tables
+    slug: str  # its folder, OUT/seedS/SLUG
+    cfg: train.TrainConfig
+    parent: str | None = None  # the slug of the run it continues
+    scored: bool = True
 
 
-def slug(name: str) -> str:
-    """Directory and --skip name of a run: "CMMD η=5e-5" -> "cmmd-eta-5e-5"."""
-    return re.sub(r"[^a-z0-9.]+", "-", name.lower().replace("η", "eta")).strip("-")
+def arms(a) -> list[Arm]:
+    """Every run of a seed, in training order (a parent before its fine-tunes)."""
+    base = dataclasses.replace(demo.DEMO_TRAIN, steps=a.steps, batch=a.batch, num_clips=a.train_clips,
+                               ckpt_every=a.steps, log_every=10)
+    more = dataclasses.replace(base, steps=a.finetune, batch=a.finetune_batch, lr=FINETUNE_LR[0],
+                               lr_min=FINETUNE_LR[1], warmup=0, ckpt_every=a.finetune)
+    mmd = dict(model="mmdiffusion", preset="cpu", as_cmmd=True)
+    out = [Arm("nCMMD", "ncmmd", base),
+           Arm("control: nCMMD + K joint steps", "control", more, "ncmmd")]
+    out += [Arm(f"CMMD η={eta:g}", f"cmmd-eta-{eta:g}", dataclasses.replace(more, contrastive=True, eta=eta), "ncmmd")
+            for eta in a.etas]
+    out += [Arm("fusion off, N steps", "fusion-off-base", dataclasses.replace(base, fusion=False), scored=False),
+            Arm("fusion off", "fusion-off", dataclasses.replace(more, fusion=False), "fusion-off-base"),
+            Arm("MM-Diffusion, N steps", "mmdiffusion-base", dataclasses.replace(base, **mmd), scored=False),
+            Arm("MM-Diffusion (coupled U-Net, RS-MMA)", "mmdiffusion", dataclasses.replace(more, **mmd),
+                "mmdiffusion-base")]
+    return out
 
 
-def summarise(per_seed: dict) -> tuple[str, dict]:
-    """Markdown table of mean ± std over seeds, and the same numbers as a dict."""
-    columns = [("v2a", "f1", "v2a onset F1"), ("v2a", "hit", "v2a hit ±100 ms"),
-               ("v2a", "beat", "dance beat hit ±100 ms"), ("v2a", "mel_l1", "mel L1 ↓"),
-               ("a2v", "f1", "a2v visual F1"), ("a2v", "hit", "a2v visual hit ±100 ms")]
-    rows = sorted(dict.fromkeys(name for seed in per_seed.values() for name in seed),  # training order,
-                  key=lambda n: n.startswith("reference"))  # then the references
-    table = ["| model | " + " | ".join(c[2] for c in columns) + " |", "|---|" + "---|" * len(columns)]
-    out = {}
-    for name in rows:
-        cells = []
-        for direction, key, label in columns:
-            values = [seed[name][direction][key] for seed in per_seed.values()
-                      if name in seed and key in seed[name].get(direction, {})]
-            if not values:
-                cells.append("–")
-                continue
-            mean = statistics.fmean(values)
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            out.setdefault(name, {})[label] = {"mean": mean, "std": std, "n": len(values)}
-            cells.append(f"{mean:.3f} ± {std:.3f}")
-        table.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(table), out
+def comparisons(a) -> list[tuple[str, str, str, dict]]:
+    """(claim, arm A, arm B, the paper's A − B per metric label) of every paired difference reported."""
+    claim1 = {"dance beat hit ±100 ms": 0.01}  # Table 2: CMMD 45 % against nCMMD 44 %
+    out = [("1. contrastive training improves alignment", f"CMMD η={eta:g}", "control: nCMMD + K joint steps", claim1)
+           for eta in a.etas]
+    out += [("1. (as the paper's Table 2: against nCMMD)", f"CMMD η={a.etas[0]:g}", "nCMMD", claim1),
+            ("2. easy fusion beats MM-Diffusion's coupled U-Net", "control: nCMMD + K joint steps",
+             "MM-Diffusion (coupled U-Net, RS-MMA)", {"dance beat hit ±100 ms": 0.04}),  # Table 2: 45 % vs 41 %
+            ("3. the condition reaches the generated stream through fusion", "control: nCMMD + K joint steps",
+             "fusion off", {})]
+    return out
 
 
 def parser() -> argparse.ArgumentParser:
     """The study's flags, with their defaults and help."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/study", help="study directory (runs resume from their checkpoints)")
-    p.add_argument("--seeds", type=int, nargs="+",
-                   help="seeds (data order, init, noise); default 0 1 2, or 0 with --smoke")
-    p.add_argument("--preset", default="tiny", help="network preset of every model",
-                   choices=train.TrainConfig.__dataclass_fields__["preset"].metadata["choices"])
-    p.add_argument("--size", type=int, default=16, help="frame side in pixels")
-    p.add_argument("--batch", type=int, default=8, help="clips per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, constant")
-    p.add_argument("--steps", type=int, default=1500, help="training steps of nCMMD, fusion-off and MM-Diffusion")
-    p.add_argument("--finetune", type=int, default=500, help="fine-tuning steps of CMMD and of the control")
-    p.add_argument("--finetune-batch", type=int, default=2, help="clips per fine-tuning step (the paper's CMMD: 2)")
-    p.add_argument("--skip", nargs="+", default=[], metavar="RUN",
-                   help="runs to leave out: ncmmd-fusion-off, mm-diffusion, ncmmd-fine-tune-control, "
-                        "cmmd-eta-5e-5, cmmd-eta-0.005")
-    p.add_argument("--train-clips", type=int, default=1024, help="synthetic training clips")
-    p.add_argument("--clips", type=int, default=32, help="held-out clips evaluated per model")
-    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps when sampling")
-    for d in ("v2a", "a2v"):
-        p.add_argument(f"--guidance-{d}", type=float, default=demo.GUIDANCE[d],
-                       help=f"λ of {d} sampling (Eq. 3), the demo's; MM-Diffusion's is scaled to the same weight")
-    p.add_argument("--parallel", action="store_true",
-                   help="train the seeds in concurrent processes (logs in OUT/seedN.log), then summarise")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/study", help="study folder (under the ignored runs/); resumes")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds of clips, init, order and noise; default 0 1 2")
+    p.add_argument("--steps", type=int, default=demo.DEMO_TRAIN.steps, help="N: nCMMD's steps (the demo's)")
+    p.add_argument("--batch", type=int, default=demo.DEMO_TRAIN.batch, help="clips per step of the first N steps")
+    p.add_argument("--finetune", type=int, default=600, help="K: fine-tune steps of every continued arm (≥ N/2)")
+    p.add_argument("--finetune-batch", type=int, default=2, help="clips per fine-tune step (the paper's CMMD: 2)")
+    p.add_argument("--etas", type=float, nargs="+", default=list(ETAS), help="η of the CMMD arms (Eq. 6)")
+    p.add_argument("--train-clips", type=int, default=512, help="synthetic training clips per seed (the demo's)")
+    p.add_argument("--clips", type=int, default=128, help="held-out test clips per seed")
+    p.add_argument("--bootstrap", type=int, default=4000, help="bootstrap resamples per difference")
     p.add_argument("--smoke", action="store_true", help="a few steps and clips: checks the script runs")
     return p
 
 
-def train_seeds_in_parallel(a, argv: list[str], out: Path):
-    """One child process per seed, on the shards already prepared, so seeds share an idle GPU; exits if any fails."""
-    children = []
-    for seed in a.seeds:
-        args = [x for x in argv if x != "--parallel"] + ["--seeds", str(seed)]
-        (out / f"seed{seed}").mkdir(parents=True, exist_ok=True)
-        log = open(out / f"seed{seed}.log", "w")
-        children.append((seed, subprocess.Popen([sys.executable, __file__, *args], stdout=log, stderr=log)))
-    failed = [seed for seed, child in children if child.wait() != 0]
-    if failed:
-        sys.exit(f"error: study seed(s) {failed} failed; see {out}/seed{failed[0]}.log")
-
-
-def study_seed(a, seed: int, out: Path, items: list[dict], scores: dict, scores_path: Path):
-    """Train (or resume) every run of one seed and score the ones not yet in `scores`, saved after each so an
-    interrupted study resumes where it stopped."""
+def run_seed(a, seed: int, out: Path) -> None:
+    """Train (or resume) every arm of one seed and score each scored arm not yet scored, one file per arm."""
+    clip = data.ClipConfig(size=demo.DEMO_TRAIN.size)
+    shards = out / f"seed{seed}" / "shards"
+    data.prepare("synthetic", shards, clip=clip, seed=seed, num_clips={"train": a.train_clips}, progress=False)
+    test = data.SyntheticDataset(clip, "test", num_clips=a.clips, seed=seed)
+    items = [test[i] for i in range(len(test))]
     ckpts = {}
-    for name, run_cfg, parent in runs(a):
-        run_dir = out / f"seed{seed}" / slug(name)
-        cfg = dataclasses.replace(run_cfg, data=str(out / "shards"), out=str(run_dir), seed=seed,
-                                  init=str(ckpts[parent]) if parent else None)
-        print(f"seed {seed}: {name}", file=sys.stderr)
-        ckpts[name] = train.train(cfg, progress=not a.smoke)
-        if name in scores:
+    for arm in arms(a):
+        run_dir = out / f"seed{seed}" / arm.slug
+        cfg = dataclasses.replace(arm.cfg, data=str(shards), out=str(run_dir), seed=seed,
+                                  init=str(ckpts[arm.parent]) if arm.parent else None)
+        print(f"seed {seed}: {arm.name}", file=sys.stderr)
+        ckpts[arm.slug] = train.train(cfg, progress=not a.smoke)
+        scores = out / f"seed{seed}" / f"{arm.slug}.json"
+        if arm.scored and not scores.exists():
+            try:
+                result = demo.evaluate(pipeline.load(ckpts[arm.slug]), items, run_dir / "samples",
+                                       {k: demo.SAMPLER[k] for k in ("sampler", "steps")}, seed, save_first=2,
+                                       guidance=demo.GUIDANCE)
+            except media.BadInput as e:  # Eq. 6 is unbounded below: a large η can diverge; that is a result
+                print(f"seed {seed}: {arm.name} diverged: {e}", file=sys.stderr)
+                scores.write_text(json.dumps({"arm": arm.name, "diverged": str(e)}))
+                continue
+            scores.write_text(json.dumps({"arm": arm.name, "rows": result["rows"], "scores": result["scores"]},
+                                         default=float))
+
+
+def diverged(a, out: Path, arm: str) -> list[int]:
+    """The seeds on which an arm's samples came out non-finite (its score file says so)."""
+    slug = {x.name: x.slug for x in arms(a)}.get(arm)
+    return [s for s in a.seeds if slug and "diverged" in json.loads((out / f"seed{s}" / f"{slug}.json").read_text())]
+
+
+def negative_share(run_dir: Path, eta: float) -> float:
+    """η·L¬ / L_jdiff averaged over a fine-tune's log lines: how much Eq. 6's negative terms weigh."""
+    lines = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    ratios = [eta * sum(v for k, v in x.items() if k.startswith("neg")) / x["jdiff"] for x in lines]
+    return sum(ratios) / len(ratios)
+
+
+def cost_per_fe(reps: int) -> dict:
+    """Milliseconds per function evaluation (Table 3's measure) of the study's networks at batch 1 on the
+    demo's shapes, timed in this process in turn (median of `reps`), and their parameter counts."""
+    cfg = dataclasses.replace(demo.DEMO_TRAIN, steps=1)
+    nets = {"CMMD (easy fusion)": cfg, "MM-Diffusion (coupled U-Net, RS-MMA)":
+            dataclasses.replace(cfg, model="mmdiffusion", preset="cpu", as_cmmd=True)}
+    pipes = {name: pipeline.build(pipeline.run_config(c)) for name, c in nets.items()}
+    times = {name: [] for name in pipes}
+    with torch.no_grad():
+        for r in range(reps + 2):  # two warm-up rounds
+            for name, pipe in pipes.items():
+                pipe.net.eval()
+                x = {k: torch.randn(s) for k, s in pipe.shapes(1, pipe.clip.frames).items()}
+                t = time.perf_counter()
+                pipe.net(x, torch.full((1,), 500))
+                if r >= 2:
+                    times[name].append(1000 * (time.perf_counter() - t))
+    return {name: {"ms": sorted(t)[len(t) // 2], "params": sum(p.numel() for p in pipes[name].net.parameters())}
+            for name, t in times.items()}
+
+
+def load_rows(a, out: Path, arm: str, direction: str) -> list[list[dict]]:
+    """Per seed, the per-clip scores of an arm ("model") or a reference ("reference: other clip")."""
+    name = "model" if not arm.startswith("reference: ") else arm.removeprefix("reference: ")
+    slug = {x.name: x.slug for x in arms(a)}.get(arm, "ncmmd")  # a reference's rows: in any arm's file
+    return [json.loads((out / f"seed{s}" / f"{slug}.json").read_text())["rows"][f"{direction} {name}"]
+            for s in a.seeds]
+
+
+def differences(a, out: Path) -> list[dict]:
+    """Every comparison's paired differences, oriented so that positive means A is better, with the interval,
+    the 80 %-power minimum detectable effect and the verdict against the paper's figure."""
+    found = []
+    for claim, arm_a, arm_b, paper in comparisons(a):
+        lost = sorted(set(diverged(a, out, arm_a) + diverged(a, out, arm_b)))
+        if lost:  # nothing to pair on those seeds: say so rather than drop seeds and change the design
+            found.append({"claim": claim, "a": arm_a, "b": arm_b, "metric": "all", "paper": None,
+                          "verdict": f"diverged on seed(s) {', '.join(map(str, lost))}"})
             continue
-        result = demo.evaluate(pipeline.load(ckpts[name]), items, run_dir / "samples",
-                               {"sampler": "ddim", "steps": a.sample_steps}, seed, save_first=2,
-                               guidance={"v2a": a.guidance_v2a, "a2v": a.guidance_a2v})["scores"]
-        scores[name] = {"v2a": result["v2a model"], "a2v": result["a2v model"]}
-        for ref in ("ground truth", "shifted 400 ms", "other clip"):  # the reference rows, once per seed
-            scores.setdefault(f"reference: {ref}", {"v2a": result[f"v2a {ref}"], "a2v": result[f"a2v {ref}"]})
-        scores_path.write_text(json.dumps(scores, indent=1))
+        for direction, key, label, sign in COMPARED:
+            ra, rb = load_rows(a, out, arm_a, direction), load_rows(a, out, arm_b, direction)
+            if key == "beat" and not any(r.get("beats") for rows in ra for r in rows):
+                continue  # no dance clip with a beat among the test clips (a smoke run)
+            first, second = (ra, rb) if sign > 0 else (rb, ra)  # A's gain over B
+            d = alignment.seed_clip_bootstrap(first, second, key, n=a.bootstrap, seed=0)
+            found.append({"claim": claim, "a": arm_a, "b": arm_b, "metric": label, "paper": paper.get(label), **d,
+                          "verdict": alignment.verdict(d["lo"], d["hi"], paper.get(label))})
+    return found
 
 
-def write_results(a, out: Path, per_seed: dict, t0: float):
-    """The table to OUT/results.md and stdout, every number to OUT/results.json."""
-    table, summary = summarise(per_seed)
-    wall = (time.time() - t0) / 60
-    (out / "results.json").write_text(json.dumps({"args": vars(a), "per_seed": per_seed, "summary": summary,
-                                        "wall_minutes": wall}, indent=1))
-    (out / "results.md").write_text(table + "\n")
-    print(table)
-    print(f"\n{len(a.seeds)} seeds, {wall:.1f} min wall time; {out / 'results.md'}")
+def arm_table(a, out: Path) -> str:
+    """Each scored arm's and each reference's scores pooled over seeds and clips (markdown)."""
+    names = [x.name for x in arms(a) if x.scored] + [f"reference: {r}" for r in demo.REFERENCES]
+    lines = ["| arm | " + " | ".join(m[2] + (" ↓" if m[3] < 0 else "") for m in METRICS) + " |",
+             "|---|" + "---|" * len(METRICS)]
+    for name in names:
+        if diverged(a, out, name):
+            lines.append(f"| {name} | diverged on seed(s) {', '.join(map(str, diverged(a, out, name)))} |"
+                         + " |" * (len(METRICS) - 1))
+            continue
+        pooled = {d: demo.pooled([r for rows in load_rows(a, out, name, d) for r in rows]) for d in demo.DIRECTIONS}
+        cells = [pooled[d].get(k) for d, k, _, _ in METRICS]
+        lines.append(f"| {name} | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def difference_table(found: list[dict]) -> str:
+    """The paired differences (markdown), a row per claim, arms and metric."""
+    lines = ["| claim | A | B | metric | paper A − B | ours: A's gain [95 % CI] | MDE 80 % | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for d in found:
+        paper = "–" if d["paper"] is None else f"{d['paper']:+.2f}"
+        if "delta" not in d:
+            lines.append(f"| {d['claim']} | {d['a']} | {d['b']} | {d['metric']} | {paper} | – | – | {d['verdict']} |")
+            continue
+        lines.append(f"| {d['claim']} | {d['a']} | {d['b']} | {d['metric']} | {paper} | "
+                     f"{d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | {d['mde']:.3f} | {d['verdict']} |")
+    return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    """The CPU's model name as lscpu gives it, and the threads torch uses."""
+    try:
+        names = [x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                 if x.startswith("model name")]
+    except OSError:
+        names = [platform.processor()]
+    return f"{names[0] if names else platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def report(a, out: Path, wall: dict) -> dict:
+    """OUT/results.md (the arms, the differences, η·L¬/L_jdiff, the cost per FE) and OUT/results.json."""
+    found = differences(a, out)
+    shares = {f"CMMD η={eta:g}": [negative_share(out / f"seed{s}" / f"cmmd-eta-{eta:g}", eta) for s in a.seeds]
+              for eta in a.etas}
+    cost = cost_per_fe(3 if a.smoke else 30)
+    ratio = cost["MM-Diffusion (coupled U-Net, RS-MMA)"]["ms"] / cost["CMMD (easy fusion)"]["ms"]
+    text = "\n\n".join([
+        f"Seeds {a.seeds}, {a.clips} test clips each; N = {a.steps} steps at batch {a.batch}, K = {a.finetune} at "
+        f"batch {a.finetune_batch}; {cpu_name()}; {sum(wall.values()):.1f} min of training and sampling.",
+        arm_table(a, out), difference_table(found),
+        "η·L¬ / L_jdiff over each fine-tune, per seed: " + "; ".join(
+            f"{k}: " + ", ".join(f"{v:.2e}" for v in vs) for k, vs in shares.items()),
+        "Cost per function evaluation, batch 1, the demo's shapes: " + "; ".join(
+            f"{k}: {v['ms']:.1f} ms, {v['params'] / 1e6:.2f} M parameters" for k, v in cost.items())
+        + f"; MM-Diffusion / CMMD = {ratio:.2f}× (paper, Table 3: 721 / 136 ms = 5.3×)"])
+    results = {"args": vars(a), "differences": found, "negative_share": shares, "cost_per_fe": cost,
+               "cost_ratio": ratio, "cpu": cpu_name(), "wall_minutes": wall}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(text + "\n")
+    print(text)
+    return results
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
     a = parser().parse_args(argv)
     if a.smoke:
-        a.steps, a.finetune, a.train_clips, a.clips, a.sample_steps, a.batch, a.finetune_batch = 2, 2, 8, 2, 2, 2, 2
+        a.steps, a.finetune, a.batch, a.finetune_batch, a.train_clips, a.clips, a.bootstrap = 2, 2, 2, 2, 8, 4, 200
     a.seeds = a.seeds or ([0] if a.smoke else [0, 1, 2])
-    runs(a)  # a bad --skip stops here, before any work
-    out, t0 = Path(a.out), time.time()
-    clip = data.ClipConfig(size=a.size)
-    data.prepare("synthetic", out / "shards", clip=clip, num_clips={"train": a.train_clips}, progress=False)
-    test = data.SyntheticDataset(clip, "test", num_clips=a.clips)
-    items = [test[i] for i in range(len(test))]
-    if a.parallel and len(a.seeds) > 1:  # one child per seed, on the shards prepared above
-        train_seeds_in_parallel(a, argv, out)
-    per_seed = {}
+    if 2 * a.finetune < a.steps and not a.smoke:
+        raise SystemExit(f"error: --finetune {a.finetune}: K must be at least half of N = {a.steps} (the paper: "
+                         f"300 k after 400 k)")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wall_file = out / "wall.json"
+    wall = json.loads(wall_file.read_text()) if wall_file.exists() else {}
     for seed in a.seeds:
-        scores_path = out / f"seed{seed}" / "scores.json"
-        scores = per_seed[str(seed)] = json.loads(scores_path.read_text()) if scores_path.exists() else {}
-        if not (a.parallel and len(a.seeds) > 1):
-            study_seed(a, seed, out, items, scores, scores_path)
-    write_results(a, out, per_seed, t0)
+        t0 = time.time()
+        run_seed(a, seed, out)
+        wall[str(seed)] = wall.get(str(seed), 0.0) + (time.time() - t0) / 60
+        wall_file.write_text(json.dumps(wall))
+    report(a, out, {s: wall[str(s)] for s in map(str, a.seeds)})
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ def test_train_choices_come_from_the_registry():
     fields = train.TrainConfig.__dataclass_fields__
     assert fields["model"].metadata["choices"] == list(models.MODELS)
     assert set(fields["preset"].metadata["choices"]) == {p for f in models.MODELS.values() for p in f.presets}
-    with pytest.raises(ValueError, match="choose one of cmmd, mmdiffusion"):
-        pipeline.run_config(tiny_run("dit"))
+    with pytest.raises(ValueError, match="choose one of cmmd, mmdiffusion, dit"):
+        pipeline.run_config(tiny_run("nope"))
 
 
 class Echo(torch.nn.Module):
