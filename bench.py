@@ -11,6 +11,7 @@ Modes: fp32 on CPU; fp32 (true fp32 unless --tf32) and bf16 autocast on CUDA; --
     python bench.py --quick                      # CPU, one thread
     python bench.py --device cuda --compile --json bench.json
     python bench.py --demo-step                  # the demo's training step, old network against new
+    python bench.py --backbones                  # U-Net against DiT at the cpu presets: per FE and per step
 What it measures in full, and every measurement: docs/speed.md.
 """
 import argparse
@@ -76,7 +77,7 @@ def official_available() -> bool:
 
 def networks() -> list[Network]:
     """The networks of CMMD's Table 3 at their full size, built through the model registry (models.py)."""
-    cmmd, mmd = models.MODELS["cmmd"], models.MODELS["mmdiffusion"]
+    cmmd, mmd, dit = models.MODELS["cmmd"], models.MODELS["mmdiffusion"], models.MODELS["dit"]
     official_cfg = mmd.preset("paper")
     mmd_shapes = {"video": (1, official_cfg.frames, official_cfg.video_channels, official_cfg.image_size,
                             official_cfg.image_size),
@@ -90,6 +91,8 @@ def networks() -> list[Network]:
                 {"video": (1, CMMD_FRAMES, LATENT_CHANNELS, 64, 64), "audio": (1, MEL_BINS, MEL_STEPS)}),
         Network("MM-Diffusion", lambda: mmd.build("paper"), mmd_shapes),
         *official,
+        Network("DiT 16×16 (MM-LDM's size)", lambda: dit.build("paper"),
+                {"video": (1, CMMD_FRAMES, LATENT_CHANNELS, 16, 16), "audio": (1, MEL_BINS, MEL_STEPS)}),
     ]
 
 
@@ -356,20 +359,17 @@ DEMO_STEP_RUNS = 40  # timed training steps per setting and round of demo_traini
 DEMO_STEP_WARMUP = 5
 
 
-def demo_training(args, device: torch.device) -> list[Section]:
-    """Seconds per training step of demo.py's run (nCMMD, batch 8, 16 px frames, Adam) for the old demo
-    network (the tiny preset on raw pixels) and the demo's own (demo.DEMO_TRAIN), in one process, the two
-    interleaved over three rounds so that a machine's drift falls on both alike."""
+def demo_runs(settings: dict[str, dict], device: torch.device) -> dict:
+    """Per setting (changes to demo.DEMO_TRAIN), the built run: {name: (one training step of the demo's batch,
+    the network, one FE's input at batch 1)}, each built as train.py builds it (centring means included)."""
     import demo
     import negatives
     import pipeline
     import train
-    settings = {"tiny preset, raw pixels (the old demo)": dict(preset="tiny", patch=1, center=False),
-                "demo.DEMO_TRAIN (the demo)": {}}
-    steps = {}
+    runs = {}
     for name, change in settings.items():
         cfg = replace(demo.DEMO_TRAIN, data="synthetic", num_clips=64, seed=0, **change)
-        _, pipe, dataset = train.build_run(cfg, device)  # as train.py builds it, centring means included
+        _, pipe, dataset = train.build_run(cfg, device)
         model, codecs = pipe.net.train(), pipe.codecs
         opt = train.optimizer(model, cfg.lr)
         neg_cfg = train.negatives_config(pipe.clip, codecs, cfg.negatives)
@@ -378,33 +378,90 @@ def demo_training(args, device: torch.device) -> list[Section]:
 
         def step(model=model, codecs=codecs, opt=opt, neg_cfg=neg_cfg, batch=batch, gen=gen, diff=pipe.diffusion,
                  cfg=cfg):
+            model.train()
             pos = negatives.positive(pipeline.encode_batch(batch, codecs, device), neg_cfg)
             loss, _ = diff.joint_loss(model, pos, generator=gen, snr_gamma=cfg.snr_gamma)
             train.optimizer_step(opt, loss, cfg.lr, cfg.grad_clip)
-        steps[name] = (step, sum(p.numel() for p in model.parameters()))
-    times = {name: [] for name in steps}
-    for _ in range(3):
-        for name, (step, _) in steps.items():
-            for _ in range(DEMO_STEP_WARMUP):
-                step()
-            for _ in range(DEMO_STEP_RUNS):
+        fe_input = {k: torch.randn(s, device=device) for k, s in pipe.shapes(1, pipe.clip.frames).items()}
+        runs[name] = (step, model, fe_input)
+    return runs
+
+
+def fe_calls(runs: dict) -> dict[str, Callable]:
+    """Per built run of demo_runs, one function evaluation at batch 1 (eval mode, no gradients)."""
+    def fe(model, x):
+        model.eval()
+        with torch.inference_mode():
+            model(x, torch.full((1,), STEP_N, device=next(model.parameters()).device))
+    return {name: (lambda m=r[1], x=r[2]: fe(m, x)) for name, r in runs.items()}
+
+
+def interleaved(calls: dict[str, Callable], warmup: int, runs: int, rounds: int = 3) -> dict[str, list[float]]:
+    """Seconds of each call, the calls interleaved over `rounds` rounds (warm-up, then `runs` timed) so that a
+    machine's drift falls on all alike."""
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(warmup):
+                call()
+            for _ in range(runs):
                 t = time.perf_counter()
-                step()
+                call()
                 times[name].append(time.perf_counter() - t)
+    return times
+
+
+def step_section(title: str, times: dict, params: dict) -> Section:
+    """A table of seconds per call (median, min, max) with each network's parameters."""
+    section = Section(title, ["network", "parameters", "median", "min", "max"],
+                      [[name, f"{params[name] / 1e6:.2f} M", f"{statistics.median(t):.4f}", f"{min(t):.4f}",
+                        f"{max(t):.4f}"] for name, t in times.items()])
+    section.records = [dict(network=name, seconds=t, params=params[name]) for name, t in times.items()]
+    return section
+
+
+def demo_training(args, device: torch.device) -> list[Section]:
+    """Seconds per training step of demo.py's run (nCMMD, batch 8, 16 px frames, Adam) for the old demo
+    network (the tiny preset on raw pixels) and the demo's own (demo.DEMO_TRAIN), in one process."""
+    runs = demo_runs({"tiny preset, raw pixels (the old demo)": dict(preset="tiny", patch=1, center=False),
+                      "demo.DEMO_TRAIN (the demo)": {}}, device)
+    times = interleaved({name: r[0] for name, r in runs.items()}, DEMO_STEP_WARMUP, DEMO_STEP_RUNS)
+    section = step_section("Demo training step (batch 8, 16 px, seconds)", times,
+                           {name: sum(p.numel() for p in r[1].parameters()) for name, r in runs.items()})
     old, new = (statistics.median(t) for t in times.values())
-    section = Section("Demo training step (batch 8, 16 px, seconds)", ["network", "parameters", "median", "min", "max"],
-                      [[name, f"{params / 1e6:.2f} M", f"{statistics.median(times[name]):.3f}",
-                        f"{min(times[name]):.3f}", f"{max(times[name]):.3f}"] for name, (_, params) in steps.items()])
     section.notes = [f"old / new = {old / new:.2f}× per step; {3 * DEMO_STEP_RUNS} timed steps each, interleaved in "
                      f"three rounds; {torch.get_num_threads()} threads."]
-    section.records = [dict(network=name, seconds=t) for name, t in times.items()]
     return [section]
+
+
+BACKBONES = {"U-Net (cpu preset)": {}, "DiT (cpu preset)": dict(model="dit", preset="cpu")}  # demo.DEMO_TRAIN's
+
+
+def backbones(args, device: torch.device) -> list[Section]:
+    """The two backbones at matched size on the demo's run (16 px through the patch-2 codec, the mel), in one
+    process: ms per function evaluation at batch 1 (no gradients) and seconds per training step at the
+    demo's batch, interleaved. The step ratio fixes experiments/backbones.py's equal-wall-time step count."""
+    runs = demo_runs(BACKBONES, device)
+    params = {name: sum(p.numel() for p in r[1].parameters()) for name, r in runs.items()}
+    fe_times = interleaved(fe_calls(runs), 5, 30)
+    step_times = interleaved({name: r[0] for name, r in runs.items()}, DEMO_STEP_WARMUP, DEMO_STEP_RUNS)
+    fe_section = step_section("Backbones: one function evaluation (batch 1, the demo's shapes, seconds)",
+                              fe_times, params)
+    step = step_section("Backbones: one training step (the demo's batch 8, seconds)", step_times, params)
+    (u_fe, d_fe), (u_step, d_step) = ([statistics.median(t) for t in x.values()] for x in (fe_times, step_times))
+    fe_section.notes = [f"DiT / U-Net = {d_fe / u_fe:.2f}× per FE; 90 timed runs each, interleaved in three "
+                        f"rounds; {torch.get_num_threads()} threads."]
+    step.notes = [f"DiT / U-Net = {d_step / u_step:.2f}× per step: the U-Net's N steps take the time of "
+                  f"{u_step / d_step:.2f}·N DiT steps."]
+    return [fe_section, step]
 
 
 def sections(args, device: torch.device) -> list[Section]:
     """Every table of the report, in order: each measurement is a builder returning its Sections."""
     if args.demo_step:
         return demo_training(args, device)
+    if args.backbones:
+        return backbones(args, device)
     return function_evaluation(args, device) + ([] if args.no_e2e else end_to_end(args, device))
 
 
@@ -431,6 +488,8 @@ def main():
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end sample.py latency table")
     p.add_argument("--demo-step", action="store_true",
                    help="only the demo's training step time, old network against new (demo_training)")
+    p.add_argument("--backbones", action="store_true",
+                   help="only the U-Net against the DiT at the cpu presets: per FE and per training step")
     args = p.parse_args()
 
     threads = args.threads or (1 if args.quick else None)  # --quick: see the module docstring

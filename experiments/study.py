@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import alignment  # noqa: E402
+import bench  # noqa: E402
 import data  # noqa: E402
 import demo  # noqa: E402
 import media  # noqa: E402
@@ -38,6 +40,7 @@ METRICS = [("v2a", "f1", "v2a onset F1", 1), ("v2a", "hit", "v2a hit ±100 ms", 
            ("v2a", "beat", "dance beat hit ±100 ms", 1), ("v2a", "mel_l1", "mel L1", -1),
            ("a2v", "f1", "a2v visual F1", 1), ("a2v", "hit", "a2v hit ±100 ms", 1),
            ("a2v", "roughness", "a2v frame roughness", -1)]  # (direction, key, label, +1 higher is better)
+MMD = dict(model="mmdiffusion", preset="cpu", as_cmmd=True)  # MM-Diffusion's network at CMMD's size (--as-cmmd)
 COMPARED = [m for m in METRICS if m[1] != "roughness"]  # roughness describes an arm; it is no claim's measure
 
 
@@ -48,25 +51,52 @@ class Arm:
     cfg: train.TrainConfig
     parent: str | None = None  # the slug of the run it continues
     scored: bool = True
+    guidance: dict | None = None  # λ per direction when sampled; None: the demo's (demo.GUIDANCE)
+    checkpoint_of: str | None = None  # score that arm's checkpoint (with other sampling) instead of training
+
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+    """What one study trains, scores and compares: study.py's claims, or experiments/backbones.py's."""
+    name: str  # OUT/NAME.md and OUT/NAME.json hold its report
+    arms: list[Arm]
+    comparisons: list[tuple[str, str, str, dict]]  # (claim, arm A, arm B, the paper's A − B per metric label)
+    metrics: list = dataclasses.field(default_factory=lambda: METRICS)  # the arm table's columns
+    compared: list = dataclasses.field(default_factory=lambda: COMPARED)  # the metrics of every comparison
+    two_sided: bool = False  # no claimed direction: the verdict names the better arm, not a claim held
+
+    def slug(self, arm: str) -> str | None:
+        """The file name of an arm's scores (a reference's rows are in every arm's file: the first's)."""
+        found = {x.name: x.slug for x in self.arms}
+        return found.get(arm, self.arms[0].slug if arm.startswith("reference: ") else None)
 
 
 def arms(a) -> list[Arm]:
     """Every run of a seed, in training order (a parent before its fine-tunes)."""
-    base = dataclasses.replace(demo.DEMO_TRAIN, steps=a.steps, batch=a.batch, num_clips=a.train_clips,
-                               ckpt_every=a.steps, log_every=10)
+    base = base_config(a)
     more = dataclasses.replace(base, steps=a.finetune, batch=a.finetune_batch, lr=FINETUNE_LR[0],
                                lr_min=FINETUNE_LR[1], warmup=0, ckpt_every=a.finetune)
-    mmd = dict(model="mmdiffusion", preset="cpu", as_cmmd=True)
     out = [Arm("nCMMD", "ncmmd", base),
            Arm("control: nCMMD + K joint steps", "control", more, "ncmmd")]
     out += [Arm(f"CMMD η={eta:g}", f"cmmd-eta-{eta:g}", dataclasses.replace(more, contrastive=True, eta=eta), "ncmmd")
             for eta in a.etas]
     out += [Arm("fusion off, N steps", "fusion-off-base", dataclasses.replace(base, fusion=False), scored=False),
             Arm("fusion off", "fusion-off", dataclasses.replace(more, fusion=False), "fusion-off-base"),
-            Arm("MM-Diffusion, N steps", "mmdiffusion-base", dataclasses.replace(base, **mmd), scored=False),
-            Arm("MM-Diffusion (coupled U-Net, RS-MMA)", "mmdiffusion", dataclasses.replace(more, **mmd),
+            Arm("MM-Diffusion, N steps", "mmdiffusion-base", dataclasses.replace(base, **MMD), scored=False),
+            Arm("MM-Diffusion (coupled U-Net, RS-MMA)", "mmdiffusion", dataclasses.replace(more, **MMD),
                 "mmdiffusion-base")]
     return out
+
+
+def base_config(a) -> train.TrainConfig:
+    """The first N steps of every arm: the demo's recipe at the study's steps, batch and clips."""
+    return dataclasses.replace(demo.DEMO_TRAIN, steps=a.steps, batch=a.batch, num_clips=a.train_clips,
+                               ckpt_every=a.steps, log_every=10)
+
+
+def design(a) -> Design:
+    """The paper's claims (issue 27)."""
+    return Design("results", arms(a), comparisons(a))
 
 
 def comparisons(a) -> list[tuple[str, str, str, dict]]:
@@ -100,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_seed(a, seed: int, out: Path) -> None:
+def run_seed(a, d: Design, seed: int, out: Path) -> None:
     """Train (or resume) every arm of one seed and score each scored arm not yet scored, one file per arm."""
     clip = data.ClipConfig(size=demo.DEMO_TRAIN.size)
     shards = out / f"seed{seed}" / "shards"
@@ -108,29 +138,36 @@ def run_seed(a, seed: int, out: Path) -> None:
     test = data.SyntheticDataset(clip, "test", num_clips=a.clips, seed=seed)
     items = [test[i] for i in range(len(test))]
     ckpts = {}
-    for arm in arms(a):
-        run_dir = out / f"seed{seed}" / arm.slug
-        cfg = dataclasses.replace(arm.cfg, data=str(shards), out=str(run_dir), seed=seed,
-                                  init=str(ckpts[arm.parent]) if arm.parent else None)
-        print(f"seed {seed}: {arm.name}", file=sys.stderr)
-        ckpts[arm.slug] = train.train(cfg, progress=not a.smoke)
+    for arm in d.arms:
+        run_dir = out / f"seed{seed}" / (arm.checkpoint_of or arm.slug)
+        if arm.checkpoint_of:
+            ckpts[arm.slug] = ckpts[arm.checkpoint_of]
+        else:
+            cfg = dataclasses.replace(arm.cfg, data=str(shards), out=str(run_dir), seed=seed,
+                                      init=str(ckpts[arm.parent]) if arm.parent else None)
+            print(f"seed {seed}: {arm.name}", file=sys.stderr)
+            ckpts[arm.slug] = train.train(cfg, progress=not a.smoke)
         scores = out / f"seed{seed}" / f"{arm.slug}.json"
         if arm.scored and not scores.exists():
-            try:
-                result = demo.evaluate(pipeline.load(ckpts[arm.slug]), items, run_dir / "samples",
-                                       {k: demo.SAMPLER[k] for k in ("sampler", "steps")}, seed, save_first=2,
-                                       guidance=demo.GUIDANCE)
-            except media.BadInput as e:  # Eq. 6 is unbounded below: a large η can diverge; that is a result
-                print(f"seed {seed}: {arm.name} diverged: {e}", file=sys.stderr)
-                scores.write_text(json.dumps({"arm": arm.name, "diverged": str(e)}))
-                continue
-            scores.write_text(json.dumps({"arm": arm.name, "rows": result["rows"], "scores": result["scores"]},
-                                         default=float))
+            score(ckpts[arm.slug], arm, items, seed, run_dir / f"samples-{arm.slug}", scores)
 
 
-def diverged(a, out: Path, arm: str) -> list[int]:
+def score(ckpt: Path, arm: Arm, items: list, seed: int, samples: Path, scores: Path) -> None:
+    """An arm's per-clip scores on the test clips (demo.evaluate, the demo's sampler), or that it diverged."""
+    try:
+        result = demo.evaluate(pipeline.load(ckpt), items, samples, {k: demo.SAMPLER[k] for k in ("sampler", "steps")},
+                               seed, save_first=2, guidance=arm.guidance or demo.GUIDANCE)
+    except media.BadInput as e:  # Eq. 6 is unbounded below: a large η can diverge; that is a result
+        print(f"seed {seed}: {arm.name} diverged: {e}", file=sys.stderr)
+        scores.write_text(json.dumps({"arm": arm.name, "diverged": str(e)}))
+        return
+    scores.write_text(json.dumps({"arm": arm.name, "rows": result["rows"], "scores": result["scores"]},
+                                 default=float))
+
+
+def diverged(a, d: Design, out: Path, arm: str) -> list[int]:
     """The seeds on which an arm's samples came out non-finite (its score file says so)."""
-    slug = {x.name: x.slug for x in arms(a)}.get(arm)
+    slug = d.slug(arm)
     return [s for s in a.seeds if slug and "diverged" in json.loads((out / f"seed{s}" / f"{slug}.json").read_text())]
 
 
@@ -141,68 +178,57 @@ def negative_share(run_dir: Path, eta: float) -> float:
     return sum(ratios) / len(ratios)
 
 
-def cost_per_fe(reps: int) -> dict:
-    """Milliseconds per function evaluation (Table 3's measure) of the study's networks at batch 1 on the
-    demo's shapes, timed in this process in turn (median of `reps`), and their parameter counts."""
-    cfg = dataclasses.replace(demo.DEMO_TRAIN, steps=1)
-    nets = {"CMMD (easy fusion)": cfg, "MM-Diffusion (coupled U-Net, RS-MMA)":
-            dataclasses.replace(cfg, model="mmdiffusion", preset="cpu", as_cmmd=True)}
-    pipes = {name: pipeline.build(pipeline.run_config(c)) for name, c in nets.items()}
-    times = {name: [] for name in pipes}
-    with torch.no_grad():
-        for r in range(reps + 2):  # two warm-up rounds
-            for name, pipe in pipes.items():
-                pipe.net.eval()
-                x = {k: torch.randn(s) for k, s in pipe.shapes(1, pipe.clip.frames).items()}
-                t = time.perf_counter()
-                pipe.net(x, torch.full((1,), 500))
-                if r >= 2:
-                    times[name].append(1000 * (time.perf_counter() - t))
-    return {name: {"ms": sorted(t)[len(t) // 2], "params": sum(p.numel() for p in pipes[name].net.parameters())}
+def cost_per_fe(settings: dict[str, dict], reps: int) -> dict:
+    """Milliseconds per function evaluation (Table 3's measure) of networks built as train.py builds them (each
+    setting a change to demo.DEMO_TRAIN) at batch 1 on the demo's shapes, interleaved in this process (median
+    of `reps` in three rounds; bench.py), and their parameter counts."""
+    runs = bench.demo_runs(settings, torch.device("cpu"))
+    times = bench.interleaved(bench.fe_calls(runs), warmup=2, runs=max(1, reps // 3))
+    return {name: {"ms": 1000 * statistics.median(t), "params": sum(p.numel() for p in runs[name][1].parameters())}
             for name, t in times.items()}
 
 
-def load_rows(a, out: Path, arm: str, direction: str) -> list[list[dict]]:
+def load_rows(a, d: Design, out: Path, arm: str, direction: str) -> list[list[dict]]:
     """Per seed, the per-clip scores of an arm ("model") or a reference ("reference: other clip")."""
     name = "model" if not arm.startswith("reference: ") else arm.removeprefix("reference: ")
-    slug = {x.name: x.slug for x in arms(a)}.get(arm, "ncmmd")  # a reference's rows: in any arm's file
-    return [json.loads((out / f"seed{s}" / f"{slug}.json").read_text())["rows"][f"{direction} {name}"]
+    return [json.loads((out / f"seed{s}" / f"{d.slug(arm)}.json").read_text())["rows"][f"{direction} {name}"]
             for s in a.seeds]
 
 
-def differences(a, out: Path) -> list[dict]:
+def differences(a, d: Design, out: Path) -> list[dict]:
     """Every comparison's paired differences, oriented so that positive means A is better, with the interval,
     the 80 %-power minimum detectable effect and the verdict against the paper's figure."""
     found = []
-    for claim, arm_a, arm_b, paper in comparisons(a):
-        lost = sorted(set(diverged(a, out, arm_a) + diverged(a, out, arm_b)))
+    for claim, arm_a, arm_b, paper in d.comparisons:
+        lost = sorted(set(diverged(a, d, out, arm_a) + diverged(a, d, out, arm_b)))
         if lost:  # nothing to pair on those seeds: say so rather than drop seeds and change the design
             found.append({"claim": claim, "a": arm_a, "b": arm_b, "metric": "all", "paper": None,
                           "verdict": f"diverged on seed(s) {', '.join(map(str, lost))}"})
             continue
-        for direction, key, label, sign in COMPARED:
-            ra, rb = load_rows(a, out, arm_a, direction), load_rows(a, out, arm_b, direction)
+        for direction, key, label, sign in d.compared:
+            ra, rb = load_rows(a, d, out, arm_a, direction), load_rows(a, d, out, arm_b, direction)
             if key == "beat" and not any(r.get("beats") for rows in ra for r in rows):
                 continue  # no dance clip with a beat among the test clips (a smoke run)
             first, second = (ra, rb) if sign > 0 else (rb, ra)  # A's gain over B
-            d = alignment.seed_clip_bootstrap(first, second, key, n=a.bootstrap, seed=0)
-            found.append({"claim": claim, "a": arm_a, "b": arm_b, "metric": label, "paper": paper.get(label), **d,
-                          "verdict": alignment.verdict(d["lo"], d["hi"], paper.get(label))})
+            ci = alignment.seed_clip_bootstrap(first, second, key, n=a.bootstrap, seed=0)
+            verdict = (alignment.verdict(ci["lo"], ci["hi"], paper.get(label)) if not d.two_sided else
+                       f"{arm_a} better" if ci["lo"] > 0 else f"{arm_b} better" if ci["hi"] < 0 else "within noise")
+            found.append({"claim": claim, "a": arm_a, "b": arm_b, "metric": label, "paper": paper.get(label), **ci,
+                          "verdict": verdict})
     return found
 
 
-def arm_table(a, out: Path) -> str:
+def arm_table(a, d: Design, out: Path) -> str:
     """Each scored arm's and each reference's scores pooled over seeds and clips (markdown)."""
-    names = [x.name for x in arms(a) if x.scored] + [f"reference: {r}" for r in demo.REFERENCES]
-    lines = ["| arm | " + " | ".join(m[2] + (" ↓" if m[3] < 0 else "") for m in METRICS) + " |",
-             "|---|" + "---|" * len(METRICS)]
+    names = [x.name for x in d.arms if x.scored] + [f"reference: {r}" for r in demo.REFERENCES]
+    lines = ["| arm | " + " | ".join(m[2] + (" ↓" if m[3] < 0 else "") for m in d.metrics) + " |",
+             "|---|" + "---|" * len(d.metrics)]
     for name in names:
-        if diverged(a, out, name):
-            lines.append(f"| {name} | diverged on seed(s) {', '.join(map(str, diverged(a, out, name)))} |"
-                         + " |" * (len(METRICS) - 1))
+        if lost := diverged(a, d, out, name):
+            lines.append(f"| {name} | diverged on seed(s) {', '.join(map(str, lost))} |" + " |" * (len(d.metrics) - 1))
             continue
-        pooled = {d: demo.pooled([r for rows in load_rows(a, out, name, d) for r in rows]) for d in demo.DIRECTIONS}
-        cells = [pooled[d].get(k) for d, k, _, _ in METRICS]
+        pooled = {k: demo.pooled([r for rows in load_rows(a, d, out, name, k) for r in rows]) for k in demo.DIRECTIONS}
+        cells = [pooled[direction].get(key) for direction, key, _, _ in d.metrics]
         lines.append(f"| {name} | " + " | ".join("–" if c is None else f"{c:.3f}" for c in cells) + " |")
     return "\n".join(lines)
 
@@ -231,48 +257,64 @@ def cpu_name() -> str:
     return f"{names[0] if names else platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def report(a, out: Path, wall: dict) -> dict:
-    """OUT/results.md (the arms, the differences, η·L¬/L_jdiff, the cost per FE) and OUT/results.json."""
-    found = differences(a, out)
-    shares = {f"CMMD η={eta:g}": [negative_share(out / f"seed{s}" / f"cmmd-eta-{eta:g}", eta) for s in a.seeds]
-              for eta in a.etas}
-    cost = cost_per_fe(3 if a.smoke else 30)
-    ratio = cost["MM-Diffusion (coupled U-Net, RS-MMA)"]["ms"] / cost["CMMD (easy fusion)"]["ms"]
-    text = "\n\n".join([
-        f"Seeds {a.seeds}, {a.clips} test clips each; N = {a.steps} steps at batch {a.batch}, K = {a.finetune} at "
-        f"batch {a.finetune_batch}; {cpu_name()}; {sum(wall.values()):.1f} min of training and sampling.",
-        arm_table(a, out), difference_table(found),
-        "η·L¬ / L_jdiff over each fine-tune, per seed: " + "; ".join(
-            f"{k}: " + ", ".join(f"{v:.2e}" for v in vs) for k, vs in shares.items()),
-        "Cost per function evaluation, batch 1, the demo's shapes: " + "; ".join(
-            f"{k}: {v['ms']:.1f} ms, {v['params'] / 1e6:.2f} M parameters" for k, v in cost.items())
-        + f"; MM-Diffusion / CMMD = {ratio:.2f}× (paper, Table 3: 721 / 136 ms = 5.3×)"])
-    results = {"args": vars(a), "differences": found, "negative_share": shares, "cost_per_fe": cost,
-               "cost_ratio": ratio, "cpu": cpu_name(), "wall_minutes": wall}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(text + "\n")
+def report(a, d: Design, out: Path, wall: dict, extra=None) -> dict:
+    """OUT/NAME.md (the arms, the paired differences, and what `extra(a, out)` adds: (paragraphs, numbers))
+    and OUT/NAME.json (every number)."""
+    found = differences(a, d, out)
+    paragraphs, numbers = extra(a, out) if extra else ([], {})
+    text = "\n\n".join([f"Seeds {a.seeds}, {a.clips} test clips each; {cpu_name()}; {sum(wall.values()):.1f} min of "
+                         "training and sampling.", arm_table(a, d, out), difference_table(found), *paragraphs])
+    results = {"args": vars(a), "differences": found, **numbers, "cpu": cpu_name(), "wall_minutes": wall}
+    (out / f"{d.name}.json").write_text(json.dumps(results, indent=1))
+    (out / f"{d.name}.md").write_text(text + "\n")
     print(text)
     return results
+
+
+def claims_extra(a, out: Path) -> tuple[list[str], dict]:
+    """The claims study's own paragraphs: its N and K, η·L¬/L_jdiff per fine-tune, and Table 3's cost per FE."""
+    shares = {f"CMMD η={eta:g}": [negative_share(out / f"seed{s}" / f"cmmd-eta-{eta:g}", eta) for s in a.seeds]
+              for eta in a.etas}
+    cost = cost_per_fe({"CMMD (easy fusion)": {}, "MM-Diffusion (coupled U-Net, RS-MMA)": MMD}, 3 if a.smoke else 30)
+    ratio = cost["MM-Diffusion (coupled U-Net, RS-MMA)"]["ms"] / cost["CMMD (easy fusion)"]["ms"]
+    return [f"N = {a.steps} steps at batch {a.batch}; K = {a.finetune} at batch {a.finetune_batch}.",
+            "η·L¬ / L_jdiff over each fine-tune, per seed: " + "; ".join(
+                f"{k}: " + ", ".join(f"{v:.2e}" for v in vs) for k, vs in shares.items()),
+            "Cost per function evaluation, batch 1, the demo's shapes: " + "; ".join(
+                f"{k}: {v['ms']:.1f} ms, {v['params'] / 1e6:.2f} M parameters" for k, v in cost.items())
+            + f"; MM-Diffusion / CMMD = {ratio:.2f}× (paper, Table 3: 721 / 136 ms = 5.3×)"], \
+        {"negative_share": shares, "cost_per_fe": cost, "cost_ratio": ratio}
+
+
+def run(a, d: Design, extra=None) -> dict:
+    """Every seed of a design (each resuming what exists), then its report; wall minutes per seed accumulate
+    over resumed runs in OUT/NAME-wall.json."""
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wall_file = out / f"{d.name}-wall.json"
+    wall = json.loads(wall_file.read_text()) if wall_file.exists() else {}
+    for seed in a.seeds:
+        t0 = time.time()
+        run_seed(a, d, seed, out)
+        wall[str(seed)] = wall.get(str(seed), 0.0) + (time.time() - t0) / 60
+        wall_file.write_text(json.dumps(wall))
+    return report(a, d, out, {s: wall[str(s)] for s in map(str, a.seeds)}, extra)
+
+
+def smoke(a) -> None:
+    """--smoke: a few steps and clips, seed 0."""
+    a.steps, a.finetune, a.batch, a.finetune_batch, a.train_clips, a.clips, a.bootstrap = 2, 2, 2, 2, 8, 4, 200
 
 
 def main(argv=None):
     a = parser().parse_args(argv)
     if a.smoke:
-        a.steps, a.finetune, a.batch, a.finetune_batch, a.train_clips, a.clips, a.bootstrap = 2, 2, 2, 2, 8, 4, 200
+        smoke(a)
     a.seeds = a.seeds or ([0] if a.smoke else [0, 1, 2])
     if 2 * a.finetune < a.steps and not a.smoke:
         raise SystemExit(f"error: --finetune {a.finetune}: K must be at least half of N = {a.steps} (the paper: "
                          f"300 k after 400 k)")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    wall_file = out / "wall.json"
-    wall = json.loads(wall_file.read_text()) if wall_file.exists() else {}
-    for seed in a.seeds:
-        t0 = time.time()
-        run_seed(a, seed, out)
-        wall[str(seed)] = wall.get(str(seed), 0.0) + (time.time() - t0) / 60
-        wall_file.write_text(json.dumps(wall))
-    report(a, out, {s: wall[str(s)] for s in map(str, a.seeds)})
+    run(a, design(a), claims_extra)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+import checkpoint
 import data
 import demo
 import melspec
@@ -14,6 +15,7 @@ import pipeline
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "experiments"))
+import backbones  # noqa: E402
 import study  # noqa: E402
 
 
@@ -30,9 +32,31 @@ def test_study_smoke(tmp_path):
     assert set(results["negative_share"]) == {f"CMMD η={eta:g}" for eta in study.ETAS}
     assert results["cost_ratio"] > 0 and len(results["cost_per_fe"]) == 2
     rows = json.loads((tmp_path / "seed0" / "ncmmd.json").read_text())["rows"]
-    assert len(rows["v2a model"]) == 4 and len(rows["a2v reference: other clip"]) == 4
+    assert len(rows["v2a model"]) == 4 and len(rows["a2v other clip"]) == 4
     table = (tmp_path / "results.md").read_text()
     assert "| reference: ground truth | 0.9" in table or "| reference: ground truth | 1.0" in table
+
+
+def test_backbones_smoke(tmp_path):
+    """experiments/backbones.py in a smoke version: every arm trains and is scored on the same clips, the
+    conditional-mode checkpoint is scored twice (λ 0 and the demo's λ), and every comparison gets a verdict."""
+    proc = subprocess.run([sys.executable, "experiments/backbones.py", "--smoke", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "backbones.json").read_text())
+    pairs = {(d["a"], d["b"]) for d in results["differences"]}
+    assert pairs == {("DiT", "U-Net (nCMMD)"), ("DiT, equal training wall time", "U-Net (nCMMD)"),
+                     ("DiT, trained conditional modes", "DiT"), ("DiT, trained conditional modes + guidance", "DiT")}
+    assert {d["metric"] for d in results["differences"]} >= {"v2a onset F1", "a2v frame roughness"}
+    assert all(d["verdict"] in (f"{d['a']} better", f"{d['b']} better", "within noise")
+               for d in results["differences"])
+    assert set(results["cost_per_fe"]) == {"U-Net (cpu preset)", "DiT (cpu preset)"}
+    seed0 = tmp_path / "seed0"
+    assert not (seed0 / "dit-cond-guided").exists()  # scored from dit-cond's checkpoint, not trained again
+    meta, _ = checkpoint.read(seed0 / "dit-cond" / "ckpt-00000002.safetensors")
+    assert meta["train"]["cond_tasks"] == backbones.COND_TASKS and meta["net"]["cond_modes"]
+    scored = {p.stem for p in seed0.glob("*.json")}
+    assert scored == {"ncmmd", "dit", "dit-walltime", "dit-cond", "dit-cond-guided"}
 
 
 def test_study_reports_a_diverged_arm_without_pairing_it(tmp_path):
@@ -40,6 +64,7 @@ def test_study_reports_a_diverged_arm_without_pairing_it(tmp_path):
     not computed on the remaining seeds, and every other comparison is."""
     a = study.parser().parse_args(["--out", str(tmp_path), "--etas", "5e-5", "0.05", "--bootstrap", "50"])
     a.seeds = [0, 1]
+    design = study.design(a)
     rng = np.random.default_rng(0)
 
     def row() -> dict:
@@ -48,7 +73,7 @@ def test_study_reports_a_diverged_arm_without_pairing_it(tmp_path):
 
     for seed in a.seeds:
         (tmp_path / f"seed{seed}").mkdir()
-        for arm in study.arms(a):
+        for arm in design.arms:
             if not arm.scored:
                 continue
             if arm.slug == "cmmd-eta-0.05" and seed == 1:
@@ -57,12 +82,12 @@ def test_study_reports_a_diverged_arm_without_pairing_it(tmp_path):
                 record = {"arm": arm.name, "rows": {f"{d} {n}": [row() for _ in range(5)] for d in demo.DIRECTIONS
                                                     for n in ("model", *demo.REFERENCES)}}
             (tmp_path / f"seed{seed}" / f"{arm.slug}.json").write_text(json.dumps(record))
-    found = study.differences(a, tmp_path)
+    found = study.differences(a, design, tmp_path)
     lost = [d for d in found if d["a"] == "CMMD η=0.05"]
     assert [d["verdict"] for d in lost] == ["diverged on seed(s) 1"]
     kept = [d for d in found if d["a"] == "CMMD η=5e-05" and d["b"] == "nCMMD"]
     assert {d["metric"] for d in kept} == {m[2] for m in study.COMPARED if m[1] != "beat"}
-    assert "| CMMD η=0.05 | diverged on seed(s) 1 |" in study.arm_table(a, tmp_path)
+    assert "| CMMD η=0.05 | diverged on seed(s) 1 |" in study.arm_table(a, design, tmp_path)
     assert "diverged on seed(s) 1 |" in study.difference_table(found)
 
 

@@ -1,0 +1,79 @@
+"""The U-Net against a joint audio-video transformer (dit.py, MM-LDM's DiT) at matched size on the synthetic
+benchmark, and MM-LDM's trained conditional modes against CMMD's guidance, each a paired difference with a 95 %
+interval over seeds and clips.
+
+    python experiments/backbones.py --out runs/study     # after (or before) study.py in the same folder
+    python experiments/backbones.py --out /tmp/smoke --smoke
+
+It shares experiments/study.py's folder, clips and machinery: per seed, the U-Net is study.py's nCMMD arm (the
+demo's recipe, N steps), its checkpoint and scores reused when they exist. Beside it, with the same recipe, clips,
+sampler, λ and sampling noise: the DiT (`cpu` preset) for N steps; the DiT for the steps that take the U-Net's
+N steps' training time on one CPU (--walltime-steps, from `python bench.py --backbones`: docs/backbones.md); and
+the DiT trained with conditional modes (train.py --cond-tasks), sampled with its trained condition alone (λ 0)
+and with the demo's guidance on top. OUT/backbones.md holds the tables, OUT/backbones.json every number.
+"""
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import study  # noqa: E402
+
+DIT = dict(model="dit", preset="cpu")
+COND_TASKS = 0.5  # [choice] half the examples v2a or a2v (a quarter each), half joint: one model does all tasks
+# The DiT steps whose training time equals the U-Net's N = 1200 on this project's 2-core CPU: N × (U-Net step /
+# DiT step), rounded, the two measured side by side by `python bench.py --backbones` (docs/backbones.md).
+WALLTIME_STEPS = 463
+UNGUIDED = {"v2a": 0.0, "a2v": 0.0}  # replacement only (Eq. 5): the trained condition does the conditioning
+
+
+def design(a) -> study.Design:
+    """The arms and comparisons of issue 28; the U-Net arm is study.py's nCMMD (the same slug, so the same run)."""
+    base = study.base_config(a)
+    dit = dataclasses.replace(base, **DIT)
+    walltime = dataclasses.replace(dit, steps=a.walltime_steps, ckpt_every=a.walltime_steps)
+    cond = dataclasses.replace(dit, cond_tasks=COND_TASKS)
+    unet, joint = "U-Net (nCMMD)", "DiT"
+    arms = [study.Arm(unet, "ncmmd", base), study.Arm(joint, "dit", dit),
+            study.Arm("DiT, equal training wall time", "dit-walltime", walltime),
+            study.Arm("DiT, trained conditional modes", "dit-cond", cond, guidance=UNGUIDED),
+            study.Arm("DiT, trained conditional modes + guidance", "dit-cond-guided", cond, checkpoint_of="dit-cond")]
+    comparisons = [("the DiT against the U-Net, the same steps", joint, unet, {}),
+                   ("the DiT against the U-Net, the same training wall time", arms[2].name, unet, {}),
+                   ("trained conditional modes against guidance", arms[3].name, joint, {}),
+                   ("trained conditional modes with guidance against guidance", arms[4].name, joint, {})]
+    return study.Design("backbones", arms, comparisons, compared=study.METRICS, two_sided=True)
+
+
+def costs_extra(a, out: Path) -> tuple[list[str], dict]:
+    """The step counts, and the cost per function evaluation of the two backbones (Table 3's measure)."""
+    cost = study.cost_per_fe({"U-Net (cpu preset)": {}, "DiT (cpu preset)": DIT}, 3 if a.smoke else 30)
+    ratio = cost["DiT (cpu preset)"]["ms"] / cost["U-Net (cpu preset)"]["ms"]
+    return [f"N = {a.steps} steps at batch {a.batch}; equal wall time: {a.walltime_steps} DiT steps; trained "
+            f"conditional modes on {COND_TASKS:g} of the examples.",
+            "Cost per function evaluation, batch 1, the demo's shapes: " + "; ".join(
+                f"{k}: {v['ms']:.1f} ms, {v['params'] / 1e6:.2f} M parameters" for k, v in cost.items())
+            + f"; DiT / U-Net = {ratio:.2f}×. Per training step: `python bench.py --backbones`."], \
+        {"cost_per_fe": cost, "cost_ratio": ratio}
+
+
+def parser():
+    p = study.parser()
+    p.description = __doc__.split("\n\n")[0]
+    p.add_argument("--walltime-steps", type=int, default=WALLTIME_STEPS,
+                   help="DiT steps whose training time equals the U-Net's N (bench.py --backbones)")
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    if a.smoke:
+        study.smoke(a)
+        a.walltime_steps = 1
+    a.seeds = a.seeds or ([0] if a.smoke else [0, 1, 2])
+    study.run(a, design(a), costs_extra)
+
+
+if __name__ == "__main__":
+    main()
