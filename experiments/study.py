@@ -64,6 +64,7 @@ class Design:
     metrics: list = dataclasses.field(default_factory=lambda: METRICS)  # the arm table's columns
     compared: list = dataclasses.field(default_factory=lambda: COMPARED)  # the metrics of every comparison
     two_sided: bool = False  # no claimed direction: the verdict names the better arm, not a claim held
+    headline: tuple = ("dance beat hit ±100 ms", "v2a onset F1", "a2v visual F1")  # the README's table: Table 2's
 
     def slug(self, arm: str) -> str | None:
         """The file name of an arm's scores (a reference's rows are in every arm's file: the first's)."""
@@ -233,11 +234,13 @@ def arm_table(a, d: Design, out: Path) -> str:
     return "\n".join(lines)
 
 
-def difference_table(found: list[dict]) -> str:
-    """The paired differences (markdown), a row per claim, arms and metric."""
+def difference_table(found: list[dict], metrics=None) -> str:
+    """The paired differences (markdown), a row per claim, arms and metric (only `metrics`' labels if given)."""
     lines = ["| claim | A | B | metric | paper A − B | ours: A's gain [95 % CI] | MDE 80 % | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for d in found:
+        if metrics and d["metric"] not in metrics and "delta" in d:
+            continue
         paper = "–" if d["paper"] is None else f"{d['paper']:+.2f}"
         if "delta" not in d:
             lines.append(f"| {d['claim']} | {d['a']} | {d['b']} | {d['metric']} | {paper} | – | – | {d['verdict']} |")
@@ -263,7 +266,9 @@ def report(a, d: Design, out: Path, wall: dict, extra=None) -> dict:
     found = differences(a, d, out)
     paragraphs, numbers = extra(a, out) if extra else ([], {})
     text = "\n\n".join([f"Seeds {a.seeds}, {a.clips} test clips each; {cpu_name()}; {sum(wall.values()):.1f} min of "
-                         "training and sampling.", arm_table(a, d, out), difference_table(found), *paragraphs])
+                         "training and sampling.", "The headline metrics:", difference_table(found, d.headline),
+                         "Every arm, pooled over seeds and clips:", arm_table(a, d, out),
+                         "Every paired difference:", difference_table(found), *paragraphs])
     results = {"args": vars(a), "differences": found, **numbers, "cpu": cpu_name(), "wall_minutes": wall}
     (out / f"{d.name}.json").write_text(json.dumps(results, indent=1))
     (out / f"{d.name}.md").write_text(text + "\n")
