@@ -141,28 +141,67 @@ def run_seed(a, d: Design, seed: int, out: Path) -> None:
     ckpts = {}
     for arm in d.arms:
         run_dir = out / f"seed{seed}" / (arm.checkpoint_of or arm.slug)
-        if arm.checkpoint_of:
-            ckpts[arm.slug] = ckpts[arm.checkpoint_of]
+        scores = out / f"seed{seed}" / f"{arm.slug}.json"
+        if arm.checkpoint_of or (arm.parent and ckpts[arm.parent] is None):
+            ckpts[arm.slug] = ckpts[arm.checkpoint_of or arm.parent]
         else:
             cfg = dataclasses.replace(arm.cfg, data=str(shards), out=str(run_dir), seed=seed,
                                       init=str(ckpts[arm.parent]) if arm.parent else None)
             print(f"seed {seed}: {arm.name}", file=sys.stderr)
-            ckpts[arm.slug] = train.train(cfg, progress=not a.smoke)
-        scores = out / f"seed{seed}" / f"{arm.slug}.json"
-        if arm.scored and not scores.exists():
+            ckpts[arm.slug] = trained(cfg, not a.smoke)
+        if ckpts[arm.slug] is None:  # a non-finite training loss here or in the run it continues
+            scores.write_text(json.dumps({"arm": arm.name, "diverged": "non-finite training loss"}))
+        elif arm.scored and not fresh(scores, ckpts[arm.slug], items, arm):
             score(ckpts[arm.slug], arm, items, seed, run_dir / f"samples-{arm.slug}", scores)
 
 
+def trained(cfg: train.TrainConfig, progress: bool) -> Path | None:
+    """train.train's checkpoint at exactly cfg.steps; None if the loss went non-finite (Eq. 6 is unbounded
+    below: a large η can diverge, and that is a result). A run already past cfg.steps is an error: its folder
+    belongs to another design."""
+    try:
+        ckpt = train.train(cfg, progress=progress)
+    except SystemExit as e:
+        if "non-finite" not in str(e):
+            raise
+        return None
+    if ckpt is None or ckpt.name != f"ckpt-{cfg.steps:08d}.safetensors":
+        raise SystemExit(f"error: {cfg.out}: its newest checkpoint is {ckpt and ckpt.name}, not step {cfg.steps}: "
+                         "that run was made with other settings; use another --out")
+    return ckpt
+
+
+def made_by(ckpt: Path, items: list, arm: Arm) -> dict:
+    """What a score file depends on: the checkpoint (run folder and step), the clips, λ."""
+    return {"checkpoint": f"{ckpt.parent.name}/{ckpt.name}", "clips": len(items),
+            "guidance": arm.guidance or demo.GUIDANCE}
+
+
+def fresh(scores: Path, ckpt: Path, items: list, arm: Arm) -> bool:
+    """Whether an arm's score file exists and was made from this checkpoint, on as many clips and with this λ;
+    one made otherwise is an error (an earlier design in the same --out), never silently reused."""
+    if not scores.exists():
+        return False
+    record = json.loads(scores.read_text())
+    made = record.get("made", {})  # absent: written before score files recorded how they were made
+    now = made_by(ckpt, items, arm)
+    if made and made != now:
+        raise SystemExit(f"error: {scores}: scored {made}, but this run asks for {now}; use another --out")
+    return True
+
+
 def score(ckpt: Path, arm: Arm, items: list, seed: int, samples: Path, scores: Path) -> None:
-    """An arm's per-clip scores on the test clips (demo.evaluate, the demo's sampler), or that it diverged."""
+    """An arm's per-clip scores on the test clips (demo.evaluate, the demo's sampler), or that it diverged, with
+    how they were made."""
+    made = made_by(ckpt, items, arm)
     try:
         result = demo.evaluate(pipeline.load(ckpt), items, samples, {k: demo.SAMPLER[k] for k in ("sampler", "steps")},
-                               seed, save_first=2, guidance=arm.guidance or demo.GUIDANCE)
-    except media.BadInput as e:  # Eq. 6 is unbounded below: a large η can diverge; that is a result
+                               seed, save_first=2, guidance=made["guidance"])
+    except media.BadInput as e:  # non-finite samples: a diverged model
         print(f"seed {seed}: {arm.name} diverged: {e}", file=sys.stderr)
-        scores.write_text(json.dumps({"arm": arm.name, "diverged": str(e)}))
+        scores.write_text(json.dumps({"arm": arm.name, "diverged": str(e), "made": made}))
         return
-    scores.write_text(json.dumps({"arm": arm.name, "rows": result["rows"], "scores": result["scores"]},
+    scores.write_text(json.dumps({"arm": arm.name, "made": made, "rows": result["rows"], "scores": result["scores"]},
                                  default=float))
 
 
@@ -212,11 +251,19 @@ def differences(a, d: Design, out: Path) -> list[dict]:
                 continue  # no dance clip with a beat among the test clips (a smoke run)
             first, second = (ra, rb) if sign > 0 else (rb, ra)  # A's gain over B
             ci = alignment.seed_clip_bootstrap(first, second, key, n=a.bootstrap, seed=0)
+            ci["per_seed"] = [pooled_ratio(x, key) - pooled_ratio(y, key) for x, y in zip(first, second)]
             verdict = (alignment.verdict(ci["lo"], ci["hi"], paper.get(label)) if not d.two_sided else
                        f"{arm_a} better" if ci["lo"] > 0 else f"{arm_b} better" if ci["hi"] < 0 else "within noise")
             found.append({"claim": claim, "a": arm_a, "b": arm_b, "metric": label, "paper": paper.get(label), **ci,
                           "verdict": verdict})
     return found
+
+
+def pooled_ratio(rows: list[dict], key: str) -> float:
+    """A metric over one seed's clips as demo.pooled computes it: summed numerators over summed denominators."""
+    num, den = alignment.RATIOS[key]
+    total = sum(den(r) for r in rows)
+    return sum(num(r) for r in rows) / total if total else float("nan")
 
 
 def arm_table(a, d: Design, out: Path) -> str:
@@ -236,17 +283,19 @@ def arm_table(a, d: Design, out: Path) -> str:
 
 def difference_table(found: list[dict], metrics=None) -> str:
     """The paired differences (markdown), a row per claim, arms and metric (only `metrics`' labels if given)."""
-    lines = ["| claim | A | B | metric | paper A − B | ours: A's gain [95 % CI] | MDE 80 % | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| claim | A | B | metric | paper A − B | ours: A's gain [95 % CI] | per seed | MDE 80 % | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for d in found:
         if metrics and d["metric"] not in metrics and "delta" in d:
             continue
         paper = "–" if d["paper"] is None else f"{d['paper']:+.2f}"
         if "delta" not in d:
-            lines.append(f"| {d['claim']} | {d['a']} | {d['b']} | {d['metric']} | {paper} | – | – | {d['verdict']} |")
+            lines.append(f"| {d['claim']} | {d['a']} | {d['b']} | {d['metric']} | {paper} | – | – | – | "
+                         f"{d['verdict']} |")
             continue
         lines.append(f"| {d['claim']} | {d['a']} | {d['b']} | {d['metric']} | {paper} | "
-                     f"{d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | {d['mde']:.3f} | {d['verdict']} |")
+                     f"{d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | "
+                     + ", ".join(f"{x:+.3f}" for x in d["per_seed"]) + f" | {d['mde']:.3f} | {d['verdict']} |")
     return "\n".join(lines)
 
 
