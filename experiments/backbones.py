@@ -67,6 +67,7 @@ def costs_extra(a, out: Path) -> tuple[list[str], dict]:
 def parser():
     p = study.parser()
     p.description = __doc__.split("\n\n")[0]
+    p.set_defaults(clips=64)  # [choice] the 64 of study.py's 128 per seed: its first 64, the same noise
     p.add_argument("--walltime-steps", type=int,
                    help="DiT steps whose training time equals the U-Net's N; default N × UNET_PER_DIT_STEP, "
                         "measured by bench.py --backbones (docs/backbones.md)")

@@ -140,8 +140,8 @@ def test_study_never_reuses_scores_made_otherwise(tmp_path):
     assert not study.fresh(scores, ckpt, items, arm)
     scores.write_text(json.dumps({"made": study.made_by(ckpt, items, arm)}))
     assert study.fresh(scores, ckpt, items, arm)
-    for other in (tmp_path / "dit" / "ckpt-00000600.safetensors", ckpt):
-        clips = items if other != ckpt else items[:2]
+    assert study.fresh(scores, ckpt, items[:2], arm)  # its first clips pair with a run on fewer
+    for other, clips in ((tmp_path / "dit" / "ckpt-00000600.safetensors", items), (ckpt, items * 2)):
         with pytest.raises(SystemExit, match="dit.json: scored"):
             study.fresh(scores, other, clips, arm)
     with pytest.raises(SystemExit, match="dit.json: scored"):
