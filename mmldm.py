@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import dit
+import melspec
 from modalities import MODALITIES, OTHER, check
 from unet import timestep_embedding, zero_
 
@@ -565,6 +567,42 @@ class MMAutoencoder(nn.Module):
         return sampling.sample(diffusion, self.decoding(z, sem, classes, index), shapes, sampler_cfg,
                                generator=generator, progress=progress, **overrides)
 
+
+
+# ---- the generator's view of the latents (MM-LDM's second stage, Fig. 2) -----------------------------------
+
+
+def latent_shapes(cfg: MMAEConfig, shapes: dict) -> dict:
+    """The latents' shapes {modality: (B, Z, h, w)} for the codec's {"video": (B, F, C, H, W), "audio": (B, M, T)}:
+    the frame's and the mel image's sides through the encoder's stride-2 levels."""
+    B, M, T = shapes["audio"]
+    sides = {"video": tuple(shapes["video"][-2:]), "audio": (M // cfg.audio_patch, -(-T // cfg.audio_patch))}
+    return {k: (B, cfg.latent_channels, *level_sizes(sides[k], len(cfg.enc_mult(k)))[-1]) for k in MODALITIES}
+
+
+def as_modalities(z: dict) -> dict:
+    """Latents {modality: (B, Z, h, w)} -> the modality dict that dit.DiT, diffusion.py and sampling.py take:
+    the video latent as one frame (B, 1, Z, h, w), the audio latent's channels × rows as bins (B, Z·h, w), its
+    columns (the mel's time, compressed) as time."""
+    return {"video": z["video"][:, None], "audio": z["audio"].flatten(1, 2)}
+
+
+def from_modalities(x: dict, audio_rows: int) -> dict:
+    """as_modalities inverted; audio_rows: the audio latent's h."""
+    return {"video": x["video"][:, 0], "audio": x["audio"].unflatten(1, (-1, audio_rows))}
+
+
+def generator_config(cfg: MMAEConfig, latents: dict, duration: float, name: str = "cpu") -> dit.DiTConfig:
+    """MM-LDM's generator, its DiT over the two content latents, as dit.py's DiT unchanged, with its trained
+    conditional modes. latents: latent_shapes' {modality: (B, Z, h, w)}; duration: the clip's seconds. Every
+    latent position is a token (patch 1, as MM-LDM's aist_gen_v2.yaml on its latents); the video latent, which
+    has no time axis, sits at the clip's middle (fps = 1 / duration), and each audio column at the time of
+    the mel steps it spans, so RoPE's times stay in seconds."""
+    Z, rows = cfg.latent_channels, latents["audio"][2]
+    steps_per_column = cfg.audio_patch * 2 ** (len(cfg.audio_enc_mult) - 1)  # mel steps per latent column
+    return dit.preset(name, video_channels=Z, patch_size=1, audio_channels=Z * rows, audio_patch=1,
+                      fps=1 / duration, mel_rate=melspec.SAMPLE_RATE / melspec.HOP / steps_per_column,
+                      cond_modes=True)
 
 def diffusion_randn(like: torch.Tensor, generator) -> torch.Tensor:
     """Normal noise shaped like `like`, drawn on the generator's device (diffusion.randn)."""

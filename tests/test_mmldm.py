@@ -8,7 +8,9 @@ import torch
 
 import checkpoint
 import diffusion
+import dit
 import mmldm
+import sampling
 from mmldm import MMAutoencoder, preset
 
 DIFFUSION = diffusion.Diffusion(diffusion.DiffusionConfig())
@@ -191,3 +193,23 @@ def test_classes_of_synthetic_kinds():
 def test_key_frames_span_the_clip():
     assert mmldm.key_frames(16, 4).tolist() == [0, 5, 10, 15]  # MM-LDM's content_frame_idx
     assert mmldm.key_frames(3, 4).tolist() == [0, 1, 2]
+
+
+def test_the_generator_runs_on_the_latents_and_the_decoder_returns_clips():
+    """MM-LDM's two stages at a tiny size, untrained: the clip's latents as the modality dict, dit.DiT over them
+    with a trained condition (video→audio: the video latent known), and the decoder back to the codec's shapes."""
+    ae, x0 = perturbed(tiny()), clips(F=6, T=40)
+    shapes = {k: tuple(v.shape) for k, v in x0.items()}
+    z = ae.encode(x0)
+    assert {k: tuple(v.shape) for k, v in z.items()} == mmldm.latent_shapes(ae.cfg, shapes)
+    rows = z["audio"].shape[2]
+    x = mmldm.as_modalities(z)
+    assert x["video"].shape == (2, 1, *z["video"].shape[1:]) and x["audio"].shape[1] == z["audio"].shape[1] * rows
+    assert all(torch.equal(z[k], v) for k, v in mmldm.from_modalities(x, rows).items())
+    gen = dit.DiT(mmldm.generator_config(ae.cfg, mmldm.latent_shapes(ae.cfg, shapes), duration=0.6, name="tiny"))
+    out = sampling.sample(DIFFUSION, gen, {"audio": x["audio"].shape}, cond={"video": x["video"]}, sampler="ddim",
+                          steps=2, generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.equal(out["video"], x["video"]) and out["audio"].shape == x["audio"].shape
+    clip = ae.decode(DIFFUSION, mmldm.from_modalities(out, rows), shapes, sampler="ddim", steps=2,
+                     generator=torch.Generator().manual_seed(1))
+    assert {k: tuple(v.shape) for k, v in clip.items()} == shapes
