@@ -14,13 +14,7 @@ DIT_XL_PARAMS = 675e6  # DiT-XL/2 (Peebles & Xie 2023, Table 4), MM-LDM's width,
 PARAM_TOLERANCE = 0.10  # the cpu DiT against the cpu U-Net, as the brief asks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread on a shared 2-core machine (as tests/test_unet.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def perturbed(cfg: DiTConfig, std=0.05, seed=0, skip: str = "") -> DiT:

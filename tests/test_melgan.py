@@ -18,14 +18,7 @@ TINY = dict(ngf=8, ndf=8, n_layers_D=2)  # every code path of the full model, ~0
 SMALL = dict(ngf=16, ndf=16, n_layers_D=2)  # the slow check's model: 1.1 M generator parameters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Single-threaded: these small convolutions gain nothing from a second thread, and on a shared CPU
-    two OpenMP threads spin against each other (a 10× slowdown measured on the 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def tiny_cfg(**kw) -> melgan.MelGANConfig:

@@ -62,13 +62,7 @@ SMALL = {
 INPUTS = {"features": (8, 256), "other-flags": (6, 200), "middle-window": (4, 72)}  # F, L of the test input
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """As tests/test_mmdiffusion.py: one intra-op thread on the shared CPU, restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

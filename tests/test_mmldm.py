@@ -16,13 +16,7 @@ from mmldm import MMAutoencoder, preset
 DIFFUSION = diffusion.Diffusion(diffusion.DiffusionConfig())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread on a shared 2-core machine (as tests/test_unet.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def clips(B=2, F=6, T=40, C=12, M=16, seed=0) -> dict:

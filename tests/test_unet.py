@@ -13,14 +13,7 @@ PAPER_PARAMS = 106e6  # CMMD Table 3: (n)CMMD has 106 M parameters
 PARAM_TOLERANCE = 0.05
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP threads
-    waiting on each other turn a 60 ms forward into seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def inputs(B=2, F_=18, H=8, T=112, cfg=None, seed=0):
