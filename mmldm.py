@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 import dit
 import melspec
+import sampling
+from diffusion import randn
 from modalities import MODALITIES, OTHER, check
 from unet import timestep_embedding, zero_
 
@@ -539,7 +541,8 @@ class MMAutoencoder(nn.Module):
         z, kl = {}, 0
         for k, (mean, logvar) in posterior.items():
             # z ~ q(z | x), reparameterised, in training; its mean in eval mode (MM-LDM's mode())
-            z[k] = mean + (0.5 * logvar).exp() * diffusion_randn(mean, generator) if self.training else mean
+            z[k] = mean + (0.5 * logvar).exp() * randn(mean.shape, generator, mean.device, mean.dtype) \
+                if self.training else mean
             kl = kl + 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).sum((1, 2, 3)).mean()  # KL(q ‖ N(0, I))
         sem = self.semantic(z)
         l_cl = F.cross_entropy(self.classify(sem), classes)
@@ -559,7 +562,6 @@ class MMAutoencoder(nn.Module):
         """Latents {modality: (B, Z, h, w)} -> {"video": (B, F, C, H, W), "audio": (B, M, T)} of `shapes`, by
         sampling the decoder (sampling.sample with `sampler_cfg`, a SamplerConfig, overridden by keyword), every
         frame with its index f / F and the class the classify head predicts (MM-LDM's decode)."""
-        import sampling
         sem = self.semantic(z)
         classes = self.classify(sem).argmax(1)  # (B,)
         B, F_ = shapes["video"][:2]
@@ -603,8 +605,3 @@ def generator_config(cfg: MMAEConfig, latents: dict, duration: float, name: str 
     return dit.preset(name, video_channels=Z, patch_size=1, audio_channels=Z * rows, audio_patch=1,
                       fps=1 / duration, mel_rate=melspec.SAMPLE_RATE / melspec.HOP / steps_per_column,
                       cond_modes=True)
-
-def diffusion_randn(like: torch.Tensor, generator) -> torch.Tensor:
-    """Normal noise shaped like `like`, drawn on the generator's device (diffusion.randn)."""
-    from diffusion import randn
-    return randn(like.shape, generator, like.device, like.dtype)
