@@ -76,8 +76,10 @@ class DiTConfig:
 PRESETS = {
     "paper": {},  # MM-LDM's DiT: 677 M parameters with 4 latent channels and 80 mel bins
     # The demo's size for 16 px frames through the patch-2 pixel codec (12 values on 8×8 positions, so 16 tokens
-    # a frame): about the cpu U-Net's 2.47 M parameters (2.59 M).
-    "cpu": dict(hidden=128, depth=8, heads=4),
+    # a frame): about the cpu U-Net's 2.47 M parameters (2.52 M). [choice] One mel step per audio token (80
+    # values into a 128-wide token): chosen over 2 and 4 on validation clips by the audio denoising loss
+    # (experiments/dit_audio_patch.py, docs/backbones.md).
+    "cpu": dict(hidden=128, depth=8, heads=4, audio_patch=1),
     "tiny": dict(hidden=16, depth=2, heads=2),  # unit tests
 }
 

@@ -84,3 +84,21 @@ def test_a_score_does_not_depend_on_what_ran_before(ckpt, tmp_path):
         torch.rand(100)
         rows.append(demo.evaluate(pipe, items, tmp_path, {"sampler": "ddim", "steps": 2}, save_first=0)["rows"])
     assert rows[0] == rows[1]
+
+
+def test_dit_audio_patch_smoke(tmp_path):
+    """The audio-token choice trains one DiT per --patches value with that value (the parameter counts differ), and
+    leaves the cpu preset as it found it."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import dit_audio_patch
+
+    import dit
+
+    before = dict(dit.PRESETS["cpu"])
+    dit_audio_patch.main(["--out", str(tmp_path), "--patches", "1", "2", "--steps", "2", "--clips", "2",
+                          "--train-clips", "16"])
+    rows = json.loads((tmp_path / "audio_patch.json").read_text())["rows"]
+    assert set(rows) == {"1", "2"} and rows["1"]["params"] < rows["2"]["params"]
+    assert all(r["loss"]["audio"] > 0 for r in rows.values())
+    assert "| 2 |" in (tmp_path / "audio_patch.md").read_text()
+    assert dit.PRESETS["cpu"] == before
