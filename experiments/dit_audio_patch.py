@@ -23,7 +23,6 @@ import data  # noqa: E402
 import demo  # noqa: E402
 import dit  # noqa: E402
 import pipeline  # noqa: E402
-from modalities import to_unit  # noqa: E402
 
 
 def validation_loss(pipe, items: list, seed: int, passes: int = 4) -> dict:
@@ -31,10 +30,10 @@ def validation_loss(pipe, items: list, seed: int, passes: int = 4) -> dict:
     `passes` draws of (n, noise) from one generator seeded with `seed`: the same draws for every network."""
     clip, g = pipe.clip, torch.Generator().manual_seed(seed)
     m, ms = clip.margin, clip.margin_samples
+    windows = {"video": torch.stack([it["video"][m:m + clip.frames] for it in items]),  # (B, F, 3, H, W) uint8
+               "audio": torch.stack([it["audio"][ms:ms + clip.samples] for it in items])}  # (B, L)
+    x0 = pipeline.encode_batch(windows, pipe.codecs, pipe.device)  # {"video": (B, F, C, H, W), "audio": (B, M, T)}
     with torch.no_grad():
-        video = pipe.codecs["video"].encode(to_unit(torch.stack([it["video"][m:m + clip.frames] for it in items])))
-        x0 = {"video": video,  # (B, F, C, H, W)
-              "audio": pipe.codecs["audio"].encode(torch.stack([it["audio"][ms:ms + clip.samples] for it in items]))}
         pipe.net.eval()
         terms = [pipe.diffusion.joint_loss(pipe.net, x0, generator=g)[1] for _ in range(passes)]
     return {k: float(sum(t[k] for t in terms) / passes) for k in x0}
@@ -52,6 +51,22 @@ def parser():
     return p
 
 
+def run_patch(a, patch: int, cpu_preset: dict, shards: Path, items: list, out: Path) -> dict:
+    """One arm: the cpu DiT with `patch` mel steps per audio token, trained (or resumed) and scored."""
+    dit.PRESETS["cpu"] = {**cpu_preset, "audio_patch": patch}  # the one thing that differs between runs
+    recipe = study.base_config(argparse.Namespace(steps=a.steps, batch=8, train_clips=a.train_clips))
+    cfg = dataclasses.replace(recipe, model="dit", preset="cpu", data=str(shards), out=str(out / f"patch{patch}"),
+                              seed=a.seed)
+    pipe = pipeline.load(study.trained(cfg, True))
+    scores = demo.evaluate(pipe, items, out / f"samples-patch{patch}",
+                           {k: demo.SAMPLER[k] for k in ("sampler", "steps")}, a.seed, save_first=2)["scores"]
+    row = {"params": sum(p.numel() for p in pipe.net.parameters()), "loss": validation_loss(pipe, items, a.seed),
+           "v2a onset F1": scores["v2a model"]["f1"], "a2v visual F1": scores["a2v model"]["f1"],
+           "a2v roughness": scores["a2v model"]["roughness"]}
+    print(patch, row, file=sys.stderr)
+    return row
+
+
 def main(argv=None):
     a = parser().parse_args(argv)
     out = Path(a.out)
@@ -61,21 +76,11 @@ def main(argv=None):
     val = data.SyntheticDataset(clip, "val", num_clips=a.clips, seed=a.seed)
     items = [val[i] for i in range(len(val))]
     cpu_preset, rows = dict(dit.PRESETS["cpu"]), {}
-    for patch in a.patches:
-        dit.PRESETS["cpu"] = {**cpu_preset, "audio_patch": patch}  # the one thing that differs between runs
-        recipe = study.base_config(argparse.Namespace(steps=a.steps, batch=8, train_clips=a.train_clips))
-        cfg = dataclasses.replace(recipe,
-                                  model="dit", preset="cpu", data=str(shards), out=str(out / f"patch{patch}"),
-                                  seed=a.seed)
-        pipe = pipeline.load(study.trained(cfg, True))
-        scores = demo.evaluate(pipe, items, out / f"samples-patch{patch}",
-                               {k: demo.SAMPLER[k] for k in ("sampler", "steps")}, a.seed, save_first=2)["scores"]
-        rows[patch] = {"params": sum(p.numel() for p in pipe.net.parameters()),
-                       "loss": validation_loss(pipe, items, a.seed),
-                       "v2a onset F1": scores["v2a model"]["f1"], "a2v visual F1": scores["a2v model"]["f1"],
-                       "a2v roughness": scores["a2v model"]["roughness"]}
-        print(patch, rows[patch], file=sys.stderr)
-    dit.PRESETS["cpu"] = cpu_preset
+    try:
+        for patch in a.patches:
+            rows[patch] = run_patch(a, patch, cpu_preset, shards, items, out)
+    finally:
+        dit.PRESETS["cpu"] = cpu_preset  # restored even when a run fails
     head = ("mel steps per token", "parameters", "val. video loss", "val. audio loss", "v2a onset F1",
             "a2v visual F1", "a2v roughness")
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
