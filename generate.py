@@ -17,6 +17,7 @@ import data
 import figures
 import media
 import melspec
+import mmldm
 import sampling
 from modalities import MODALITIES, TIME_AXIS, with_time
 
@@ -81,19 +82,25 @@ def _model_space(pipe, cond: dict, known: dict, batch: int, frames: int, watch) 
     return x, have
 
 
-def _sample_windows(pipe, cfg, x: dict, have: dict, frames: int, window: int, overlap: int, generator, progress,
-                    watch):
-    """Fill the unknown parts of x window by window, in place (the module docstring)."""
+def _unknown_windows(pipe, spans: list, have: dict, frames: int, progress: bool):
+    """For each window [f0, f1) of `spans` not wholly known, in order: ({modality: (start, length) along its
+    time axis}, {modality: (B, length) bool, a copy of what is known in it}); `have` may change between them."""
     audio, spf = pipe.codecs["audio"], pipe.clip.samples_per_frame
-    spans = windows(frames, window, overlap, block_frames(pipe.clip, audio))
-    T = x["audio"].shape[TIME_AXIS["audio"]]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if pipe.device.type == "cuda" else contextlib.nullcontext()
+    T = have["audio"].shape[1]
     for f0, f1 in tqdm(spans, desc="windows", disable=not progress or len(spans) == 1, leave=False):
         t0, t1 = audio.steps(f0 * spf), (T if f1 == frames else audio.steps(f1 * spf))
         span = {"video": (f0, f1 - f0), "audio": (t0, t1 - t0)}
-        h = {k: have[k].narrow(1, *span[k]).clone() for k in MODALITIES}  # (B, window length); x, have change below
-        if all(m.all() for m in h.values()):
-            continue  # wholly known: nothing to generate here
+        h = {k: have[k].narrow(1, *span[k]).clone() for k in MODALITIES}  # (B, window length)
+        if not all(m.all() for m in h.values()):  # a window wholly known has nothing to generate
+            yield span, h
+
+
+def _sample_windows(pipe, cfg, x: dict, have: dict, frames: int, window: int, overlap: int, generator, progress,
+                    watch):
+    """Fill the unknown parts of x window by window, in place (the module docstring)."""
+    spans = windows(frames, window, overlap, block_frames(pipe.clip, pipe.codecs["audio"]))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if pipe.device.type == "cuda" else contextlib.nullcontext()
+    for span, h in _unknown_windows(pipe, spans, have, frames, progress):
         w_cond = {k: x[k].narrow(TIME_AXIS[k], *span[k]).clone() for k in MODALITIES if h[k].any()}
         w_mask = {k: h[k] for k in w_cond if not h[k].all()}
         shapes = {k: with_time(tuple(x[k].shape), k, span[k][1]) for k in MODALITIES}
@@ -102,6 +109,38 @@ def _sample_windows(pipe, cfg, x: dict, have: dict, frames: int, window: int, ov
                                   progress=progress and len(spans) == 1)
         for k in MODALITIES:
             x[k].narrow(TIME_AXIS[k], *span[k]).copy_(out[k].float())
+            have[k].narrow(1, *span[k]).fill_(True)
+    return spans
+
+
+def _sample_latent_windows(pipe, cfg, x: dict, have: dict, frames: int, generator, progress, watch):
+    """MM-LDM's two stages (Sun et al. 2024, Fig. 2), window by window, filling x's unknown parts in place.
+    [choice] The windows are the training clip's length, overlapping by one block of frames: a window's video
+    latent stands for its whole clip, so --window and --overlap do not apply. In each window the generator
+    samples the latents of the modalities not known whole, given those known whole (encoded: its trained
+    conditions); the autoencoder's decoder then samples the window's unknown frames and mel steps from both
+    latents, keeping by replacement (Eq. 5) what is known in the window: a continuation's prefix, or the
+    overlap with the window before, which is how windows join."""
+    ae, block = pipe.autoencoder, block_frames(pipe.clip, pipe.codecs["audio"])
+    spans = windows(frames, max(pipe.clip.frames, block), block, block)
+    for span, h in _unknown_windows(pipe, spans, have, frames, progress):
+        w = {k: x[k].narrow(TIME_AXIS[k], *span[k]).clone() for k in MODALITIES}
+        whole = [k for k in MODALITIES if h[k].all()]
+        lat = mmldm.latent_shapes(ae.cfg, {k: tuple(v.shape) for k, v in w.items()})  # {modality: (B, Z, h, w)}
+        with torch.no_grad(), watch("encode latents"):
+            z = ae.encode({k: w[k] for k in whole}) if whole else {}
+        with watch(f"sample latents ({cfg.sampler}, {cfg.steps} steps)"):
+            out = sampling.sample(pipe.diffusion, pipe.net, mmldm.modality_shapes(lat), cfg,
+                                  cond=mmldm.as_modalities(z), generator=generator,
+                                  progress=progress and len(spans) == 1)
+        z = {**mmldm.from_modalities({k: v.float() for k, v in out.items()}, lat["audio"][2]), **z}
+        todo = [k for k in MODALITIES if k not in whole]
+        part = {k: w[k] for k in todo if h[k].any()}
+        with watch(f"decode latents ({cfg.sampler}, {cfg.steps} steps)"):
+            decoded = ae.decode(pipe.ae_diffusion, z, {k: tuple(w[k].shape) for k in todo}, cfg, generator,
+                                cond=part, mask={k: h[k] for k in part}, guidance=0.0)
+        for k in todo:
+            x[k].narrow(TIME_AXIS[k], *span[k]).copy_(decoded[k].float())
             have[k].narrow(1, *span[k]).fill_(True)
     return spans
 
@@ -146,7 +185,10 @@ def generate(pipe, cfg: sampling.SamplerConfig, *, cond: dict | None = None, kno
     assert "audio" not in cond or cond["audio"].shape[1] == frames * spf, f"audio must have {frames * spf} samples"
     frame_known = {k: known.get(k, torch.ones(batch, frames, dtype=torch.bool)) for k in cond}
     x, have = _model_space(pipe, cond, frame_known, batch, frames, watch)
-    spans = _sample_windows(pipe, cfg, x, have, frames, window, overlap, generator, progress, watch)
+    if getattr(pipe, "autoencoder", None) is not None:  # MM-LDM: latents, then its decoder
+        spans = _sample_latent_windows(pipe, cfg, x, have, frames, generator, progress, watch)
+    else:
+        spans = _sample_windows(pipe, cfg, x, have, frames, window, overlap, generator, progress, watch)
     result = _decode(pipe, x, cond, {k: frame_known[k] for k in known if k in cond}, batch, frames, watch)
     result["mel"] = melspec.wav_to_mel(result["audio"])  # (B, M, T): what the figures show
     result["windows"] = spans

@@ -120,7 +120,10 @@ def preset(name: str, **overrides) -> MMAEConfig:
 
 
 def classes_of(batch: dict) -> torch.Tensor:
-    """The class of each clip of a synthetic batch (B,): 0 bounce, 1 dance (a clip with a tempo)."""
+    """The class of each clip of a batch (B,): the synthetic benchmark's kind, 0 bounce, 1 dance (a clip with a
+    tempo); [choice] class 0 for data without classes (a folder of videos), which leaves L_cl nothing to learn."""
+    if "tempo" not in batch:
+        return torch.zeros(len(batch["audio"]), dtype=torch.long)
     return (batch["tempo"] > 0).long()
 
 
@@ -487,30 +490,37 @@ class MMAutoencoder(nn.Module):
         self.contrast = ContrastiveHead(cfg)
         self.decoder = Decoder(cfg)
 
-    def check(self, x0: dict) -> None:
-        """One-line errors for inputs that do not fit: both modalities, video's C, the mel's M."""
-        if set(x0) != set(MODALITIES):
-            raise ValueError(f"mmldm.py: the autoencoder takes both modalities, got {sorted(x0)}")
+    def check(self, x0: dict, both: bool = True) -> None:
+        """One-line errors for inputs that do not fit: both modalities (or, with both=False, any of them),
+        video's C, the mel's M."""
+        if (set(x0) != set(MODALITIES)) if both else not set(x0) or not set(x0) <= set(MODALITIES):
+            raise ValueError(f"mmldm.py: the autoencoder takes {'both modalities' if both else 'video, audio'}, "
+                             f"got {sorted(x0)}")
         for k, ndim in (("video", 5), ("audio", 3)):
-            if x0[k].ndim != ndim:
+            if k in x0 and x0[k].ndim != ndim:
                 raise ValueError(f"mmldm.py: {k} must have {ndim} dims, got {tuple(x0[k].shape)}")
-        if x0["video"].shape[2] != self.cfg.video_channels:
+        if "video" in x0 and x0["video"].shape[2] != self.cfg.video_channels:
             raise ValueError(f"mmldm.py: video has {x0['video'].shape[2]} channels, the autoencoder "
                              f"{self.cfg.video_channels}")
         check(x0, "mmldm.py")
 
     def posterior(self, x0: dict, keep: dict | None = None) -> dict:
-        """{modality: (mean, log-variance) (B, Z, h, w)} of q(z | x); where keep[k] is False, the modality's
-        encoder sees zeros (its conditions dropped, MM-LDM get_input_*)."""
-        self.check(x0)
-        frames = {"video": x0["video"][:, key_frames(x0["video"].shape[1], self.cfg.key_frames)],  # (B, K, C, H, W)
-                  "audio": as_images("audio", x0["audio"], self.cfg)[:, None]}  # (B, 1, p², M/p, T'/p)
+        """{modality: (mean, log-variance) (B, Z, h, w)} of q(z | x) for each modality in x0 (the encoders are
+        per modality); where keep[k] is False, the modality's encoder sees zeros (its conditions dropped, MM-LDM
+        get_input_*)."""
+        self.check(x0, both=False)
+        frames = {}
+        if "video" in x0:
+            frames["video"] = x0["video"][:, key_frames(x0["video"].shape[1], self.cfg.key_frames)]  # (B, K, C, H, W)
+        if "audio" in x0:
+            frames["audio"] = as_images("audio", x0["audio"], self.cfg)[:, None]  # (B, 1, p², M/p, T'/p)
         if keep is not None:
             frames = {k: v * keep[k].to(v.dtype).view(-1, 1, 1, 1, 1) for k, v in frames.items()}
-        return {k: self.encoders[k](frames[k]) for k in MODALITIES}
+        return {k: self.encoders[k](frames[k]) for k in MODALITIES if k in frames}
 
     def encode(self, x0: dict) -> dict:
-        """{modality: z (B, Z, h, w)}: the posterior's mean, the latents a generator denoises."""
+        """{modality: z (B, Z, h, w)}: the posterior's mean, the latents a generator denoises; x0 may hold one
+        modality (the known one of v2a or a2v)."""
         return {k: mean for k, (mean, _) in self.posterior(x0).items()}
 
     def semantic(self, z: dict) -> dict:
@@ -522,6 +532,10 @@ class MMAutoencoder(nn.Module):
         """The decoder as a model for diffusion.py and sampling.py (Decoding)."""
         keep = keep or {k: torch.ones_like(classes, dtype=torch.bool) for k in MODALITIES}
         return Decoding(self, z, sem, classes, keep, index)
+
+    def forward(self, diffusion, x0: dict, classes: torch.Tensor, generator=None, snr_gamma: float = 0.0):
+        """The training loss (loss), as the forward pass, so that DistributedDataParallel syncs its gradients."""
+        return self.loss(diffusion, x0, classes, generator, snr_gamma)
 
     def loss(self, diffusion, x0: dict, classes: torch.Tensor, generator=None, snr_gamma: float = 0.0):
         """The autoencoder's loss: the decoder's diffusion loss on `target_frames` random frames per clip and the
@@ -558,17 +572,19 @@ class MMAutoencoder(nn.Module):
                       "contrastive": l_co.detach()}
 
     def decode(self, diffusion, z: dict, shapes: dict, sampler_cfg=None, generator=None, progress: bool = False,
-               **overrides) -> dict:
-        """Latents {modality: (B, Z, h, w)} -> {"video": (B, F, C, H, W), "audio": (B, M, T)} of `shapes`, by
-        sampling the decoder (sampling.sample with `sampler_cfg`, a SamplerConfig, overridden by keyword), every
-        frame with its index f / F and the class the classify head predicts (MM-LDM's decode)."""
+               cond: dict | None = None, mask: dict | None = None, **overrides) -> dict:
+        """Latents {modality: (B, Z, h, w)} (both: each modality's decoding reads the other's semantic tokens)
+        -> the modalities of `shapes`, {"video": (B, F, C, H, W), "audio": (B, M, T)}, by sampling the decoder
+        (sampling.sample with `sampler_cfg`, a SamplerConfig, overridden by keyword), every frame with its index
+        f / F and the class the classify head predicts (MM-LDM's decode). cond, mask: known parts of the
+        output, kept by sampling.Known's replacement (the kept prefix of a continuation)."""
         sem = self.semantic(z)
         classes = self.classify(sem).argmax(1)  # (B,)
-        B, F_ = shapes["video"][:2]
+        B = classes.shape[0]
+        F_ = shapes["video"][1] if "video" in shapes else 1
         index = (torch.arange(F_, device=classes.device) / F_).expand(B, F_)  # (B, F)
-        return sampling.sample(diffusion, self.decoding(z, sem, classes, index), shapes, sampler_cfg,
-                               generator=generator, progress=progress, **overrides)
-
+        return sampling.sample(diffusion, self.decoding(z, sem, classes, index), shapes, sampler_cfg, cond=cond,
+                               mask=mask, generator=generator, progress=progress, **overrides)
 
 
 # ---- the generator's view of the latents (MM-LDM's second stage, Fig. 2) -----------------------------------
@@ -583,18 +599,27 @@ def latent_shapes(cfg: MMAEConfig, shapes: dict) -> dict:
 
 
 def as_modalities(z: dict) -> dict:
-    """Latents {modality: (B, Z, h, w)} -> the modality dict that dit.DiT, diffusion.py and sampling.py take:
-    the video latent as one frame (B, 1, Z, h, w), the audio latent's channels × rows as bins (B, Z·h, w), its
-    columns (the mel's time, compressed) as time."""
-    return {"video": z["video"][:, None], "audio": z["audio"].flatten(1, 2)}
+    """Latents {modality: (B, Z, h, w)} (either or both) -> the modality dict that dit.DiT, diffusion.py and
+    sampling.py take: the video latent as one frame (B, 1, Z, h, w), the audio latent's channels × rows as bins
+    (B, Z·h, w), its columns (the mel's time, compressed) as time."""
+    view = {"video": lambda v: v[:, None], "audio": lambda a: a.flatten(1, 2)}
+    return {k: view[k](v) for k, v in z.items()}
 
 
 def from_modalities(x: dict, audio_rows: int) -> dict:
     """as_modalities inverted; audio_rows: the audio latent's h."""
-    return {"video": x["video"][:, 0], "audio": x["audio"].unflatten(1, (-1, audio_rows))}
+    view = {"video": lambda v: v[:, 0], "audio": lambda a: a.unflatten(1, (-1, audio_rows))}
+    return {k: view[k](v) for k, v in x.items()}
 
 
-def generator_config(cfg: MMAEConfig, latents: dict, duration: float, name: str = "cpu") -> dit.DiTConfig:
+def modality_shapes(latents: dict) -> dict:
+    """latent_shapes' {modality: (B, Z, h, w)} -> the shapes as_modalities gives them."""
+    return {k: tuple(v.shape) for k, v in as_modalities({k: torch.empty(s, device="meta")
+                                                         for k, s in latents.items()}).items()}
+
+
+def generator_config(cfg: MMAEConfig, latents: dict, duration: float, name: str = "cpu",
+                     cond_modes: bool = True) -> dit.DiTConfig:
     """MM-LDM's generator, its DiT over the two content latents, as dit.py's DiT unchanged, with its trained
     conditional modes. latents: latent_shapes' {modality: (B, Z, h, w)}; duration: the clip's seconds. Every
     latent position is a token (patch 1, as MM-LDM's aist_gen_v2.yaml on its latents); the video latent, which
@@ -604,4 +629,4 @@ def generator_config(cfg: MMAEConfig, latents: dict, duration: float, name: str 
     steps_per_column = cfg.audio_patch * 2 ** (len(cfg.audio_enc_mult) - 1)  # mel steps per latent column
     return dit.preset(name, video_channels=Z, patch_size=1, audio_channels=Z * rows, audio_patch=1,
                       fps=1 / duration, mel_rate=melspec.SAMPLE_RATE / melspec.HOP / steps_per_column,
-                      cond_modes=True)
+                      cond_modes=cond_modes)

@@ -5,9 +5,11 @@ bench.py read it; adding a family is one entry here plus its file.
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import checkpoint
 import diffusion
 import dit
 import melspec
+import mmldm
 import mmunet  # also supplies the "mmdiffusion" guidance form to sampling.py
 import unet
 
@@ -80,6 +82,30 @@ def mmdiffusion_net(cfg, clip) -> dict:
     return asdict(mmdiffusion_preset(cfg.preset, frames=clip.frames, image_size=clip.size, audio_samples=clip.samples))
 
 
+def mmldm_ae_net(cfg, clip) -> dict:
+    """MM-LDM's first stage, its multi-modal autoencoder, on the video codec the flags choose and the mel."""
+    no_trained_conditions(cfg, "MM-LDM's autoencoder")
+    if not cfg.fusion:
+        raise ValueError("--no-fusion is the U-Net's ablation; MM-LDM's decoder reads the other modality's tokens")
+    return asdict(mmldm.preset(cfg.preset, video_channels=video_channels(cfg)))
+
+
+def mmldm_net(cfg, clip) -> dict:
+    """MM-LDM's second stage: the DiT over the latents of the autoencoder checkpoint --ae (mmldm.generator_config),
+    with trained conditional modes when --cond-tasks > 0. `clip` is the autoencoder's."""
+    if cfg.ae is None:
+        raise ValueError("--model mmldm's generator needs its autoencoder: --ae CKPT (train.py trains one first)")
+    ae_meta = checkpoint.read(cfg.ae)[0]
+    if ae_meta.get("model") != "mmldm-ae":
+        raise ValueError(f"--ae {cfg.ae}: not an MM-LDM autoencoder checkpoint (its model is {ae_meta.get('model')!r})")
+    ae = mmldm.MMAEConfig(**ae_meta["net"])
+    codec = ae_meta["codec"]
+    side = clip.size // (8 if codec["video"] == "sd" else codec.get("patch", 1))
+    shapes = {"video": (1, clip.frames, ae.video_channels, side, side), "audio": (1, melspec.N_MELS, clip.mel_steps)}
+    return asdict(mmldm.generator_config(ae, mmldm.latent_shapes(ae, shapes), clip.duration, cfg.preset,
+                                         cond_modes=cfg.cond_tasks > 0))
+
+
 def mmdiffusion_preset(name: str, **fields):
     """mmunet's presets, with "paper" its official size."""
     return mmunet.preset({"paper": "official"}.get(name, name), **fields)
@@ -94,6 +120,11 @@ MODELS = {
                           sampler={"guidance_form": "mmdiffusion", "clip_x0": True}),
     "dit": Family("a joint audio-video diffusion transformer (MM-LDM's DiT; Peebles & Xie 2023)", dit.DiTConfig,
                   dit.DiT, tuple(dit.PRESETS), dit.preset, dit_net),
+    "mmldm-ae": Family("MM-LDM's multi-modal autoencoder alone (its first stage; Sun et al. 2024, Fig. 3)",
+                       mmldm.MMAEConfig, mmldm.MMAutoencoder, tuple(mmldm.PRESETS), mmldm.preset, mmldm_ae_net),
+    "mmldm": Family("MM-LDM: its autoencoder (trained first, or --ae), then a DiT over the two content latents",
+                    dit.DiTConfig, dit.DiT, tuple(p for p in dit.PRESETS if p in mmldm.PRESETS), dit.preset,
+                    mmldm_net),
 }
 PRESETS = tuple(dict.fromkeys(p for f in MODELS.values() for p in f.presets))  # every family's, for --preset
 

@@ -2,10 +2,12 @@
 codecs, its clip geometry and its sampler settings (CMMD §3, App. B), so that a checkpoint alone is a model.
 
 The config (`run_config`, stored whole in every checkpoint by train.py and mmdiffusion.py's converter):
-  {"format": "cmmd-1", "model": "cmmd" | "mmdiffusion", "net": network config, "diffusion": DiffusionConfig,
+  {"format": "cmmd-1", "model": a models.MODELS key, "net": network config, "diffusion": DiffusionConfig,
    "clip": ClipConfig, "codec": {"video": "sd" | "pixel", "audio": "mel" | "wave", "patch": the pixel codec's
    space-to-depth patch (absent: 1), "center": {modality: μ} (absent: none)}, "mel": the mel scale,
-   "sampler": SamplerConfig fields the model needs (MM-Diffusion: its guidance form, clip_x0), "train": the run}
+   "sampler": SamplerConfig fields the model needs (MM-Diffusion: its guidance form, clip_x0), "train": the run,
+   MM-LDM's generator only: "autoencoder": {"net", "diffusion", "train"} of its frozen autoencoder, whose
+   weights the checkpoint carries under AE_PREFIX}
 The codecs share one interface: `encode`, `decode`, `channels`, and for video `factor` (vae.py), for
 audio `steps(samples)` and `samples_per_step` (here). train.py, sample.py, demo.py and bench.py build
 models only through this module.
@@ -22,12 +24,14 @@ import checkpoint
 import data
 import diffusion
 import melspec
+import mmldm
 import models
 import sampling
 import vae
 from modalities import to_unit
 
 FORMAT = "cmmd-1"
+AE_PREFIX = "ae."  # an MM-LDM generator checkpoint's tensors of its frozen autoencoder
 
 
 class MelCodec(torch.nn.Module):
@@ -141,10 +145,15 @@ def run_config(cfg, init_meta: dict | None = None) -> dict:
     fam = models.family(cfg.model)
     recipe = fam.recipe(cfg.as_cmmd)  # the diffusion, audio codec and sampler: the family's or CMMD's
     codec = {"video": cfg.vae, "audio": recipe.audio_codec, **({"patch": cfg.patch} if cfg.patch != 1 else {})}
-    return {"format": FORMAT, "model": cfg.model, "net": fam.net_config(cfg, clip),
-            "diffusion": asdict(recipe.diffusion()), "clip": asdict(clip), "codec": codec,
-            "mel": {"log_min": melspec.LOG_MEL_MIN, "log_max": melspec.LOG_MEL_MAX}, "sampler": dict(recipe.sampler),
-            "train": asdict(cfg)}
+    meta = {"format": FORMAT, "model": cfg.model, "diffusion": asdict(recipe.diffusion()), "clip": asdict(clip),
+            "codec": codec, "mel": {"log_min": melspec.LOG_MEL_MIN, "log_max": melspec.LOG_MEL_MAX},
+            "sampler": dict(recipe.sampler), "train": asdict(cfg)}
+    if cfg.model == "mmldm":  # MM-LDM's generator: its autoencoder's codecs, clip and the autoencoder itself
+        ae = checkpoint.read(cfg.ae)[0]
+        meta.update(clip=ae["clip"], codec=ae["codec"], mel=ae["mel"],
+                    autoencoder={"net": ae["net"], "diffusion": ae["diffusion"], "train": ae["train"]})
+        clip = data.ClipConfig(**ae["clip"])
+    return {**meta, "net": fam.net_config(cfg, clip)}
 
 
 # sample.py's default: the cheapest setting that matched the paper's sampler (sampling.PAPER_SAMPLER) on held-out
@@ -179,6 +188,8 @@ class Pipeline:
     clip: data.ClipConfig
     config: dict  # the checkpoint's whole config
     path: Path | None = None
+    autoencoder: torch.nn.Module | None = None  # MM-LDM's (mmldm.MMAutoencoder): the net then denoises its latents
+    ae_diffusion: diffusion.Diffusion | None = None  # the autoencoder's decoder's diffusion
 
     @property
     def device(self) -> torch.device:
@@ -197,6 +208,18 @@ class Pipeline:
         T = self.codecs["audio"].steps(frames * self.clip.samples_per_frame)
         return {"video": (batch, frames, self.codecs["video"].channels, side, side),
                 "audio": (batch, self.codecs["audio"].channels, T)}
+
+    def net_shapes(self, batch: int, frames: int) -> dict:
+        """The shapes the network denoises: the codecs' (shapes), or MM-LDM's latents of them as modalities."""
+        shapes = self.shapes(batch, frames)
+        if self.autoencoder is None:
+            return shapes
+        return mmldm.modality_shapes(mmldm.latent_shapes(self.autoencoder.cfg, shapes))
+
+    def latents(self, x: dict) -> dict:
+        """Codec-space clips of the training length -> MM-LDM's latents as modalities (the generator's x₀)."""
+        with torch.no_grad():
+            return mmldm.as_modalities(self.autoencoder.encode(x))
 
 
 def build(meta: dict, vae_path: str | None = None, vocoder=None, path=None) -> Pipeline:
@@ -221,12 +244,16 @@ def build(meta: dict, vae_path: str | None = None, vocoder=None, path=None) -> P
         diff = diffusion.Diffusion(diffusion.DiffusionConfig(**meta["diffusion"]))
         clip = data.ClipConfig(**meta["clip"])
         sampling.SamplerConfig(**meta.get("sampler", {}))
+        ae = ae_diff = None
+        if meta["model"] == "mmldm":
+            ae = mmldm.MMAutoencoder(mmldm.MMAEConfig(**meta["autoencoder"]["net"])).eval().requires_grad_(False)
+            ae_diff = diffusion.Diffusion(diffusion.DiffusionConfig(**meta["autoencoder"]["diffusion"]))
     except KeyError as e:
         raise checkpoint.CheckpointError(
             f"{path}: its config lacks or has a wrong field {e} (not a {FORMAT} config)") from None
     except TypeError as e:  # a dataclass given a field it does not have
         raise checkpoint.CheckpointError(f"{path}: its config does not fit this code ({e})") from None
-    return Pipeline(net, diff, codecs, clip, meta, Path(path) if path else None)
+    return Pipeline(net, diff, codecs, clip, meta, Path(path) if path else None, ae, ae_diff)
 
 
 def compile_net(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -243,5 +270,7 @@ def load(path, device="cpu", weights: str = "ema", vae_path: str | None = None, 
     pipe = build(meta, vae_path, vocoder, path)
     checkpoint.load_strict(pipe.net, tensors, f"{weights}.", path)
     pipe.net.to(device).eval()
+    if pipe.autoencoder is not None:  # MM-LDM: its autoencoder's (EMA) weights travel in the generator's file
+        checkpoint.load_strict(pipe.autoencoder, tensors, AE_PREFIX, path, "the autoencoder").to(device)
     pipe.codecs = {k: c.to(device) for k, c in pipe.codecs.items()}
     return pipe

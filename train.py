@@ -30,6 +30,7 @@ import cli
 import data
 import generate
 import media
+import mmldm
 import models
 import negatives
 import pipeline
@@ -87,6 +88,10 @@ class TrainConfig:
                 "(half each), the clean known modality fed to the network and the loss on the other; 0: joint"})
     snr_gamma: float = field(default=0.0, metadata={
         "help": "γ of the Min-SNR-γ loss weighting (Hang et al. 2023; diffusion.py); 0: uniform over n, the paper's"})
+    ae: str | None = field(default=None, metadata={
+        "help": "--model mmldm: its autoencoder checkpoint (a --model mmldm-ae run); default: train one first in "
+                "OUT/autoencoder for --ae-steps"})
+    ae_steps: int = field(default=100_000, metadata={"help": "--model mmldm without --ae: the autoencoder's steps"})
     init: str | None = field(default=None, metadata={"help": "start from this checkpoint's weights (fine-tune)"})
     ckpt_every: int = field(default=5000, metadata={"help": "steps between checkpoints"})
     keep: int = field(default=3, metadata={"help": "checkpoints kept in --out"})
@@ -104,16 +109,18 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------------------
 # The run on disk: weights and config in checkpoint.py's format, the resume state beside them
-def save(out: Path, step: int, meta: dict, model, ema, opt, gen: torch.Generator, keep: int) -> Path:
+def save(out: Path, step: int, meta: dict, model, ema, opt, gen: torch.Generator, keep: int,
+         autoencoder=None) -> Path:
     """ckpt-STEP.pt (optimizer, generator and RNG states), then ckpt-STEP.safetensors (raw and EMA weights,
-    the config), each written atomically: a checkpoint exists once its .safetensors does. Keeps the newest
-    `keep`."""
+    the config, and MM-LDM's frozen `autoencoder`, so the file alone is the model), each written atomically: a
+    checkpoint exists once its .safetensors does. Keeps the newest `keep`."""
     stem = out / f"ckpt-{step:08d}"
     state = {"step": step, "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     checkpoint.torch_save(state, f"{stem}.pt")
     tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
-               **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
+               **{f"ema.{k}": v for k, v in ema.state_dict().items()},
+               **({f"{pipeline.AE_PREFIX}{k}": v for k, v in autoencoder.state_dict().items()} if autoencoder else {})}
     path = checkpoint.save(f"{stem}.safetensors", tensors, meta, step=step)
     for old in sorted(out.glob(checkpoint.PATTERN))[:-keep]:
         old.unlink()
@@ -238,11 +245,15 @@ def check_config(cfg: TrainConfig) -> None:
     for name, low in (("num_clips", 1), ("patch", 1), ("frames", 1), ("size", 1), ("batch", 1), ("steps", 1),
                       ("lr_every", 1), ("warmup", 0), ("negatives", 1), ("ckpt_every", 1), ("keep", 1),
                       ("preview_every", 0), ("preview_steps", 1), ("log_every", 1), ("workers", 0), ("lr_min", 0),
-                      ("grad_clip", 0), ("eta", 0), ("time_limit", 0), ("snr_gamma", 0)):
+                      ("grad_clip", 0), ("eta", 0), ("time_limit", 0), ("snr_gamma", 0), ("ae_steps", 1)):
         cli.check_range(name, getattr(cfg, name), low)
     cli.check_range("cond_tasks", cfg.cond_tasks, 0, 1)
     if cfg.cond_tasks > 0 and cfg.contrastive:
         raise ValueError("--cond-tasks with --contrastive: Eq. 6's negatives are joint pairs; train one or the other")
+    if cfg.model.startswith("mmldm") and cfg.contrastive:
+        raise ValueError("--contrastive is CMMD's fine-tune (Eq. 6); MM-LDM's autoencoder has its own contrastive head")
+    if cfg.ae is not None and cfg.model != "mmldm":
+        raise ValueError(f"--ae is MM-LDM's autoencoder for --model mmldm, not --model {cfg.model}")
     cli.check_range("lr", cfg.lr, 0, above=True)
     cli.check_range("lr_decay", cfg.lr_decay, 0, 1, above=True)
     cli.check_range("ema", cfg.ema, 0, 1)
@@ -280,12 +291,15 @@ def build_run(cfg: TrainConfig, device) -> tuple[dict, pipeline.Pipeline, torch.
     meta = pipeline.run_config(cfg, parent)
     dataset = data.build_dataset(cfg.data, "train", data.ClipConfig(**meta["clip"]), root=cfg.data_root,
                                  num_clips=cfg.num_clips, seed=cfg.seed)
-    if cfg.center and parent is None:  # a fine-tune keeps its parent's μ
+    if cfg.center and parent is None and cfg.model != "mmldm":  # a fine-tune, MM-LDM's generator: the parent's μ
         raw = {k: c.to(device) for k, c in pipeline.build(meta).codecs.items()}
         meta["codec"]["center"] = pipeline.codec_means(raw, dataset, device)
     pipe = pipeline.build(meta, path=cfg.init)
     pipe.net.to(device)
     pipe.codecs = {k: c.to(device) for k, c in pipe.codecs.items()}
+    if pipe.autoencoder is not None:  # MM-LDM's generator: its autoencoder, trained and frozen
+        checkpoint.load_strict(pipe.autoencoder, checkpoint.read(cfg.ae)[1], "ema.", cfg.ae, "the autoencoder")
+        pipe.autoencoder.to(device)
     check_network(pipe, device)
     return meta, pipe, dataset
 
@@ -296,11 +310,15 @@ def check_network(pipe: pipeline.Pipeline, device) -> None:
     clip, codecs = pipe.clip, pipe.codecs
     if clip.size % codecs["video"].factor:
         raise ValueError(f"--size {clip.size} must be divisible by the video codec's factor {codecs['video'].factor}")
-    x = {k: torch.zeros(s, device=device) for k, s in pipe.shapes(1, clip.frames).items()}  # (1, F, C, H, W), (1, M, T)
-    pipe.net.eval()  # no dropout: the check draws no random numbers
+    x = {k: torch.zeros(s, device=device) for k, s in pipe.net_shapes(1, clip.frames).items()}  # the net's input
+    pipe.net.eval()  # no dropout: the check draws no random numbers from the run's generator
     try:
         with torch.no_grad():
-            pipe.net(x, torch.zeros(1, dtype=torch.long, device=device))
+            if isinstance(pipe.net, mmldm.MMAutoencoder):  # its forward is its loss, on a clip of its codecs
+                pipe.net(pipe.diffusion, x, torch.zeros(1, dtype=torch.long, device=device),
+                         generator=torch.Generator(device).manual_seed(0))
+            else:
+                pipe.net(x, torch.zeros(1, dtype=torch.long, device=device))
     except RuntimeError as e:
         raise ValueError(f"--size {clip.size}, --frames {clip.frames}: the network cannot take this clip "
                          f"({str(e).splitlines()[0]})") from None
@@ -336,11 +354,28 @@ def log(out: Path, record: dict, device) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def step_loss(cfg: TrainConfig, pipe: pipeline.Pipeline, model, batch: dict, windows: dict,
+              neg_cfg: negatives.NegativesConfig, gen: torch.Generator, autocast) -> tuple[torch.Tensor, dict]:
+    """One step's loss on a batch of encoded windows: MM-LDM's autoencoder's (mmldm.MMAutoencoder.loss) on
+    the windows' centres and the clips' classes, or Algorithm 1's (on MM-LDM's latents of the centres for its
+    generator). Returns (loss, its terms)."""
+    if isinstance(pipe.net, mmldm.MMAutoencoder):
+        pos = negatives.positive(windows, neg_cfg)
+        with autocast:
+            return model(pipe.diffusion, pos, mmldm.classes_of(batch).to(pos["audio"].device), generator=gen,
+                         snr_gamma=cfg.snr_gamma)
+    return algorithm_1_loss(cfg, pipe.diffusion, model, windows, neg_cfg, gen, autocast,
+                            pipe.latents if pipe.autoencoder is not None else None)
+
+
 def algorithm_1_loss(cfg: TrainConfig, diff, model, windows: dict, neg_cfg: negatives.NegativesConfig,
-                     gen: torch.Generator, autocast) -> tuple[torch.Tensor, dict]:
+                     gen: torch.Generator, autocast, latents=None) -> tuple[torch.Tensor, dict]:
     """Algorithm 1's loss on a batch of encoded windows: L_cont = L − η·L¬ against negatives drawn from them
-    (CMMD Eq. 6) with --contrastive, else nCMMD's joint loss L alone (Eq. 2). Returns (loss, its terms)."""
+    (CMMD Eq. 6) with --contrastive, else nCMMD's joint loss L alone (Eq. 2). latents: a map of the windows'
+    centres into the space the model denoises (MM-LDM's; joint loss only). Returns (loss, its terms)."""
     pos = negatives.positive(windows, neg_cfg)
+    if latents is not None:
+        pos = latents(pos)
     with autocast:
         if cfg.contrastive:
             negs = negatives.draw_negatives(windows, neg_cfg, generator=gen)  # v₀¬, a₀¬
@@ -376,7 +411,8 @@ def run_steps(cfg: TrainConfig, meta: dict, pipe: pipeline.Pipeline, dataset, em
     out, model, clip = Path(cfg.out), pipe.net, pipe.clip
     ema_state, model_state = parameters_and_buffers(ema), parameters_and_buffers(model)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    previews = rank == 0 and cfg.preview_every > 0 and has_validation_clip(cfg, clip)
+    previews = (rank == 0 and cfg.preview_every > 0 and not isinstance(model, mmldm.MMAutoencoder)
+                and has_validation_clip(cfg, clip))
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     loader = torch.utils.data.DataLoader(
@@ -391,7 +427,7 @@ def run_steps(cfg: TrainConfig, meta: dict, pipe: pipeline.Pipeline, dataset, em
               dynamic_ncols=True) as bar:
         for step, batch in enumerate(loader, start=start + 1):
             windows = pipeline.encode_batch(batch, pipe.codecs, device)  # v₀, a₀ with their margins
-            loss, terms = algorithm_1_loss(cfg, pipe.diffusion, ddp_model, windows, neg_cfg, gen, autocast)
+            loss, terms = step_loss(cfg, pipe, ddp_model, batch, windows, neg_cfg, gen, autocast)
             nonfinite, out_of_time = agreed_stop(
                 loss, cfg.time_limit > 0 and time.time() - t0 > cfg.time_limit * 60, device, world)
             if nonfinite:
@@ -403,7 +439,7 @@ def run_steps(cfg: TrainConfig, meta: dict, pipe: pipeline.Pipeline, dataset, em
             if rank == 0:
                 log_step(cfg, out, bar, step, loss, terms, t0, device)
                 if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
-                    last_ckpt = save(out, step, meta, model, ema, opt, gen, cfg.keep)
+                    last_ckpt = save(out, step, meta, model, ema, opt, gen, cfg.keep, pipe.autoencoder)
                 if previews and (step % cfg.preview_every == 0 or step == cfg.steps):
                     preview(dataclasses.replace(pipe, net=ema), cfg, out / "previews" / f"step-{step:08d}")
             if out_of_time:
@@ -427,6 +463,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     (save), the start from the run's newest checkpoint or from a fine-tune's parent (restore), and a stop on a
     non-finite loss or at the time limit that every DDP process agrees on (agreed_stop)."""
     check_config(cfg)
+    if cfg.model == "mmldm" and cfg.ae is None:  # MM-LDM's two stages: its autoencoder first, as its own run
+        stage = dataclasses.replace(cfg, model="mmldm-ae", out=str(Path(cfg.out) / "autoencoder"), steps=cfg.ae_steps,
+                                    cond_tasks=0.0, preview_every=0)
+        cfg = dataclasses.replace(cfg, ae=str(train(stage, progress)))
     with process_group(cfg) as (device, rank, world):
         out = Path(cfg.out)
         torch.manual_seed(cfg.seed)

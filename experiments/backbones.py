@@ -23,9 +23,9 @@ import study  # noqa: E402
 DIT = dict(model="dit", preset="cpu")
 COND_TASKS = 0.5  # [choice] half the examples v2a or a2v (a quarter each), half joint: one model does all tasks
 # [choice] Equal training wall time is a fixed step count, never a time budget: N × (U-Net step / DiT step), the
-# ratio measured side by side at the demo's batch by `python bench.py --backbones` on a 2-core AVX2 AMD EPYC
-# (docs/backbones.md); N = 1200 gives 449 DiT steps.
-UNET_PER_DIT_STEP = 0.3745
+# ratio measured side by side at the demo's batch by `python bench.py --backbones` on the 2-core AVX-512 AMD EPYC
+# that ran the study (docs/backbones.md); N = 1200 gives 353 DiT steps.
+UNET_PER_DIT_STEP = 0.2945
 UNGUIDED = {"v2a": 0.0, "a2v": 0.0}  # replacement only (Eq. 5): the trained condition does the conditioning
 
 

@@ -166,7 +166,8 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda ae: ae.encode({"video": torch.zeros(1, 6, 12, 8, 8)}), "both modalities"),
+    (lambda ae: ae.loss(DIFFUSION, {"video": torch.zeros(1, 6, 12, 8, 8)}, torch.zeros(1).long()), "both modalities"),
+    (lambda ae: ae.encode({}), "video, audio"),
     (lambda ae: ae.encode({"video": torch.zeros(1, 6, 3, 8, 8), "audio": torch.zeros(1, 16, 40)}), "channels"),
     (lambda ae: ae.encode({"video": torch.zeros(1, 6, 12, 8, 8), "audio": torch.zeros(1, 15, 40)}), "bins"),
     (lambda ae: ae.encode({"video": torch.zeros(1, 12, 8, 8), "audio": torch.zeros(1, 16, 40)}), "5 dims"),
@@ -182,6 +183,14 @@ def test_bad_input_is_one_line_value_error(call, match):
 
 def test_classes_of_synthetic_kinds():
     assert mmldm.classes_of({"tempo": torch.tensor([0.0, 120.0, 95.5, 0.0])}).tolist() == [0, 1, 1, 0]
+    assert mmldm.classes_of({"audio": torch.zeros(3, 100)}).tolist() == [0, 0, 0]  # data without classes
+
+
+def test_one_modality_encodes_as_in_a_pair():
+    ae, x0 = perturbed(tiny()), clips()
+    pair = ae.encode(x0)
+    for k in x0:  # the encoders are per modality: v2a's and a2v's known latent alone is the pair's
+        assert torch.equal(ae.encode({k: x0[k]})[k], pair[k])
 
 
 def test_key_frames_span_the_clip():
