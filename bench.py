@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -363,7 +364,6 @@ def demo_runs(settings: dict[str, dict], device: torch.device) -> dict:
     """Per setting (changes to demo.DEMO_TRAIN), the built run: {name: (one training step of the demo's batch,
     the network, one FE's input at batch 1)}, each built as train.py builds it (centring means included)."""
     import demo
-    import negatives
     import pipeline
     import train
     runs = {}
@@ -376,13 +376,12 @@ def demo_runs(settings: dict[str, dict], device: torch.device) -> dict:
         batch = torch.utils.data.default_collate([dataset[i] for i in range(cfg.batch)])
         gen = torch.Generator(device).manual_seed(0)
 
-        def step(model=model, codecs=codecs, opt=opt, neg_cfg=neg_cfg, batch=batch, gen=gen, diff=pipe.diffusion,
-                 cfg=cfg):
-            model.train()
-            pos = negatives.positive(pipeline.encode_batch(batch, codecs, device), neg_cfg)
-            loss, _ = diff.joint_loss(model, pos, generator=gen, snr_gamma=cfg.snr_gamma)
+        def step(pipe=pipe, opt=opt, neg_cfg=neg_cfg, batch=batch, gen=gen, cfg=cfg):
+            pipe.net.train()
+            windows = pipeline.encode_batch(batch, pipe.codecs, device)
+            loss, _ = train.step_loss(cfg, pipe, pipe.net, batch, windows, neg_cfg, gen, nullcontext())
             train.optimizer_step(opt, loss, cfg.lr, cfg.grad_clip)
-        fe_input = {k: torch.randn(s, device=device) for k, s in pipe.shapes(1, pipe.clip.frames).items()}
+        fe_input = {k: torch.randn(s, device=device) for k, s in pipe.net_shapes(1, pipe.clip.frames).items()}
         runs[name] = (step, model, fe_input)
     return runs
 
@@ -435,6 +434,20 @@ def demo_training(args, device: torch.device) -> list[Section]:
 
 
 BACKBONES = {"U-Net (cpu preset)": {}, "DiT (cpu preset)": dict(model="dit", preset="cpu")}  # demo.DEMO_TRAIN's
+MMLDM_STAGES = {"MM-LDM autoencoder (cpu preset)": dict(model="mmldm-ae", preset="cpu"),
+                "MM-LDM generator (cpu preset)": dict(model="mmldm", preset="cpu", cond_tasks=0.5)}
+
+
+def mmldm_runs(device: torch.device) -> dict:
+    """demo_runs of MM-LDM's two stages; its generator's on the latents of a one-step autoencoder (the cost of
+    a step does not depend on the weights)."""
+    import demo
+    import train
+    with tempfile.TemporaryDirectory() as tmp:
+        ae = train.train(replace(demo.DEMO_TRAIN, data="synthetic", num_clips=64, steps=1, out=tmp,
+                                 **MMLDM_STAGES["MM-LDM autoencoder (cpu preset)"]), progress=False)
+        stages = {k: {**v, "ae": str(ae)} if v["model"] == "mmldm" else v for k, v in MMLDM_STAGES.items()}
+        return demo_runs(stages, device)
 
 
 def backbones(args, device: torch.device) -> list[Section]:
@@ -442,17 +455,21 @@ def backbones(args, device: torch.device) -> list[Section]:
     process: ms per function evaluation at batch 1 (no gradients) and seconds per training step at the
     demo's batch, interleaved. The step ratio fixes experiments/backbones.py's equal-wall-time step count."""
     runs = demo_runs(BACKBONES, device)
-    params = {name: sum(p.numel() for p in r[1].parameters()) for name, r in runs.items()}
     fe_times = interleaved(fe_calls(runs), 5, 30)
+    runs.update(mmldm_runs(device))
+    params = {name: sum(p.numel() for p in r[1].parameters()) for name, r in runs.items()}
     step_times = interleaved({name: r[0] for name, r in runs.items()}, DEMO_STEP_WARMUP, DEMO_STEP_RUNS)
     fe_section = step_section("Backbones: one function evaluation (batch 1, the demo's shapes, seconds)",
                               fe_times, params)
     step = step_section("Backbones: one training step (the demo's batch 8, seconds)", step_times, params)
-    (u_fe, d_fe), (u_step, d_step) = ([statistics.median(t) for t in x.values()] for x in (fe_times, step_times))
+    u_fe, d_fe = (statistics.median(t) for t in fe_times.values())
+    u_step, d_step, ae_step, g_step = (statistics.median(t) for t in step_times.values())
     fe_section.notes = [f"DiT / U-Net = {d_fe / u_fe:.2f}× per FE; 90 timed runs each, interleaved in three "
                         f"rounds; {torch.get_num_threads()} threads."]
     step.notes = [f"DiT / U-Net = {d_step / u_step:.2f}× per step: the U-Net's N steps take the time of "
-                  f"{u_step / d_step:.2f}·N DiT steps."]
+                  f"{u_step / d_step:.2f}·N DiT steps.",
+                  f"MM-LDM: autoencoder / U-Net = {ae_step / u_step:.3f}×, generator / U-Net = {g_step / u_step:.3f}× "
+                  "per step (the generator's parameters exclude its frozen autoencoder's)."]
     return [fe_section, step]
 
 

@@ -127,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-clips", type=int, default=512, help="synthetic training clips per seed (the demo's)")
     p.add_argument("--clips", type=int, default=128, help="held-out test clips per seed")
     p.add_argument("--bootstrap", type=int, default=4000, help="bootstrap resamples per difference")
+    p.add_argument("--only", nargs="+", metavar="SLUG", help="train and score only these arms (OUT/seedS/SLUG), "
+                   "no report: shares a design's work between processes; a run without it reports")
     p.add_argument("--smoke", action="store_true", help="a few steps and clips: checks the script runs")
     return p
 
@@ -140,6 +142,9 @@ def run_seed(a, d: Design, seed: int, out: Path) -> None:
     items = [test[i] for i in range(len(test))]
     ckpts = {}
     for arm in d.arms:
+        if a.only and arm.slug not in a.only and not any(x.slug in a.only and arm.slug in (x.parent, x.checkpoint_of)
+                                                         for x in d.arms):
+            continue  # --only: another process's arm (an arm's parent is still trained: it is the arm's start)
         run_dir = out / f"seed{seed}" / (arm.checkpoint_of or arm.slug)
         scores = out / f"seed{seed}" / f"{arm.slug}.json"
         if arm.checkpoint_of or (arm.parent and ckpts[arm.parent] is None):
@@ -356,6 +361,9 @@ def run(a, d: Design, extra=None) -> dict:
         run_seed(a, d, seed, out)
         wall[str(seed)] = wall.get(str(seed), 0.0) + (time.time() - t0) / 60
         wall_file.write_text(json.dumps(wall))
+    if a.only:
+        print(f"scored {', '.join(a.only)}; run without --only for the report", file=sys.stderr)
+        return {}
     return report(a, d, out, {s: wall[str(s)] for s in map(str, a.seeds)}, extra)
 
 
