@@ -475,6 +475,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         opt = optimizer(pipe.net, cfg.lr)
         gen = torch.Generator(device).manual_seed(cfg.seed + 7919 * rank)  # n, noise, negatives
         start, last_ckpt = restore(cfg, pipe.net, ema, opt, gen)
+        if last_ckpt is not None and cfg.model == "mmldm":
+            same_autoencoder(cfg, last_ckpt)
         if last_ckpt is not None and rank == 0:
             print(f"resuming from {last_ckpt} at step {start}", file=sys.stderr)
         if start >= cfg.steps:
@@ -485,6 +487,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if world > 1:
             dist.barrier()  # no process returns before rank 0 has written the last checkpoint
         return last_ckpt
+
+
+def same_autoencoder(cfg: TrainConfig, resumed: Path) -> None:
+    """A resumed MM-LDM generator goes on with the autoencoder whose latents it learnt (its autoencoder run, trained
+    further, would give other latents): a one-line error otherwise."""
+    carried = {k[len(pipeline.AE_PREFIX):]: v for k, v in checkpoint.read(resumed)[1].items()
+               if k.startswith(pipeline.AE_PREFIX)}
+    given = {k[len("ema."):]: v for k, v in checkpoint.read(cfg.ae)[1].items() if k.startswith("ema.")}
+    if carried.keys() != given.keys() or any(not torch.equal(v, given[k]) for k, v in carried.items()):
+        raise ValueError(f"{resumed}: the generator was trained on another autoencoder than {cfg.ae}; "
+                         "keep its --ae-steps or use another --out")
 
 
 def preview(pipe: pipeline.Pipeline, cfg: TrainConfig, stem: Path):

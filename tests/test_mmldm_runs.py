@@ -1,5 +1,7 @@
 """MM-LDM end to end: train.py --model mmldm (its autoencoder, then the DiT over its latents, each a resumable
 run), the generator's checkpoint carrying its autoencoder, generation in windows, and sample.py in every mode."""
+import shutil
+
 import pytest
 import torch
 from test_sample import long_clip, sample_cli
@@ -87,3 +89,12 @@ def test_bad_combinations_are_one_line(run, tmp_path):
             cfg = train.parse_args([*TINY, *flags, "--out", str(tmp_path / "x")])
             train.check_config(cfg)
             pipeline.run_config(cfg)
+
+
+def test_a_generator_resumes_only_on_its_own_autoencoder(run, tmp_path):
+    out = tmp_path / "moved"  # a run folder moved elsewhere resumes; its autoencoder trained further does not
+    shutil.copytree(run[0], out)
+    ckpt = train.train(train.parse_args([*TINY, "--out", str(out), "--steps", "4"]), progress=False)
+    assert ckpt.name == "ckpt-00000004.safetensors"
+    with pytest.raises(ValueError, match="trained on another autoencoder"):
+        train.train(train.parse_args([*TINY, "--out", str(out), "--steps", "4", "--ae-steps", "3"]), progress=False)
