@@ -101,13 +101,24 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         variant = self.variants[i % len(self.variants)]
-        item = synthetic.synthetic_clip(_stable_int("synthetic", self.seed, self.split, i), self.clip, variant)
+        item = synthetic.synthetic_clip(_stable_int("synthetic", self.seed, self.split, i), self.clip, variant,
+                                        phrasing=self.phrasing(i, variant))
         return {**item, "name": f"synthetic-{self.split}-{self.seed}-{i:06d}-{variant}"}
+
+    def phrasing(self, i: int, variant: str) -> int:
+        """Clip i's caption phrasing: the last of its kind's for the test split (held out), else one of the others
+        drawn from (seed, split, i)."""
+        n = len(synthetic.PHRASINGS[variant])
+        return n - 1 if self.split == "test" else _stable_int("phrasing", self.seed, self.split, i) % (n - 1)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Real videos: folders and AIST++, cut into windows and stored as shards
 FOLDER_SPLIT = {"train": (0, 90), "val": (90, 95), "test": (95, 100)}  # percent of hash(filename) % 100
+CAPTIONS = "captions.tsv"  # --data folder: ROOT/captions.tsv, a line per video: its path under ROOT, a tab, its caption
+# AIST++'s genre codes (its file names: gBR_sBM_c01_d04_mBR0_ch01 is a break dance to break music)
+AIST_GENRES = {"BR": "break", "PO": "pop", "LO": "lock", "MH": "middle hip-hop", "LH": "LA-style hip-hop",
+               "HO": "house", "WA": "waack", "KR": "krump", "JS": "street jazz", "JB": "ballet jazz"}
 
 
 def folder_split(name: str) -> str:
@@ -137,6 +148,39 @@ def aist_split_files(root) -> dict[str, list[Path]]:
                       if "_".join("cAll" if part.startswith("c") and part[1:].isdigit() else part
                                   for part in p.stem.split("_")) in names]
     return out
+
+
+def folder_captions(root) -> dict[str, str]:
+    """{path under ROOT (posix): caption} from ROOT/captions.tsv; {} without one (videos without a line are
+    uncaptioned). A line without a tab is a one-line error naming the file and line."""
+    path = Path(root) / CAPTIONS
+    if not path.is_file():
+        return {}
+    out = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, tab, text = line.partition("\t")
+        if not tab:
+            raise BadInput(f"{path}:{n}: no tab between the video's path and its caption")
+        out[Path(name.strip()).as_posix()] = text.strip()
+    return out
+
+
+def aist_caption(path: Path) -> str:
+    """A caption from an AIST++ file name's dance and music genre codes ("" when the name has none)."""
+    parts = {p[0]: p[1:3] for p in Path(path).stem.split("_") if len(p) >= 3 and p[0] in "gm"}
+    dance, music = (AIST_GENRES.get(parts.get(k, "")) for k in "gm")
+    if dance and music:
+        return f"A {dance} dance to {music} music." if dance != music else f"A {dance} dance to its music."
+    return f"{(dance or music).capitalize()} dance." if dance or music else ""
+
+
+def caption_of(data: str, root, path: Path, captions: dict) -> str:
+    """The caption of a source video: its line in a folder's captions.tsv, or its AIST++ genres."""
+    if data == "aist":
+        return aist_caption(path)
+    return captions.get(Path(path).relative_to(root).as_posix(), "")
 
 
 def source_files(data: str, root) -> dict[str, list[Path]]:
@@ -192,6 +236,7 @@ def _save_shard(path: Path, items: list[dict], meta: dict):
     tensors["audio"] = (tensors["audio"] * 32767).round().clamp(-32768, 32767).to(torch.int16)  # 16-bit PCM
     with checkpoint.atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"names": json.dumps([it["name"] for it in items]),
+                                              "captions": json.dumps([it.get("caption", "") for it in items]),
                                               "meta": json.dumps(meta)})
 
 
@@ -224,6 +269,7 @@ def prepare(data: str, out, *, clip: ClipConfig, root=None, num_clips: dict | No
             for p in files:
                 key = f"{p.stem[:60]}-{_stable_int(p.relative_to(root)) % 16 ** 8:08x}"
                 jobs.append((split, key, [p]))
+    captions = folder_captions(root) if data == "folder" else {}
     text = json.dumps(meta, indent=1)
     if not cfg_path.exists() or cfg_path.read_text() != text:  # once the sources are known; a rerun changes nothing
         checkpoint.write_text(cfg_path, text)
@@ -242,7 +288,8 @@ def prepare(data: str, out, *, clip: ClipConfig, root=None, num_clips: dict | No
                 ds = SyntheticDataset(clip, split, max(sources) + 1, seed)
                 items = [ds[i] for i in sources]
             else:
-                items = [{**w, "name": f"{sources[0].stem}-{k:03d}"}
+                said = caption_of(data, root, sources[0], captions)
+                items = [{**w, "name": f"{sources[0].stem}-{k:03d}", "caption": said}
                          for k, w in enumerate(video_windows(sources[0], clip))]
         except BadInput as e:
             _count_skip(counts, str(e))
@@ -286,11 +333,13 @@ class ShardDataset(torch.utils.data.Dataset):
         self.files = sorted((Path(root) / split).glob("*.safetensors"))
         if not self.files:
             raise BadInput(f"{Path(root) / split}: no prepared shards (run `python data.py prepare`)")
-        self.index, self.names, self._open = [], [], {}
+        self.index, self.names, self.captions, self._open = [], [], [], {}
         for f in self.files:
             try:  # safetensors checks that the header covers the whole file: a cut or damaged shard fails here
                 with safe_open(str(f), "pt") as h:
                     names = json.loads(h.metadata()["names"])
+                    # shards written before captions have none: every row uncaptioned
+                    self.captions += json.loads(h.metadata().get("captions", "null")) or [""] * len(names)
             except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
                 raise BadInput(f"{f}: not a readable shard ({type(e).__name__}); delete it and run `python data.py "
                                f"prepare` again") from None
@@ -308,7 +357,7 @@ class ShardDataset(torch.utils.data.Dataset):
         h = self._open[f]
         item = {k: h.get_slice(k)[r] for k in h.keys() if k != "mel"}  # shards of older versions also hold a mel
         item["audio"] = item["audio"].float() / 32767
-        return {**item, "name": self.names[i]}
+        return {**item, "name": self.names[i], "caption": self.captions[i]}
 
     def __getstate__(self):
         return {**self.__dict__, "_open": {}}

@@ -8,8 +8,10 @@ AIST++ of CMMD §3 on a CPU).
   the noise set by its size. Impacts lie on the frame grid, >= MIN_EVENT_GAP frames apart across balls.
 - "dance": a figure jumps and swaps its pose on every beat of a kick/snare loop at a random tempo
   (90-150 bpm), a stand-in for AIST++ dance.
-Every clip stores its event times (s from the positive clip's start) and tempo; data.SyntheticDataset
-serves them as training, validation and test splits.
+Every clip stores its event times (s from the positive clip's start), tempo and a caption written from its own
+parameters (the kind, the balls' number, colours and sizes or the figure's colour, the background, the notes'
+pitches, the tempo in bpm) in one of several phrasings; data.SyntheticDataset serves them as training,
+validation and test splits, the test split in phrasings the others never use (PHRASINGS).
 """
 import numpy as np
 import torch
@@ -17,6 +19,8 @@ import torch
 EVENTS_MAX = 32  # events are stored NaN-padded to this length so batches collate
 PALETTE = np.array([[1, .2, .2], [.2, 1, .2], [.3, .4, 1], [1, 1, .2], [1, .2, 1], [.2, 1, 1]], np.float32)
 PITCHES = np.array([261.6, 329.6, 392.0, 523.3, 659.3, 784.0], np.float32)  # Hz, C major, one per colour
+COLOUR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan")  # PALETTE's
+NOTE_NAMES = ("C4", "E4", "G4", "C5", "E5", "G5")  # PITCHES'; a big ball sounds an octave lower
 VARIANTS = ("bounce", "dance")
 MIN_EVENT_GAP = 3  # frames between impacts of different balls: 10 fps cannot show closer events apart
 MAX_TRIES = 20
@@ -78,12 +82,14 @@ def _paint_ball(canvas, yy, xx, impacts, gap: int, r: float, cx: np.ndarray, col
 
 
 def _draw_bounce(rng, clip, yy, xx, canvas, wav):
-    """The "bounce" variant: paint 1-3 balls and add a note to wav at each impact; returns (canvas, events)."""
+    """The "bounce" variant: paint 1-3 balls and add a note to wav at each impact; returns (canvas, events,
+    the caption's facts)."""
     S, Fw, sr = clip.size, clip.window_frames, clip.sample_rate
     events = []
     n_obj = int(rng.integers(1, 4))
     columns = rng.permutation(3)[:n_obj]
     taken = np.zeros(0, int)  # impact frames of the balls drawn so far
+    balls = []  # (colour, big) of each ball drawn, for the caption
     for k in range(n_obj):
         colour = int(rng.integers(len(PALETTE)))
         big = bool(rng.integers(2))
@@ -92,6 +98,7 @@ def _draw_bounce(rng, clip, yy, xx, canvas, wav):
         if drawn is None:
             continue  # no room for this ball
         gap, impacts = drawn
+        balls.append((colour, big))
         taken = np.concatenate([taken, impacts])
         cx = np.full(Fw, S * (0.2 + 0.3 * columns[k]) + rng.uniform(-2, 2))
         canvas = _paint_ball(canvas, yy, xx, impacts, gap, r, cx, colour)
@@ -100,11 +107,12 @@ def _draw_bounce(rng, clip, yy, xx, canvas, wav):
             _hit(wav, t, sr, PITCHES[colour] / (2 if big else 1), 0.12 if big else 0.06, 0.5,
                  0.6 if big else 0.2, rng)
             events.append(t)
-    return canvas, events
+    return canvas, events, {"kind": "bounce", "balls": balls}
 
 
 def _draw_dance(rng, clip, yy, xx, t_frames, canvas, wav):
-    """The "dance" variant: a figure hopping to a kick/snare loop; returns (canvas, beat times, tempo)."""
+    """The "dance" variant: a figure hopping to a kick/snare loop; returns (canvas, beat times, tempo, the
+    caption's facts)."""
     S, sr = clip.size, clip.sample_rate
     tempo = float(rng.uniform(90, 150))
     period = 60.0 / tempo
@@ -113,7 +121,8 @@ def _draw_dance(rng, clip, yy, xx, t_frames, canvas, wav):
     since = np.where(k >= 0, t_frames - np.append(beats, 0.0)[np.maximum(k, 0)], 1.0)  # beats may be empty
     jump = S * 0.12 * np.exp(-since / 0.08)  # a sharp hop on each beat
     side = np.where(k % 2 == 0, 1.0, -1.0) * S * 0.08  # the pose swaps sides on each beat
-    colour = PALETTE[int(rng.integers(len(PALETTE)))]
+    colour_index = int(rng.integers(len(PALETTE)))
+    colour = PALETTE[colour_index]
     cx, base = S / 2 + side, S * 0.62 - jump
     body = _box(yy, xx, base, cx, S * 0.14, S * 0.06)
     head = _disk(yy, xx, base - S * 0.22, cx, S * 0.07)
@@ -124,7 +133,58 @@ def _draw_dance(rng, clip, yy, xx, t_frames, canvas, wav):
         _hit(wav, t, sr, 60.0, 0.10, 0.8, 0.3, rng)  # kick on every beat
         if i % 2:
             _hit(wav, t, sr, 180.0, 0.05, 0.3, 1.5, rng)  # snare on the off beats of the bar
-    return canvas, list(beats), tempo
+    return canvas, list(beats), tempo, {"kind": "dance", "colour": colour_index, "bpm": round(tempo)}
+
+
+def background_name(rgb: np.ndarray) -> str:
+    """A dark background's colour in words: its strongest channel, or the mix of its two strongest when they are
+    close, or grey when no channel stands out."""
+    order = np.argsort(rgb)[::-1]
+    if rgb[order[0]] - rgb[order[2]] < 0.03:
+        return "grey"
+    if rgb[order[0]] - rgb[order[1]] < 0.03:
+        return {(0, 1): "olive", (0, 2): "purple", (1, 2): "teal"}[tuple(sorted(order[:2].tolist()))]
+    return ("red", "green", "blue")[order[0]]
+
+
+def _ball_words(balls: list) -> tuple[str, str, str]:
+    """(the balls, their notes, their colours) in words: ("a big red ball and a small blue ball", "C3 and E5",
+    "red and blue")."""
+    def join(words):
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return (join([f"a {'big' if big else 'small'} {COLOUR_NAMES[c]} ball" for c, big in balls]),
+            join([NOTE_NAMES[c][0] + str(int(NOTE_NAMES[c][1]) - big) for c, big in balls]),
+            join([COLOUR_NAMES[c] for c, _ in balls]))
+
+
+# Caption templates per kind; the last of each is held out for the test split (data.SyntheticDataset).
+PHRASINGS = {
+    "bounce": ("{balls} bouncing on a dark {bg} background, each bounce ringing {notes}.",
+               "A dark {bg} scene where {n} ball{s} bounce{vs}; every impact plays {notes}.",
+               "{N} bouncing ball{s} ({colours}) over dark {bg}, the note{s} {notes} on each hit.",
+               "The sound of {notes} as {balls} hit{vs} the floor, in front of dark {bg}.",
+               "On a dark {bg} ground, {balls} bounce{vs} and chime{vs} {notes}."),
+    "dance": ("A {colour} figure dancing to a kick and snare loop at {bpm} bpm on a dark {bg} background.",
+              "Drums at {bpm} bpm; a {colour} dancer hops on every beat in front of dark {bg}.",
+              "A {bpm} bpm drum loop with a {colour} figure jumping to the beat over dark {bg}.",
+              "A dark {bg} stage where a {colour} figure dances to {bpm} beats per minute.",
+              "Kick and snare at {bpm} bpm, and a {colour} figure swapping poses on each beat against dark {bg}."),
+}
+NUMBERS = ("no", "one", "two", "three")
+
+
+def caption(facts: dict, background: np.ndarray, phrasing: int) -> str:
+    """A clip's caption from its facts (the draw functions') in phrasing `phrasing` of PHRASINGS[kind]."""
+    words = {"bg": background_name(background)}
+    if facts["kind"] == "bounce":
+        n = len(facts["balls"])
+        balls, notes, colours = _ball_words(facts["balls"]) if n else ("no ball", "nothing", "none")
+        words.update(balls=balls, notes=notes, colours=colours, n=NUMBERS[n], N=NUMBERS[n].capitalize(),
+                     s="" if n == 1 else "s", vs="s" if n == 1 else "")  # the noun's plural, the verb's
+    else:
+        words.update(colour=COLOUR_NAMES[facts["colour"]], bpm=facts["bpm"])
+    text = PHRASINGS[facts["kind"]][phrasing].format(**words)
+    return text[0].upper() + text[1:]
 
 
 def _pack_clip(clip, canvas, wav, events, tempo: float, max_events: int) -> dict:
@@ -140,24 +200,27 @@ def _pack_clip(clip, canvas, wav, events, tempo: float, max_events: int) -> dict
             "tempo": torch.tensor(tempo, dtype=torch.float32)}
 
 
-def synthetic_clip(seed: int, clip, variant: str = "bounce", max_events: int = EVENTS_MAX) -> dict:
+def synthetic_clip(seed: int, clip, variant: str = "bounce", max_events: int = EVENTS_MAX, phrasing: int = 0) -> dict:
     """One deterministic window (frames + 2·margin) of the synthetic benchmark, of the geometry of `clip`
     (a data.ClipConfig), variant "bounce" or "dance" (the module docstring).
     Returns video uint8 (Fw, 3, S, S), audio float32 (Lw,), events (max_events,) in seconds from the
-    positive clip's start (NaN-padded; long clips need more than EVENTS_MAX) and tempo (bpm; 0 for "bounce").
+    positive clip's start (NaN-padded; long clips need more than EVENTS_MAX), tempo (bpm; 0 for "bounce") and
+    caption (a str, in phrasing `phrasing` of PHRASINGS[variant]).
     """
     rng = np.random.default_rng(seed)
     S, Fw = clip.size, clip.window_frames
     t_frames = np.arange(Fw, dtype=np.float32) / clip.fps  # frame times, seconds from window start
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
-    canvas = np.broadcast_to(rng.uniform(0, 0.15, 3).astype(np.float32), (Fw, S, S, 3)).copy()
+    background = rng.uniform(0, 0.15, 3).astype(np.float32)
+    canvas = np.broadcast_to(background, (Fw, S, S, 3)).copy()
     wav = (NOISE_FLOOR * rng.standard_normal(clip.window_samples)).astype(np.float32)
     tempo = 0.0
     if variant == "bounce":
-        canvas, events = _draw_bounce(rng, clip, yy, xx, canvas, wav)
+        canvas, events, facts = _draw_bounce(rng, clip, yy, xx, canvas, wav)
     elif variant == "dance":
-        canvas, events, tempo = _draw_dance(rng, clip, yy, xx, t_frames, canvas, wav)
+        canvas, events, tempo, facts = _draw_dance(rng, clip, yy, xx, t_frames, canvas, wav)
     else:
         raise ValueError(f"unknown synthetic variant {variant!r}; choose from {VARIANTS}")
-    return _pack_clip(clip, canvas, wav, events, tempo, max_events)
+    return {**_pack_clip(clip, canvas, wav, events, tempo, max_events),
+            "caption": caption(facts, background, phrasing)}
 
