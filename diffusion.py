@@ -112,11 +112,12 @@ class Diffusion:
         snr = abar / (1 - abar)
         return snr.clamp(max=gamma) / (snr + 1 if self.cfg.prediction == "v" else snr)
 
-    def _pair_losses(self, model, pairs: list, n, noise, generator, snr_gamma: float = 0.0, known=None):
+    def _pair_losses(self, model, pairs: list, n, noise, generator, snr_gamma: float = 0.0, known=None,
+                     text=None):
         """Per-modality MSE (P,) of P pairs of equal shapes, all at the same steps n (B,), in one forward pass;
         each example's error weighted by Min-SNR-γ if snr_gamma > 0. known: {modality: (B,) bool} for a network
         with trained conditional modes (MM-LDM): that modality's clean x₀ is its condition, and its error is
-        left out of the loss."""
+        left out of the loss. text: B captions for a text-conditioned network, the same for every pair."""
         for i, p in enumerate(pairs):
             check(p, f"diffusion.py pair {i}")
             assert {k: tuple(t.shape) for k, t in p.items()} == {k: tuple(t.shape) for k, t in pairs[0].items()}, \
@@ -135,11 +136,12 @@ class Diffusion:
         eps = {k: torch.cat([e[k] for e in noise]) for k in keys}  # (P·B, ...)
         n_all = n.repeat(P)  # (P·B,): the same step n for every pair
         x_n = {k: self.q_sample(x0[k], n_all, eps[k]) for k in keys}
+        extra = {} if text is None else {"text": list(text) * P}
         if known is None:
-            out = model(x_n, n_all)
+            out = model(x_n, n_all, **extra)
         else:
             assert P == 1, "diffusion.py: trained conditions take one pair"
-            out = model(x_n, n_all, cond={k: x0[k] for k in known}, cond_on=known)
+            out = model(x_n, n_all, cond={k: x0[k] for k in known}, cond_on=known, **extra)
         weight = self.min_snr_weights(n, snr_gamma) if snr_gamma > 0 else None  # (B,)
         mse = {}
         for k in keys:
@@ -154,15 +156,17 @@ class Diffusion:
             mse[k] = err.mean(dim=1)  # (P,): MSE of each pair
         return mse
 
-    def joint_loss(self, model, x0: dict, n=None, noise=None, generator=None, snr_gamma: float = 0.0, known=None):
+    def joint_loss(self, model, x0: dict, n=None, noise=None, generator=None, snr_gamma: float = 0.0, known=None,
+                   text=None):
         """L_jdiff (CMMD Eq. 2): one step n per example shared by both modalities, each modality its own noise.
 
         x0: {"video": (B, F, C, H, W), "audio": (B, M, T)}; n: (B,) or None (uniform over the N steps);
         noise: a dict like x0 or None (drawn from `generator`); snr_gamma: γ of the Min-SNR-γ weighting (0: the
-        paper's uniform weighting; module docstring); known: trained conditional modes (_pair_losses). Returns
-        (loss, {modality: detached MSE}).
+        paper's uniform weighting; module docstring); known: trained conditional modes, text: captions
+        (_pair_losses). Returns (loss, {modality: detached MSE}).
         """
-        mse = self._pair_losses(model, [x0], n, None if noise is None else [noise], generator, snr_gamma, known)
+        mse = self._pair_losses(model, [x0], n, None if noise is None else [noise], generator, snr_gamma, known,
+                                text)
         loss = sum(m[0] for m in mse.values())  # [choice] MSE per modality, summed over modalities
         return loss, {k: m[0].detach() for k, m in mse.items()}
 

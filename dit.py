@@ -7,12 +7,15 @@ its modality's learned embedding, and all tokens attend to each other jointly. D
 embeddings (RoPE, Su et al. 2021) of each token's centre time in seconds, shared by both streams so a frame
 and the mel around it sit at one time, and of its patch row and column. MM-LDM's conditional modes
 (Fig. 2, "modification of inputs"): a clean known modality, patchified by its own embedder, is added to that
-modality's tokens.
+modality's tokens. With a text encoder (cfg.text; text.py), a caption's tokens join the sequence, as MM-LDM
+puts its text tokens there, with no rotation (text has no time) and their own type embedding; [choice] their
+masked mean is also added to the step embedding that adaLN reads, a second, global path (as SD3 and PixArt
+pool their text).
 
 Shapes besides the README's: S tokens, D hidden width, P values per patch (pf·C·p² or M·a), F' and T' padded
 up to whole patches, Fp, Hp, Wp and Tp the patch grid (F'/pf, H/p, W/p, T'/a); heads h of width d = D/h.
 """
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -21,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 import media
 import melspec
+import text
 from modalities import MODALITIES
 from unet import check_inputs, path_modules, timestep_embedding, zero_
 
@@ -50,6 +54,7 @@ class DiTConfig:
     fps: float = media.FPS  # video frames per second: a frame's time (data.ClipConfig.fps)
     mel_rate: float = melspec.SAMPLE_RATE / melspec.HOP  # mel steps per second (62.5): a mel step's time
     cond_modes: bool = False  # MM-LDM's trained conditional modes: embedders for a clean known modality
+    text: dict | None = None  # a text.TextConfig's fields: the caption encoder; None: no text
     grad_checkpoint: bool = False  # recompute blocks in the backward pass to save memory
 
     def __post_init__(self):
@@ -61,6 +66,8 @@ class DiTConfig:
             raise ValueError(f"dit.py: hidden {self.hidden} not divisible by heads {self.heads}")
         if self.head_dim % 8:  # RoPE rotates pairs in three groups: time d/2, row d/4, column d/4
             raise ValueError(f"dit.py: head width hidden/heads = {self.head_dim} must be a multiple of 8 (RoPE)")
+        if self.text is not None:
+            self.text = asdict(text.TextConfig(**self.text))  # checked, and every field stored
 
     @property
     def head_dim(self) -> int:
@@ -175,10 +182,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.proj = nn.Linear(cfg.hidden, cfg.hidden)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask (B, 1, 1, S) bool: the keys each query may attend to (a caption's padding is not); None: all."""
         B, S, D = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 × (B, h, S, d)
-        y = F.scaled_dot_product_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)  # (B, h, S, d)
+        y = F.scaled_dot_product_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v,
+                                           attn_mask=mask)  # (B, h, S, d)
         return self.proj(y.transpose(1, 2).reshape(B, S, D))  # (B, S, D)
 
 
@@ -196,9 +206,10 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(D, width), nn.GELU(approximate="tanh"), nn.Linear(width, D))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))  # zeroed by DiT.init_weights
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, -1)  # 6 × (B, 1, D)
-        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, mask)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))  # (B, S, D)
 
 
@@ -230,6 +241,11 @@ class DiT(nn.Module):
         # MM-LDM's cond_embedder_*: the clean modality's own patch embedder, added to the noisy tokens
         self.cond_embed = path_modules(lambda m: nn.Linear(P[m], D)) if cfg.cond_modes else None
         self.time_embed = nn.Sequential(nn.Linear(TIME_FREQ_DIM, D), nn.SiLU(), nn.Linear(D, D))
+        if cfg.text is not None:  # the caption encoder, its tokens' map into the sequence and its pooled path
+            self.text_encoder = text.TextEncoder(text.TextConfig(**cfg.text))
+            self.text_embed = nn.Linear(self.text_encoder.width, D)
+            self.text_type = nn.Parameter(MODALITY_EMBED_STD * torch.randn(D))
+            self.text_pool = nn.Sequential(nn.Linear(self.text_encoder.width, D), nn.SiLU(), nn.Linear(D, D))
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = path_modules(lambda m: FinalLayer(D, P[m]))
         self.init_weights()
@@ -238,8 +254,8 @@ class DiT(nn.Module):
         """DiT's initialisation: Xavier-uniform linear maps with zero biases, N(0, 0.02²) for the step MLP,
         and zeros for every adaLN map, the output maps and the conditional embedders, so an untrained DiT
         outputs zeros and a cond_modes one starts as the joint model."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and not name.startswith("text_encoder"):  # T5 keeps its own init
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         for layer in self.time_embed[::2]:
@@ -251,8 +267,10 @@ class DiT(nn.Module):
             zero_(self.final[m].linear)
         if self.cond_embed is not None:
             zero_(self.cond_embed)
+        if self.cfg.text is not None:  # the pooled caption starts silent, as the conditional embedders
+            zero_(self.text_pool[-1])
 
-    def check(self, x: dict, n: torch.Tensor, cond: dict, cond_on: dict) -> None:
+    def check(self, x: dict, n: torch.Tensor, cond: dict, cond_on: dict, captions=None) -> None:
         """One-line ValueErrors for inputs that break the call convention or the conditional modes."""
         cfg = self.cfg
         try:
@@ -264,6 +282,9 @@ class DiT(nn.Module):
                              f"patch_size {cfg.patch_size}")
         if cond and not cfg.cond_modes:
             raise ValueError("dit.py: cond given to a DiT built without cond_modes")
+        if captions is not None and (cfg.text is None or len(captions) != B):
+            raise ValueError(f"dit.py: {len(captions)} captions for a batch of {B}" if cfg.text is not None else
+                             "dit.py: captions given to a DiT built without a text encoder")
         for m in cond:
             if m not in MODALITIES or cond[m].shape != x[m].shape:
                 raise ValueError(f"dit.py: cond[{m!r}] must have x's shape "
@@ -274,14 +295,16 @@ class DiT(nn.Module):
                                  f"{tuple(cond_on[m].shape)}{'' if m in cond else ' without cond'}")
 
     def forward(self, x: dict[str, torch.Tensor], n: torch.Tensor, cond: dict[str, torch.Tensor] | None = None,
-                cond_on: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                cond_on: dict[str, torch.Tensor] | None = None,
+                text: list[str] | None = None) -> dict[str, torch.Tensor]:
         """x {"video": (B, F, C, H, W), "audio": (B, M, T)} and step n (B,) -> the prediction, x's shapes.
         cond {modality: clean x₀ of x[modality]'s shape}: the known modality of MM-LDM's conditional modes,
         its embedding added to that modality's tokens; cond_on {modality: (B,) bool}, default all True, picks
-        the examples that use cond[modality] (the others' cond values are ignored). None or {}: joint."""
+        the examples that use cond[modality] (the others' cond values are ignored). None or {}: joint.
+        text: B captions for a DiT with a text encoder ("" or None: none, the unconditioned model)."""
         cfg = self.cfg
         cond, cond_on = cond or {}, cond_on or {}
-        self.check(x, n, cond, cond_on)
+        self.check(x, n, cond, cond_on, text)
         tokens, grids = {}, {}
         for m in MODALITIES:
             tokens[m], grids[m] = patchify(m, x[m], cfg)  # (B, S_m, P_m)
@@ -293,14 +316,29 @@ class DiT(nn.Module):
 
         pos = token_positions(cfg, grids, n.device)
         angles = rope_angles(torch.cat([pos[m] for m in MODALITIES]), cfg.head_dim)  # (S, d/2)
-        cos, sin = angles.cos(), angles.sin()
         c = self.time_embed(timestep_embedding(n, TIME_FREQ_DIM))  # (B, D)
         s = torch.cat([h[m] for m in MODALITIES], 1)  # (B, S, D): one joint sequence
+        mask = None
+        if cfg.text is not None:
+            s, c, angles, mask = self.with_text(s, c, angles, text or [""] * n.shape[0])
+        cos, sin = angles.cos(), angles.sin()
         for block in self.blocks:
             if cfg.grad_checkpoint and self.training and torch.is_grad_enabled():
-                s = checkpoint(block, s, c, cos, sin, use_reentrant=False)
+                s = checkpoint(block, s, c, cos, sin, mask, use_reentrant=False)
             else:
-                s = block(s, c, cos, sin)
-        parts = s.split([h[m].shape[1] for m in MODALITIES], 1)  # (B, S_video, D), (B, S_audio, D)
+                s = block(s, c, cos, sin, mask)
+        parts = s.split([h[m].shape[1] for m in MODALITIES] + [s.shape[1] - sum(h[m].shape[1] for m in h)], 1)
+        # (B, S_video, D), (B, S_audio, D) and the caption's (B, S_t, D), whose outputs are not read
         return {m: unpatchify(m, self.final[m](part, c), grids[m], x[m].shape, cfg).to(x[m].dtype)
                 for m, part in zip(MODALITIES, parts)}
+
+    def with_text(self, s: torch.Tensor, c: torch.Tensor, angles: torch.Tensor, captions: list[str]):
+        """The caption's tokens appended to the sequence s (B, S, D) -> (B, S + S_t, D), unrotated (angle 0);
+        its masked mean added to c (B, D); and the key mask (B, 1, 1, S + S_t) that hides its padding."""
+        tokens, keep = self.text_encoder(list(captions))  # (B, S_t, E), (B, S_t)
+        t = self.text_embed(tokens.to(s.dtype)) + self.text_type  # (B, S_t, D)
+        pooled = (tokens * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)  # (B, E)
+        c = c + self.text_pool(pooled.to(c.dtype))
+        angles = torch.cat([angles, angles.new_zeros(t.shape[1], angles.shape[1])])  # (S + S_t, d/2)
+        mask = torch.cat([keep.new_ones(s.shape[:2]), keep], 1)[:, None, None]  # (B, 1, 1, S + S_t)
+        return torch.cat([s, t], 1), c, angles, mask

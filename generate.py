@@ -96,7 +96,7 @@ def _unknown_windows(pipe, spans: list, have: dict, frames: int, progress: bool)
 
 
 def _sample_windows(pipe, cfg, x: dict, have: dict, frames: int, window: int, overlap: int, generator, progress,
-                    watch):
+                    watch, text=None):
     """Fill the unknown parts of x window by window, in place (the module docstring)."""
     spans = windows(frames, window, overlap, block_frames(pipe.clip, pipe.codecs["audio"]))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if pipe.device.type == "cuda" else contextlib.nullcontext()
@@ -106,7 +106,7 @@ def _sample_windows(pipe, cfg, x: dict, have: dict, frames: int, window: int, ov
         shapes = {k: with_time(tuple(x[k].shape), k, span[k][1]) for k in MODALITIES}
         with autocast, watch(f"sample ({cfg.sampler}, {cfg.steps} steps)"):
             out = sampling.sample(pipe.diffusion, pipe.net, shapes, cfg, cond=w_cond, mask=w_mask, generator=generator,
-                                  progress=progress and len(spans) == 1)
+                                  progress=progress and len(spans) == 1, text=text)
         for k in MODALITIES:
             x[k].narrow(TIME_AXIS[k], *span[k]).copy_(out[k].float())
             have[k].narrow(1, *span[k]).fill_(True)
@@ -171,11 +171,13 @@ def _decode(pipe, x: dict, cond: dict, known: dict, batch: int, frames: int, wat
 
 def generate(pipe, cfg: sampling.SamplerConfig, *, cond: dict | None = None, known: dict | None = None,
              frames: int | None = None, batch: int = 1, window: int = DEFAULT_WINDOW, overlap: int = DEFAULT_OVERLAP,
-             generator=None, progress: bool = False, stopwatch: Stopwatch | None = None) -> dict:
+             generator=None, progress: bool = False, stopwatch: Stopwatch | None = None,
+             text: list[str] | None = None) -> dict:
     """Generate and decode with a pipeline.Pipeline. cond: signals {"video": (B, F, 3, H, W) in [-1, 1],
     "audio": (B, L)} with L = F · samples per frame; known: {modality: (B, F) bool}, the frames of cond[modality]
     that are known (absent: known whole). cond=None is joint generation of `frames` frames. {"video": v} is
     video→audio; {"video": v, "audio": a} with known {"audio": the first P frames} is audio continuation.
+    text: B captions for a text-conditioned model, every window the same (cfg.cfg: its guidance scale).
     Returns {"video": (B, F, 3, H, W), "audio": (B, L), "mel": (B, M, T), "windows": [(f0, f1), ...]}."""
     watch, spf = stopwatch or Stopwatch(), pipe.clip.samples_per_frame
     cond, known = dict(cond or {}), dict(known or {})
@@ -186,9 +188,11 @@ def generate(pipe, cfg: sampling.SamplerConfig, *, cond: dict | None = None, kno
     frame_known = {k: known.get(k, torch.ones(batch, frames, dtype=torch.bool)) for k in cond}
     x, have = _model_space(pipe, cond, frame_known, batch, frames, watch)
     if getattr(pipe, "autoencoder", None) is not None:  # MM-LDM: latents, then its decoder
+        if text is not None:
+            raise ValueError(f"{pipe.path}: MM-LDM's generator here takes no caption (text conditions --model dit)")
         spans = _sample_latent_windows(pipe, cfg, x, have, frames, generator, progress, watch)
     else:
-        spans = _sample_windows(pipe, cfg, x, have, frames, window, overlap, generator, progress, watch)
+        spans = _sample_windows(pipe, cfg, x, have, frames, window, overlap, generator, progress, watch, text)
     result = _decode(pipe, x, cond, {k: frame_known[k] for k in known if k in cond}, batch, frames, watch)
     result["mel"] = melspec.wav_to_mel(result["audio"])  # (B, M, T): what the figures show
     result["windows"] = spans

@@ -2,6 +2,7 @@
 its diffusion, its audio codec, its codec rules and the sampler settings it needs. pipeline.py, train.py and
 bench.py read it; adding a family is one entry here plus its file.
 """
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -46,10 +47,14 @@ def video_channels(cfg) -> int:
 
 
 def no_trained_conditions(cfg, model: str) -> None:
-    """Trained conditional modes (--cond-tasks) need a network that takes a clean condition: the DiT's."""
+    """Trained conditional modes (--cond-tasks) need a network that takes a clean condition, and captions
+    (--text-encoder) one that reads them: the DiT's."""
     if cfg.cond_tasks > 0:
         raise ValueError(f"--cond-tasks {cfg.cond_tasks:g}: {model} conditions by replacement and guidance at "
                          "sampling; trained conditional modes are the DiT's (--model dit)")
+    if cfg.text_encoder:
+        raise ValueError(f"--text-encoder {cfg.text_encoder}: {model} takes no caption; text conditions the DiT "
+                         "(--model dit)")
 
 
 def cmmd_net(cfg, clip) -> dict:
@@ -63,7 +68,8 @@ def dit_net(cfg, clip) -> dict:
     if not cfg.fusion:
         raise ValueError("--no-fusion is the U-Net's ablation; the DiT's streams meet in joint attention")
     return asdict(dit.preset(cfg.preset, video_channels=video_channels(cfg), fps=clip.fps,
-                             cond_modes=cfg.cond_tasks > 0))
+                             cond_modes=cfg.cond_tasks > 0,
+                             text={"encoder": cfg.text_encoder} if cfg.text_encoder else None))
 
 
 def mmdiffusion_net(cfg, clip) -> dict:
@@ -93,6 +99,7 @@ def mmldm_ae_net(cfg, clip) -> dict:
 def mmldm_net(cfg, clip) -> dict:
     """MM-LDM's second stage: the DiT over the latents of the autoencoder checkpoint --ae (mmldm.generator_config),
     with trained conditional modes when --cond-tasks > 0. `clip` is the autoencoder's."""
+    no_trained_conditions(dataclasses.replace(cfg, cond_tasks=0.0), "MM-LDM's generator")  # no captions here
     if cfg.ae is None:
         raise ValueError("--model mmldm's generator needs its autoencoder: --ae CKPT (train.py trains one first)")
     ae_meta = checkpoint.read(cfg.ae)[0]

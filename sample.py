@@ -7,6 +7,9 @@
     python sample.py --a2v clip.mp4 --prefix 2          # video continuation: keep the first 2 s of its frames
     python sample.py --continue clip.mp4 --prefix 2 --seconds 10   # sounding-video continuation
     python sample.py --joint 4 --seconds 12             # long joint generation
+    python sample.py --text "a red ball bouncing" --seconds 4             # a sounding video from a caption
+    python sample.py --text "a red ball bouncing" --seconds 4 --two-step  # its video first, then its sound
+    python sample.py --v2a clip.mp4 --text "a dog barks"                  # a soundtrack that follows the caption
 
 Every input is as long as it is: the model sees it as it was trained (10 fps, centre crop, its frame size)
 in windows of --window frames that overlap by --overlap; each window after the first treats the overlap
@@ -110,13 +113,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    mode = p.add_mutually_exclusive_group(required=True)
+    mode = p.add_mutually_exclusive_group()
     mode.add_argument("--v2a", nargs="+", metavar="VIDEO", help="generate a soundtrack for these videos (or folders)")
     mode.add_argument("--a2v", nargs="+", metavar="AUDIO",
                       help="generate video for these audio files (wav, flac, mp3, or a video's sound)")
     mode.add_argument("--continue", dest="cont", nargs="+", metavar="VIDEO",
                       help="continue both streams after --prefix")
     mode.add_argument("--joint", type=int, metavar="N", help="generate N sounding videos from noise")
+    p.add_argument("--text", default=None, metavar="PROMPT", help="a caption for a text-conditioned checkpoint; "
+                   "alone, joint generation from it (--seconds long, --samples of them); with --cfg S, classifier-"
+                   "free guidance")
+    p.add_argument("--two-step", action="store_true", help="--text alone: the video from the caption first, then "
+                   "its sound from that video and the caption (video→audio), rather than both jointly")
     p.add_argument("--ckpt", default=None, help="a checkpoint file, a Hugging Face Hub repo id (org/name), or none: "
                                                 "the newest under runs/")
     cli.add_dataclass_args(p, sampling.SamplerConfig, unset=True)
@@ -159,6 +167,14 @@ def check_args(a) -> torch.device:
         raise media.BadInput(f"--seconds must be positive, got {a.seconds}")
     if a.joint is not None and a.prefix:
         raise media.BadInput("--prefix needs an input to keep; --joint starts from noise (use --continue FILE)")
+    if a.text is None and a.two_step:
+        raise media.BadInput("--two-step makes a sounding video from --text PROMPT in two steps; give --text")
+    if a.text is not None and not a.text.strip():
+        raise media.BadInput("--text must not be empty")
+    if a.text is None and a.v2a is None and a.a2v is None and a.cont is None and a.joint is None:
+        raise media.BadInput("one of --v2a, --a2v, --continue, --joint or --text is required")
+    if a.two_step and (a.v2a or a.a2v or a.cont or a.joint is not None):
+        raise media.BadInput("--two-step is for --text alone (it makes the video, then its sound)")
     if a.cont is not None and not a.prefix:
         raise media.BadInput("--continue needs --prefix SECONDS, the part of the input that is kept")
     sampling.SamplerConfig(**{k: v for k, v in cli.dataclass_fields(a, sampling.SamplerConfig).items()
@@ -191,16 +207,24 @@ def load_inputs(files: list, stems: list, mode: str, clip, a) -> tuple[list, lis
 
 
 def sample_joint(pipe, cfg, a, out: Path, options: dict) -> int:
-    """--joint N: N sounding videos from noise, --batch at a time. Returns the outputs written."""
-    clip = pipe.clip
+    """--joint N (or --text: --samples of them): sounding videos from noise, --batch at a time, from the caption
+    when there is one; --two-step: the video from the caption, then its sound from that video and the caption.
+    Returns the outputs written."""
+    clip, count = pipe.clip, a.joint if a.joint is not None else a.samples
     frames = math.ceil((a.seconds or a.window / clip.fps) * clip.fps - 1e-6)
-    for lo in tqdm(range(0, a.joint, a.batch), desc="batches", disable=a.joint <= a.batch):
-        n = min(a.batch, a.joint - lo)
-        result = generate.generate(pipe, cfg, frames=frames, batch=n, **options)
+    name = "joint" if a.text is None else "text" + ("_two_step" if a.two_step else "")
+    for lo in tqdm(range(0, count, a.batch), desc="batches", disable=count <= a.batch):
+        n = min(a.batch, count - lo)
+        text = None if a.text is None else [a.text] * n
+        result = generate.generate(pipe, cfg, frames=frames, batch=n, text=text, **options)
+        if a.two_step:  # seed 002's second step: the sound of the generated video, from it and the caption
+            video = result["video"].clamp(-1, 1)
+            result = generate.generate(pipe, pipe.sampler("v2a", **a.flags), cond={"video": video}, text=text,
+                                       **options)
         for i in range(n):
-            for line in generate.save(out / f"joint_{lo + i:03d}", result, i, clip):
+            for line in generate.save(out / f"{name}_{lo + i:03d}", result, i, clip, title=a.text or ""):
                 print(line)
-    return a.joint
+    return count
 
 
 def sample_file(pipe, cfg, a, mode: str, f: Path, stem: str, x: dict, out: Path, options: dict) -> int:
@@ -211,7 +235,8 @@ def sample_file(pipe, cfg, a, mode: str, f: Path, stem: str, x: dict, out: Path,
         known = {k: m[None].expand(n, -1) for k, m in x["known"].items()}
         if mode == "v2a" and not a.prefix:
             cond.pop("audio", None)  # the input's own sound is only carried into the output
-        result = generate.generate(pipe, cfg, cond=cond, known=known, **options)
+        text = None if a.text is None else [a.text] * n
+        result = generate.generate(pipe, cfg, cond=cond, known=known, text=text, **options)
         ref = x["cond"].get("audio") if mode == "v2a" else None
         for i in range(n):
             suffix = f"_{lo + i}" if a.samples > 1 else ""
@@ -226,7 +251,8 @@ def prepare(a) -> tuple:
     """Everything checked before the model loads: flags, checkpoint, sampler settings, window, inputs.
     Returns (device, mode, checkpoint path, inputs, failed files, file count)."""
     device = check_args(a)
-    mode = "joint" if a.joint is not None else "continue" if a.cont is not None else "v2a" if a.v2a else "a2v"
+    mode = ("joint" if a.joint is not None or not (a.cont or a.v2a or a.a2v) else "continue" if a.cont is not None
+            else "v2a" if a.v2a else "a2v")
     path, how = checkpoint.resolve(a.ckpt)
     if how:
         print(how, file=sys.stderr)
@@ -253,9 +279,12 @@ def run(a):
         import melgan
         vocoder = melgan.Vocoder(a.vocoder)
     pipe = pipeline.load(path, device, a.weights, a.vae_path, vocoder)
+    if a.text is not None and getattr(pipe.net.cfg, "text", None) is None:
+        raise media.BadInput(f"{path}: this checkpoint takes no caption (train one with train.py --text-encoder)")
     if a.compile:
         pipe.net = pipeline.compile_net(pipe.net, device)
-    cfg = pipe.sampler(mode, **cli.dataclass_fields(a, sampling.SamplerConfig))
+    a.flags = cli.dataclass_fields(a, sampling.SamplerConfig)
+    cfg = pipe.sampler(mode, **a.flags)
     out, g = Path(a.out), torch.Generator(device).manual_seed(a.seed)
     out.mkdir(parents=True, exist_ok=True)
     options = dict(window=a.window, overlap=a.overlap, generator=g, progress=True)

@@ -99,7 +99,8 @@ def trained_conditions(model, known: Known) -> dict:
 class Denoiser:
     """xₙ, n ↦ Prediction: replacement (Eq. 5), the network, 𝐯 or ε to x̂₀ and ε̂, guidance (Eq. 3), clipping."""
 
-    def __init__(self, diffusion, model, known: Known, cfg, shapes: dict, generator=None, progress=False):
+    def __init__(self, diffusion, model, known: Known, cfg, shapes: dict, generator=None, progress=False,
+                 text: list[str] | None = None):
         self.diffusion, self.model, self.known, self.cfg, self.shapes = diffusion, model, known, cfg, shapes
         self.abar_of = diffusion.alphas_cumprod.tolist()
         self.generated = [k for k in shapes if k not in known.whole]  # modalities with an unknown part
@@ -116,6 +117,10 @@ class Denoiser:
         stepped = set(self.generated) | (set(known.whole) if self.after_step else set())
         self.stepped = [k for k in MODALITIES if k in stepped]
         self.conditions = trained_conditions(model, known)
+        if text is not None:
+            self.conditions["text"] = list(text)
+        elif cfg.cfg != 1:
+            raise ValueError(f"sampling.py: classifier-free guidance (cfg {cfg.cfg:g}) needs a caption (text)")
         self.generator, self.evaluations = generator, 0
         self.bar = tqdm(total=cfg.steps, desc=cfg.sampler, disable=not progress)
 
@@ -135,7 +140,7 @@ class Denoiser:
         self.known.replace(x, alpha, sigma)  # CMMD Eq. 5
         B, device = x[self.generated[0]].shape[0], x[self.generated[0]].device
         x_in = {k: x[k].detach().requires_grad_(self.guided and k in self.generated) for k in self.shapes}
-        out = self.model(x_in, torch.full((B,), n, dtype=torch.long, device=device), **self.conditions)
+        out = self.network(x_in, torch.full((B,), n, dtype=torch.long, device=device))
         x0, eps = {}, {}
         for k in self.shapes:
             assert out[k].shape == x_in[k].shape, f"model output {k} {tuple(out[k].shape)} != {tuple(x_in[k].shape)}"
@@ -151,9 +156,19 @@ class Denoiser:
             x0, changed = {k: v.clamp(-1, 1) for k, v in x0.items()}, list(self.shapes)  # as GLIDE
         for k in changed:
             eps[k] = (x_in[k] - alpha * x0[k]) / sigma  # ε̂ = (xₙ − α·â₀) / σ, from the guided or clipped x̂₀
-        self.evaluations += 1
         self.bar.update()
         return Prediction(n, x_in, x0, eps, x0_net)
+
+    def network(self, x: dict, n: torch.Tensor) -> dict:
+        """The network's output with the conditions; with a caption and cfg s ≠ 1, classifier-free guidance
+        (Ho & Salimans 2022): out(∅) + s·(out(text) − out(∅)), ∅ the empty caption the model was trained on."""
+        out = self.model(x, n, **self.conditions)
+        self.evaluations += 1
+        if "text" in self.conditions and self.cfg.cfg != 1:
+            empty = self.model(x, n, **{**self.conditions, "text": [""] * len(self.conditions["text"])})
+            self.evaluations += 1
+            out = {k: empty[k] + self.cfg.cfg * (out[k] - empty[k]) for k in out}
+        return out
 
     def finish(self, p: Prediction, x_prev: dict, n_prev: int | None) -> dict:
         """xₙ₋₁ of the generated modalities, after the after-step guidance (none on the last step)."""
@@ -256,6 +271,9 @@ class SamplerConfig:
     eta_ddim: float = field(default=0.0, metadata={
         "help": "DDIM's η: 0 deterministic, 1 DDPM (Song et al. 2021, Eq. 16)"})
     clip_x0: bool = field(default=False, metadata={"help": "clamp x̂₀ to [-1, 1] (pixel and waveform models)"})
+    cfg: float = field(default=1.0, metadata={
+        "help": "classifier-free guidance scale of the caption (Ho & Salimans 2022): out(∅) + s·(out(text) − out(∅)); "
+                "1: the captioned model alone"})
 
     def __post_init__(self):
         if self.sampler not in SOLVERS:
@@ -266,6 +284,8 @@ class SamplerConfig:
             raise ValueError(f"sampling.py: steps must be a positive integer, got {self.steps!r}")
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise ValueError(f"sampling.py: guidance λ must be finite and >= 0, got {self.guidance}")
+        if not (math.isfinite(self.cfg) and self.cfg >= 0):
+            raise ValueError(f"sampling.py: the classifier-free guidance scale must be finite and >= 0, got {self.cfg}")
         if not 0 <= self.eta_ddim <= 1:
             raise ValueError(f"sampling.py: eta_ddim must be in [0, 1], got {self.eta_ddim}")
         if self.eta_ddim > 0 and self.sampler != "ddim":
@@ -285,13 +305,15 @@ def full_shapes(shapes: dict, cond: dict) -> dict:
 
 
 def sample(diffusion, model, shapes: dict, cfg: SamplerConfig | None = None, *, cond: dict | None = None,
-           mask: dict | None = None, generator=None, progress: bool = True, **overrides) -> dict:
+           mask: dict | None = None, generator=None, progress: bool = True, text: list[str] | None = None,
+           **overrides) -> dict:
     """Joint or conditional generation (CMMD §2.1): the solver `cfg.sampler` on the conditioned denoiser.
 
     shapes: {modality: shape} to generate; cond: {modality: x₀} known, each of the sample's full shape; mask:
     {modality: (B, F) or (B, T) bool}, True where cond is known (absent: known whole). cond=None is joint
     generation, {"video": v0} video→audio. `cfg` (default: the paper's) is overridden field by field by
-    keyword (steps=25, guidance=10, ...). Returns {modality: x₀}, the known part exactly as given.
+    keyword (steps=25, guidance=10, ...). text: B captions for a text-conditioned network (cfg.cfg its
+    classifier-free guidance). Returns {modality: x₀}, the known part exactly as given.
     """
     cfg = dataclasses.replace(cfg or SamplerConfig(), **overrides)
     cond, mask = dict(cond or {}), dict(mask or {})
@@ -307,7 +329,7 @@ def sample(diffusion, model, shapes: dict, cfg: SamplerConfig | None = None, *, 
         device, dtype = (param.device if param is not None else torch.device("cpu")), torch.get_default_dtype()
     noise = {k: randn(shapes[k], generator, device, dtype) for k in shapes}  # the start, and ε of Eq. 5
     known = Known(cond, mask, noise)
-    denoise = Denoiser(diffusion, model, known, cfg, shapes, generator, progress)
+    denoise = Denoiser(diffusion, model, known, cfg, shapes, generator, progress, text)
     with torch.enable_grad() if denoise.guided else torch.no_grad():
         x = SOLVERS[cfg.sampler](denoise, {k: noise[k] for k in denoise.generated}, diffusion.timesteps(cfg.steps), cfg)
     denoise.bar.close()

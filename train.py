@@ -86,6 +86,12 @@ class TrainConfig:
     cond_tasks: float = field(default=0.0, metadata={
         "help": "MM-LDM's trained conditional modes (--model dit): the share of examples trained as v2a or a2v "
                 "(half each), the clean known modality fed to the network and the loss on the other; 0: joint"})
+    text_encoder: str | None = field(default=None, metadata={
+        "help": "condition the DiT on the clips' captions (text.py): byt5-scratch (offline, trained with it) or a "
+                "Hub id or folder of a T5 encoder (frozen); none: no text"})
+    caption_drop: float = field(default=0.1, metadata={
+        "help": "share of examples whose caption is dropped (\"\"), so the model also runs without text "
+                "(classifier-free guidance, Ho & Salimans 2022)"})
     snr_gamma: float = field(default=0.0, metadata={
         "help": "γ of the Min-SNR-γ loss weighting (Hang et al. 2023; diffusion.py); 0: uniform over n, the paper's"})
     ae: str | None = field(default=None, metadata={
@@ -248,6 +254,10 @@ def check_config(cfg: TrainConfig) -> None:
                       ("grad_clip", 0), ("eta", 0), ("time_limit", 0), ("snr_gamma", 0), ("ae_steps", 1)):
         cli.check_range(name, getattr(cfg, name), low)
     cli.check_range("cond_tasks", cfg.cond_tasks, 0, 1)
+    cli.check_range("caption_drop", cfg.caption_drop, 0, 1)
+    if cfg.text_encoder and cfg.contrastive:
+        raise ValueError("--text-encoder with --contrastive: Eq. 6's negatives carry no captions; train one or the "
+                         "other")
     if cfg.cond_tasks > 0 and cfg.contrastive:
         raise ValueError("--cond-tasks with --contrastive: Eq. 6's negatives are joint pairs; train one or the other")
     if cfg.model.startswith("mmldm") and cfg.contrastive:
@@ -364,15 +374,20 @@ def step_loss(cfg: TrainConfig, pipe: pipeline.Pipeline, model, batch: dict, win
         with autocast:
             return model(pipe.diffusion, pos, mmldm.classes_of(batch).to(pos["audio"].device), generator=gen,
                          snr_gamma=cfg.snr_gamma)
+    captions = None
+    if cfg.text_encoder:  # each caption dropped with probability --caption-drop (classifier-free guidance)
+        drop = torch.rand(len(batch["caption"]), generator=gen, device=gen.device) < cfg.caption_drop
+        captions = ["" if d else c for c, d in zip(batch["caption"], drop.tolist())]
     return algorithm_1_loss(cfg, pipe.diffusion, model, windows, neg_cfg, gen, autocast,
-                            pipe.latents if pipe.autoencoder is not None else None)
+                            pipe.latents if pipe.autoencoder is not None else None, captions)
 
 
 def algorithm_1_loss(cfg: TrainConfig, diff, model, windows: dict, neg_cfg: negatives.NegativesConfig,
-                     gen: torch.Generator, autocast, latents=None) -> tuple[torch.Tensor, dict]:
+                     gen: torch.Generator, autocast, latents=None, captions=None) -> tuple[torch.Tensor, dict]:
     """Algorithm 1's loss on a batch of encoded windows: L_cont = L − η·L¬ against negatives drawn from them
     (CMMD Eq. 6) with --contrastive, else nCMMD's joint loss L alone (Eq. 2). latents: a map of the windows'
-    centres into the space the model denoises (MM-LDM's; joint loss only). Returns (loss, its terms)."""
+    centres into the space the model denoises (MM-LDM's; joint loss only); captions: the batch's, for a
+    text-conditioned network (joint loss only). Returns (loss, its terms)."""
     pos = negatives.positive(windows, neg_cfg)
     if latents is not None:
         pos = latents(pos)
@@ -381,7 +396,8 @@ def algorithm_1_loss(cfg: TrainConfig, diff, model, windows: dict, neg_cfg: nega
             negs = negatives.draw_negatives(windows, neg_cfg, generator=gen)  # v₀¬, a₀¬
             return diff.contrastive_loss(model, pos, negs, cfg.eta, generator=gen, snr_gamma=cfg.snr_gamma)  # Eq. 6
         known = draw_tasks(cfg.cond_tasks, pos, gen) if cfg.cond_tasks > 0 else None
-        return diff.joint_loss(model, pos, generator=gen, snr_gamma=cfg.snr_gamma, known=known)  # Eq. 2
+        return diff.joint_loss(model, pos, generator=gen, snr_gamma=cfg.snr_gamma, known=known,
+                               text=captions)  # Eq. 2
 
 
 def draw_tasks(share: float, x0: dict, gen: torch.Generator) -> dict:
