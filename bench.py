@@ -444,7 +444,7 @@ def mmldm_runs(device: torch.device) -> dict:
     import demo
     import train
     with tempfile.TemporaryDirectory() as tmp:
-        ae = train.train(replace(demo.DEMO_TRAIN, data="synthetic", num_clips=64, steps=1, out=tmp,
+        ae = train.train(replace(demo.DEMO_TRAIN, data="synthetic", num_clips=64, steps=1, out=tmp, device=str(device),
                                  **MMLDM_STAGES["MM-LDM autoencoder (cpu preset)"]), progress=False)
         stages = {k: {**v, "ae": str(ae)} if v["model"] == "mmldm" else v for k, v in MMLDM_STAGES.items()}
         return demo_runs(stages, device)
@@ -452,8 +452,9 @@ def mmldm_runs(device: torch.device) -> dict:
 
 def backbones(args, device: torch.device) -> list[Section]:
     """The two backbones at matched size on the demo's run (16 px through the patch-2 codec, the mel), in one
-    process: ms per function evaluation at batch 1 (no gradients) and seconds per training step at the
-    demo's batch, interleaved. The step ratio fixes experiments/backbones.py's equal-wall-time step count."""
+    process: ms per function evaluation at batch 1 (no gradients) and seconds per training step at the demo's
+    batch, interleaved, with MM-LDM's two stages beside them in the step table. The step ratios fix
+    experiments/backbones.py's and experiments/mmldm.py's equal-wall-time step counts."""
     runs = demo_runs(BACKBONES, device)
     fe_times = interleaved(fe_calls(runs), 5, 30)
     runs.update(mmldm_runs(device))

@@ -115,30 +115,38 @@ def _sample_windows(pipe, cfg, x: dict, have: dict, frames: int, window: int, ov
 
 def _sample_latent_windows(pipe, cfg, x: dict, have: dict, frames: int, generator, progress, watch):
     """MM-LDM's two stages (Sun et al. 2024, Fig. 2), window by window, filling x's unknown parts in place.
-    [choice] The windows are the training clip's length, overlapping by one block of frames: a window's video
-    latent stands for its whole clip, so --window and --overlap do not apply. In each window the generator
-    samples the latents of the modalities not known whole, given those known whole (encoded: its trained
-    conditions); the autoencoder's decoder then samples the window's unknown frames and mel steps from both
-    latents, keeping by replacement (Eq. 5) what is known in the window: a continuation's prefix, or the
-    overlap with the window before, which is how windows join."""
+    [choice] The windows are the training clip's length, overlapping by at least one block of frames (6 frames
+    at 18): a window's video latent stands for its whole clip, so --window and --overlap do not apply. In each
+    window the generator samples the latents it is not given, given those it is (its trained conditions): a
+    modality known whole is encoded, and so is video known in part (a continuation's prefix, the overlap with
+    the window before), from its known frames alone, so that the scene goes on ([choice]: the encoder then
+    sees fewer key frames than in training). The autoencoder's decoder then samples the window's unknown frames
+    and mel steps from both latents, keeping by replacement (Eq. 5) what is known in the window; the mel, one
+    image, is inpainted across the seam."""
     ae, block = pipe.autoencoder, block_frames(pipe.clip, pipe.codecs["audio"])
     spans = windows(frames, max(pipe.clip.frames, block), block, block)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if pipe.device.type == "cuda" else contextlib.nullcontext()
     for span, h in _unknown_windows(pipe, spans, have, frames, progress):
         w = {k: x[k].narrow(TIME_AXIS[k], *span[k]).clone() for k in MODALITIES}
         whole = [k for k in MODALITIES if h[k].all()]
+        seen = {k: w[k] for k in whole}
+        if "video" not in whole and h["video"].all(0).any():  # video known in part: its known frames' latent
+            seen["video"] = w["video"][:, h["video"].all(0)]  # (B, F_known, C, H, W)
         lat = mmldm.latent_shapes(ae.cfg, {k: tuple(v.shape) for k, v in w.items()})  # {modality: (B, Z, h, w)}
         with torch.no_grad(), watch("encode latents"):
-            z = ae.encode({k: w[k] for k in whole}) if whole else {}
-        with watch(f"sample latents ({cfg.sampler}, {cfg.steps} steps)"):
-            out = sampling.sample(pipe.diffusion, pipe.net, mmldm.modality_shapes(lat), cfg,
-                                  cond=mmldm.as_modalities(z), generator=generator,
-                                  progress=progress and len(spans) == 1)
-        z = {**mmldm.from_modalities({k: v.float() for k, v in out.items()}, lat["audio"][2]), **z}
+            z = ae.encode(seen) if seen else {}
+        if len(z) < len(MODALITIES):  # a latent to sample
+            with autocast, watch(f"sample latents ({cfg.sampler}, {cfg.steps} steps)"):
+                out = sampling.sample(pipe.diffusion, pipe.net, mmldm.modality_shapes(lat), cfg,
+                                      cond=mmldm.as_modalities(z), generator=generator,
+                                      progress=progress and len(spans) == 1, **({} if z else {"guidance": 0.0}))
+            z = {**mmldm.from_modalities({k: v.float() for k, v in out.items()}, lat["audio"][2]), **z}
         todo = [k for k in MODALITIES if k not in whole]
         part = {k: w[k] for k in todo if h[k].any()}
-        with watch(f"decode latents ({cfg.sampler}, {cfg.steps} steps)"):
+        with autocast, watch(f"decode latents ({cfg.sampler}, {cfg.steps} steps)"):
             decoded = ae.decode(pipe.ae_diffusion, z, {k: tuple(w[k].shape) for k in todo}, cfg, generator,
-                                cond=part, mask={k: h[k] for k in part}, guidance=0.0)
+                                progress=progress and len(spans) == 1, cond=part, mask={k: h[k] for k in part},
+                                guidance=0.0)
         for k in todo:
             x[k].narrow(TIME_AXIS[k], *span[k]).copy_(decoded[k].float())
             have[k].narrow(1, *span[k]).fill_(True)

@@ -106,6 +106,11 @@ def mmldm_net(cfg, clip) -> dict:
     if ae_meta.get("model") != "mmldm-ae":
         raise ValueError(f"--ae {cfg.ae}: not an MM-LDM autoencoder checkpoint (its model is {ae_meta.get('model')!r})")
     ae = mmldm.MMAEConfig(**ae_meta["net"])
+    differ = [f"--{k.replace('_', '-')}" for k in ("frames", "size", "vae", "patch", "center")
+              if getattr(cfg, k) != ae_meta["train"][k]]
+    if differ:
+        raise ValueError(f"--ae {cfg.ae}: trained with other {', '.join(differ)}; the generator takes its "
+                         "autoencoder's clips and codecs")
     codec = ae_meta["codec"]
     side = clip.size // (8 if codec["video"] == "sd" else codec.get("patch", 1))
     shapes = {"video": (1, clip.frames, ae.video_channels, side, side), "audio": (1, melspec.N_MELS, clip.mel_steps)}

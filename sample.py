@@ -257,6 +257,9 @@ def prepare(a) -> tuple:
     if how:
         print(how, file=sys.stderr)
     meta, _ = checkpoint.read(path)
+    if meta.get("model") == "mmldm-ae":
+        raise media.BadInput(f"{path}: an MM-LDM autoencoder alone; sample its generator (the run folder above it, "
+                             "ckpt-*.safetensors)")
     untrained = pipeline.build(meta, a.vae_path, path=path)  # checks the config before any input is read
     chosen = pipeline.run_settings(path, mode)
     if chosen:

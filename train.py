@@ -126,7 +126,8 @@ def save(out: Path, step: int, meta: dict, model, ema, opt, gen: torch.Generator
     checkpoint.torch_save(state, f"{stem}.pt")
     tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
                **{f"ema.{k}": v for k, v in ema.state_dict().items()},
-               **({f"{pipeline.AE_PREFIX}{k}": v for k, v in autoencoder.state_dict().items()} if autoencoder else {})}
+               **({f"{pipeline.AE_PREFIX}{k}": v for k, v in autoencoder.state_dict().items()}
+                  if autoencoder is not None else {})}
     path = checkpoint.save(f"{stem}.safetensors", tensors, meta, step=step)
     for old in sorted(out.glob(checkpoint.PATTERN))[:-keep]:
         old.unlink()
@@ -264,6 +265,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError("--contrastive is CMMD's fine-tune (Eq. 6); MM-LDM's autoencoder has its own contrastive head")
     if cfg.ae is not None and cfg.model != "mmldm":
         raise ValueError(f"--ae is MM-LDM's autoencoder for --model mmldm, not --model {cfg.model}")
+    if cfg.init is not None and cfg.model.startswith("mmldm"):
+        raise ValueError("--init: MM-LDM's stages are not fine-tuned here; rerun a run's command to resume it")
     cli.check_range("lr", cfg.lr, 0, above=True)
     cli.check_range("lr_decay", cfg.lr_decay, 0, 1, above=True)
     cli.check_range("ema", cfg.ema, 0, 1)
@@ -480,9 +483,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     non-finite loss or at the time limit that every DDP process agrees on (agreed_stop)."""
     check_config(cfg)
     if cfg.model == "mmldm" and cfg.ae is None:  # MM-LDM's two stages: its autoencoder first, as its own run
-        stage = dataclasses.replace(cfg, model="mmldm-ae", out=str(Path(cfg.out) / "autoencoder"), steps=cfg.ae_steps,
-                                    cond_tasks=0.0, preview_every=0)
-        cfg = dataclasses.replace(cfg, ae=str(train(stage, progress)))
+        cfg = dataclasses.replace(cfg, ae=str(autoencoder_stage(cfg, progress)))
     with process_group(cfg) as (device, rank, world):
         out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
@@ -503,6 +504,27 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if world > 1:
             dist.barrier()  # no process returns before rank 0 has written the last checkpoint
         return last_ckpt
+
+
+def autoencoder_stage(cfg: TrainConfig, progress: bool) -> Path:
+    """MM-LDM's first stage for `--model mmldm` without --ae: its autoencoder trained (or found trained) in
+    OUT/autoencoder for --ae-steps; a generator already begun in OUT goes on with the autoencoder it began on.
+    Stops the command, with a line saying how to go on, when the stage ends early (--time-limit)."""
+    begun = latest_checkpoint(Path(cfg.out))
+    if begun is not None:
+        ae = Path(checkpoint.read(begun)[0]["train"]["ae"])
+        if not ae.is_file():
+            raise ValueError(f"{begun}: its autoencoder {ae} is gone; start the generator afresh in another --out")
+        return ae
+    stage = dataclasses.replace(cfg, model="mmldm-ae", out=str(Path(cfg.out) / "autoencoder"), steps=cfg.ae_steps,
+                                cond_tasks=0.0, preview_every=0)
+    train(stage, progress)
+    ae = latest_checkpoint(Path(stage.out))  # on every process (only rank 0's train() returns it)
+    step = int(ae.stem.split("-")[1]) if ae else 0
+    if step < cfg.ae_steps:
+        sys.exit(f"the autoencoder stopped at step {step} of {cfg.ae_steps} (--time-limit); rerun the same command "
+                 "to go on")
+    return ae
 
 
 def same_autoencoder(cfg: TrainConfig, resumed: Path) -> None:

@@ -95,17 +95,18 @@ def reconstruction(ckpt: Path, items: list, seed: int) -> dict:
     return {k: demo.pooled(v) for k, v in rows.items()}
 
 
-def sampling_seconds(ckpt: Path, items: list) -> float:
-    """Median wall seconds to sample one clip's v2a and a2v (the demo's sampler, batch 1, as demo.evaluate)."""
+def sampling_seconds(ckpt: Path, items: list, arm: study.Arm) -> float:
+    """Median wall seconds to sample one clip's v2a and a2v as demo.evaluate samples the arm (its sampler and λ),
+    at batch 1."""
     pipe = pipeline.load(ckpt)
-    clip = pipe.clip
+    clip, lam = pipe.clip, demo.guidance_weights(pipe, arm.guidance or demo.GUIDANCE)
     times = []
     for it in items[:TIMED_CLIPS]:
         v = to_unit(it["video"][None, clip.margin:clip.margin + clip.frames])
         a = it["audio"][None, clip.margin_samples:clip.margin_samples + clip.samples]
         t = time.perf_counter()
-        for cond in ({"video": v}, {"audio": a}):
-            generate.generate(pipe, pipe.sampler(**demo.SAMPLER, guidance=0.0), cond=cond,
+        for direction, cond in (("v2a", {"video": v}), ("a2v", {"audio": a})):
+            generate.generate(pipe, pipe.sampler(**demo.SAMPLER, guidance=lam[direction]), cond=cond,
                               generator=torch.Generator().manual_seed(0))
         times.append(time.perf_counter() - t)
     return statistics.median(times)
@@ -119,7 +120,7 @@ def extra(a, out: Path) -> tuple[list[str], dict]:
         ckpts = [train.latest_checkpoint(out / f"seed{s}" / arm.slug) for s in a.seeds]
         test = data.SyntheticDataset(clip, "test", num_clips=a.clips, seed=a.seeds[0])
         items = [test[i] for i in range(len(test))]
-        seconds[arm.name] = sampling_seconds(ckpts[0], items)
+        seconds[arm.name] = sampling_seconds(ckpts[0], items, arm)
         pipe = pipeline.load(ckpts[0])
         sizes[arm.name] = {"network": sum(p.numel() for p in pipe.net.parameters()),
                            "autoencoder": sum(p.numel() for p in pipe.autoencoder.parameters())
@@ -140,7 +141,7 @@ def extra(a, out: Path) -> tuple[list[str], dict]:
              + "; ".join(f"{k}: " + ", ".join(f"mel L1 {r['v2a']['mel_l1']:.3f}, audio onset F1 {r['v2a']['f1']:.3f}, "
                                               f"visual onset F1 {r['a2v']['f1']:.3f}" for r in v)
                          for k, v in recon.items()),
-             f"Sampling time per clip, v2a and a2v together, batch 1, {demo.SAMPLER['steps']} "
+             f"Sampling time per clip, v2a and a2v together with each arm's λ, batch 1, {demo.SAMPLER['steps']} "
              f"{demo.SAMPLER['sampler']} steps (median of {TIMED_CLIPS} clips, seed {a.seeds[0]}'s checkpoints): "
              + "; ".join(f"{k}: {v:.2f} s" for k, v in seconds.items()) + f"; {study.cpu_name()}."]
     return lines, {"reconstruction": recon, "sampling_seconds": seconds, "sizes": sizes, "ae_steps": ae_steps(a)}

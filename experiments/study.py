@@ -141,10 +141,14 @@ def run_seed(a, d: Design, seed: int, out: Path) -> None:
     test = data.SyntheticDataset(clip, "test", num_clips=a.clips, seed=seed)
     items = [test[i] for i in range(len(test))]
     ckpts = {}
+    unknown = set(a.only or ()) - {x.slug for x in d.arms}
+    if unknown:
+        raise SystemExit(f"error: --only {' '.join(sorted(unknown))}: no such arm; the arms are "
+                         + ", ".join(x.slug for x in d.arms))
     for arm in d.arms:
-        if a.only and arm.slug not in a.only and not any(x.slug in a.only and arm.slug in (x.parent, x.checkpoint_of)
-                                                         for x in d.arms):
-            continue  # --only: another process's arm (an arm's parent is still trained: it is the arm's start)
+        needed = any(x.slug in a.only and arm.slug in (x.parent, x.checkpoint_of) for x in d.arms) if a.only else True
+        if a.only and arm.slug not in a.only and not needed:
+            continue  # --only: another process's arm
         run_dir = out / f"seed{seed}" / (arm.checkpoint_of or arm.slug)
         scores = out / f"seed{seed}" / f"{arm.slug}.json"
         if arm.checkpoint_of or (arm.parent and ckpts[arm.parent] is None):
@@ -156,7 +160,7 @@ def run_seed(a, d: Design, seed: int, out: Path) -> None:
             ckpts[arm.slug] = trained(cfg, not a.smoke)
         if ckpts[arm.slug] is None:  # a non-finite training loss here or in the run it continues
             scores.write_text(json.dumps({"arm": arm.name, "diverged": "non-finite training loss"}))
-        elif arm.scored and not fresh(scores, ckpts[arm.slug], items, arm):
+        elif arm.scored and (not a.only or arm.slug in a.only) and not fresh(scores, ckpts[arm.slug], items, arm):
             score(ckpts[arm.slug], arm, items, seed, run_dir / f"samples-{arm.slug}", scores)
 
 

@@ -61,7 +61,7 @@ def test_long_generation_goes_by_training_length_windows_and_keeps_a_prefix(run)
     torch.manual_seed(0)  # Griffin-Lim's phases
     out = generate.generate(pipe, cfg, cond={"video": video, "audio": audio}, known=known,
                             generator=torch.Generator().manual_seed(0))
-    assert out["windows"] == [(0, 6), (4, 10), (8, 14)]  # clip.frames long, overlapping by a block of 4 frames
+    assert out["windows"] == [(0, 6), (4, 10), (8, 14)]  # clip.frames long, hop a whole block: overlap 2 frames
     assert torch.equal(out["video"][:, :4], video[:, :4]) and torch.equal(out["audio"][:, :4 * spf], audio[:, :4 * spf])
     torch.manual_seed(0)
     again = generate.generate(pipe, cfg, cond={"video": video, "audio": audio}, known=known,
@@ -84,7 +84,10 @@ def test_bad_combinations_are_one_line(run, tmp_path):
     for flags, message in ((["--contrastive", "--cond-tasks", "0"], "MM-LDM's autoencoder has its own"),
                            (["--model", "cmmd", "--preset", "cpu", "--cond-tasks", "0", "--ae", str(run[1])],
                             "--ae is MM-LDM's autoencoder"),
-                           (["--ae", str(run[1])], "not an MM-LDM autoencoder checkpoint")):
+                           (["--ae", str(run[1])], "not an MM-LDM autoencoder checkpoint"),
+                           (["--init", str(run[1])], "not fine-tuned here"),
+                           (["--ae", str(checkpoint.latest(run[0] / "autoencoder")), "--size", "32"],
+                            "trained with other --size")):
         with pytest.raises((ValueError, SystemExit), match=message):
             cfg = train.parse_args([*TINY, *flags, "--out", str(tmp_path / "x")])
             train.check_config(cfg)
@@ -92,9 +95,18 @@ def test_bad_combinations_are_one_line(run, tmp_path):
 
 
 def test_a_generator_resumes_only_on_its_own_autoencoder(run, tmp_path):
-    out = tmp_path / "moved"  # a run folder moved elsewhere resumes; its autoencoder trained further does not
+    out = tmp_path / "moved"  # a run folder moved elsewhere resumes, on the autoencoder it began on
     shutil.copytree(run[0], out)
-    ckpt = train.train(train.parse_args([*TINY, "--out", str(out), "--steps", "4"]), progress=False)
-    assert ckpt.name == "ckpt-00000004.safetensors"
+    ckpt = train.train(train.parse_args([*TINY, "--out", str(out), "--steps", "4", "--ae-steps", "3"]), progress=False)
+    assert ckpt.name == "ckpt-00000004.safetensors"  # --ae-steps 3 did not retrain the autoencoder under it
+    assert not (out / "autoencoder" / "ckpt-00000003.safetensors").exists()
+    other = train.train(train.parse_args([*TINY, "--model", "mmldm-ae", "--cond-tasks", "0", "--steps", "1",
+                                          "--out", str(tmp_path / "other-ae")]), progress=False)
     with pytest.raises(ValueError, match="trained on another autoencoder"):
-        train.train(train.parse_args([*TINY, "--out", str(out), "--steps", "4", "--ae-steps", "3"]), progress=False)
+        train.train(train.parse_args([*TINY, "--out", str(out), "--steps", "5", "--ae", str(other)]), progress=False)
+
+
+def test_an_autoencoder_alone_is_not_sampled(run, tmp_path):
+    proc = sample_cli("--ckpt", checkpoint.latest(run[0] / "autoencoder"), "--joint", "1", "--out", tmp_path)
+    assert proc.returncode != 0 and "an MM-LDM autoencoder alone" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
