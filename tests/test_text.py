@@ -1,0 +1,138 @@
+"""Text conditioning (issue 30): the offline byte-level encoder, a frozen encoder from a folder in the Hub's
+format, the DiT reading captions, dropped captions as the unconditioned model, classifier-free guidance by
+hand, and train.py / sample.py with captions end to end."""
+import pytest
+import torch
+from test_sample import long_clip, sample_cli
+
+import diffusion
+import dit
+import pipeline
+import sampling
+import text
+import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+TINY_TEXT = ["--model", "dit", "--preset", "tiny", "--patch", "2", "--center", "--size", "16", "--frames", "6",
+             "--batch", "4", "--num-clips", "8", "--workers", "0", "--preview-every", "0", "--log-every", "1",
+             "--text-encoder", "byt5-scratch"]
+
+
+def shaken(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Noise on every weight, past the zero initialisations, so that outputs depend on their inputs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return net.eval()
+
+
+def test_the_byte_tokenizer_needs_no_files_and_masks_padding():
+    enc = text.TextEncoder(text.TextConfig(width=16, layers=1, heads=2))
+    tokens, mask = enc(["A red ball.", ""])
+    assert tokens.shape == (2, 12, 16) and mask.tolist()[1] == [True] + [False] * 11  # "" is its EOS alone
+    assert mask[0].all()  # 11 bytes and EOS
+    again, _ = enc(["A red ball.", ""])
+    assert torch.equal(tokens, again)
+
+
+def test_a_frozen_encoder_from_a_folder_stays_out_of_the_state_dict(tmp_path):
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+    T5EncoderModel(T5Config(vocab_size=384, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16)) \
+        .save_pretrained(tmp_path)
+    ByT5Tokenizer().save_pretrained(tmp_path)
+    net = dit.DiT(dit.preset("tiny", video_channels=3, text={"encoder": str(tmp_path)}))
+    assert not any(k.startswith("text_encoder.") for k in net.state_dict())  # not in any checkpoint
+    assert not any(p is q for p in net.parameters() for q in net.text_encoder.frozen.parameters())  # not trained
+    assert net.text_encoder.width == 32 and net.text_embed.in_features == 32
+    net.to(torch.float64)
+    assert next(net.text_encoder.frozen.parameters()).dtype == torch.float64  # .to() reaches it
+    with pytest.raises(ValueError, match="cannot load the text encoder"):
+        text.TextEncoder(text.TextConfig(encoder=str(tmp_path / "missing")))
+
+
+def test_the_dit_reads_captions_and_an_empty_one_is_no_caption():
+    net = shaken(dit.DiT(dit.preset("tiny", video_channels=3, text={})))
+    x, n = {"video": torch.randn(2, 4, 3, 8, 8), "audio": torch.randn(2, 80, 16)}, torch.tensor([5, 500])
+    red, drums = net(x, n, text=["a red ball", "a red ball"]), net(x, n, text=["drums at 120 bpm", "a red ball"])
+    for k in x:
+        assert (red[k][0] - drums[k][0]).abs().max() > 1e-4  # the caption moves both streams
+        torch.testing.assert_close(red[k][1], drums[k][1], atol=1e-5, rtol=0)  # padding is masked out
+    none, empty = net(x, n), net(x, n, text=["", ""])
+    assert all(torch.equal(none[k], empty[k]) for k in x)
+    with pytest.raises(ValueError, match="1 captions for a batch of 2"):
+        net(x, n, text=["one"])
+    with pytest.raises(ValueError, match="without a text encoder"):
+        dit.DiT(dit.preset("tiny", video_channels=3))(x, n, text=["a", "b"])
+
+
+class Toy(torch.nn.Module):
+    """A network whose output is 1 with a caption and 0 without: classifier-free guidance checked by hand."""
+
+    def forward(self, x, n, text=None):
+        on = torch.tensor([float(bool(t)) for t in (text or [""] * n.shape[0])])
+        return {k: on.view(-1, *[1] * (v.ndim - 1)).expand_as(v) for k, v in x.items()}
+
+
+def test_classifier_free_guidance_by_hand():
+    diff = diffusion.Diffusion(diffusion.DiffusionConfig())
+    shapes = {"video": (2, 2, 3, 4, 4), "audio": (2, 80, 8)}
+    x = {k: torch.randn(s) for k, s in shapes.items()}
+    for scale in (1.0, 3.0, 0.0):
+        d = sampling.Denoiser(diff, Toy(), sampling.Known({}, {}, {}), sampling.SamplerConfig(cfg=scale, steps=2),
+                              shapes, text=["a red ball", ""])
+        out = d.network(x, torch.tensor([500, 500]))
+        # out(∅) + s·(out(text) − out(∅)): 0 + s·(1 − 0) with a caption, 0 without one
+        assert torch.equal(out["audio"][0], torch.full((80, 8), scale)) and not out["audio"][1].any()
+        assert d.evaluations == (1 if scale == 1 else 2)
+    with pytest.raises(ValueError, match="needs a caption"):
+        sampling.Denoiser(diff, Toy(), sampling.Known({}, {}, {}), sampling.SamplerConfig(cfg=3.0), shapes)
+
+
+def test_caption_drop_makes_the_unconditioned_examples():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, n, text=None):
+            seen.extend(text)
+            return {k: torch.zeros_like(v) for k, v in x.items()}
+
+    cfg = train.parse_args([*TINY_TEXT, "--caption-drop", "0.5", "--out", "unused"])
+    pipe = type("P", (), {"net": torch.nn.Identity(), "diffusion": diffusion.Diffusion(diffusion.DiffusionConfig()),
+                          "autoencoder": None})()
+    neg = train.negatives.NegativesConfig()
+    m = neg.margin
+    windows = {"video": torch.randn(400, 2 + 2 * m["video"], 3, 2, 2),
+               "audio": torch.randn(400, 80, 8 + 2 * m["audio"])}
+    train.step_loss(cfg, pipe, Spy(), {"caption": ["a caption"] * 400}, windows, neg,
+                    torch.Generator().manual_seed(0), torch.autocast("cpu", enabled=False))
+    dropped = sum(t == "" for t in seen) / len(seen)
+    assert set(seen) == {"", "a caption"} and abs(dropped - 0.5) < 0.08
+
+
+@pytest.fixture(scope="module")
+def text_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("text")
+    return train.train(train.parse_args([*TINY_TEXT, "--out", str(out), "--steps", "2"]), progress=False)
+
+
+def test_a_text_checkpoint_records_its_encoder_and_round_trips(text_ckpt):
+    a, b = pipeline.load(text_ckpt), pipeline.load(text_ckpt)
+    assert a.net.cfg.text["encoder"] == "byt5-scratch"
+    assert any(k.startswith("text_encoder.") for k in a.net.state_dict())  # the scratch encoder is trained, saved
+    x, n = {"video": torch.randn(1, 6, 12, 8, 8), "audio": torch.randn(1, 80, 37)}, torch.tensor([300])
+    assert all(torch.equal(u, v) for u, v in zip(a.net(x, n, text=["hi"]).values(), b.net(x, n, text=["hi"]).values()))
+
+
+def test_sample_py_takes_a_caption_in_every_new_command(text_ckpt, tmp_path):
+    src, _ = long_clip(tmp_path, seconds=1.2)
+    runs = {"text": ["--text", "A big red ball bounces.", "--seconds", "1.2", "--cfg", "3"],
+            "two-step": ["--text", "A big red ball bounces.", "--seconds", "1.2", "--two-step"],
+            "v2a": ["--v2a", src, "--text", "Drums at 120 bpm.", "--cfg", "2"]}
+    for mode, args in runs.items():
+        proc = sample_cli("--ckpt", text_ckpt, *args, "--steps", "2", "--out", tmp_path / mode)
+        assert proc.returncode == 0, (mode, proc.stderr[-2000:])
+        assert list((tmp_path / mode).glob("*.mp4")) and list((tmp_path / mode).glob("*.wav")), mode
+    for args, message in ((["--two-step"], "give --text"), (["--text", " "], "must not be empty"), ([], "is required")):
+        proc = sample_cli("--ckpt", text_ckpt, *args, "--out", tmp_path / "bad")
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
