@@ -141,10 +141,6 @@ def run_seed(a, d: Design, seed: int, out: Path) -> None:
     test = data.SyntheticDataset(clip, "test", num_clips=a.clips, seed=seed)
     items = [test[i] for i in range(len(test))]
     ckpts = {}
-    unknown = set(a.only or ()) - {x.slug for x in d.arms}
-    if unknown:
-        raise SystemExit(f"error: --only {' '.join(sorted(unknown))}: no such arm; the arms are "
-                         + ", ".join(x.slug for x in d.arms))
     for arm in d.arms:
         needed = any(x.slug in a.only and arm.slug in (x.parent, x.checkpoint_of) for x in d.arms) if a.only else True
         if a.only and arm.slug not in a.only and not needed:
@@ -356,6 +352,10 @@ def claims_extra(a, out: Path) -> tuple[list[str], dict]:
 def run(a, d: Design, extra=None) -> dict:
     """Every seed of a design (each resuming what exists), then its report; wall minutes per seed accumulate
     over resumed runs in OUT/NAME-wall.json."""
+    unknown = set(getattr(a, "only", None) or ()) - {x.slug for x in d.arms}
+    if unknown:
+        raise SystemExit(f"error: --only {' '.join(sorted(unknown))}: no such arm; the arms are "
+                         + ", ".join(x.slug for x in d.arms))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     wall_file = out / f"{d.name}-wall.json"

@@ -63,6 +63,50 @@ def test_backbones_smoke(tmp_path):
     assert scored == {"ncmmd", "dit", "dit-walltime", "dit-cond", "dit-cond-guided"}
 
 
+@pytest.mark.slow  # 2 min on a 2-core CPU; tests/test_mmldm_runs.py covers its code paths in the default suite
+def test_mmldm_smoke(tmp_path):
+    """experiments/mmldm.py in a smoke version, its MM-LDM arms alone first (--only, as a second process beside
+    backbones.py would run them), then the report with the U-Net and the DiT: every comparison, the
+    autoencoder's reconstruction per seed and the sampling time of every arm."""
+    def script(*args):
+        return subprocess.run([sys.executable, "experiments/mmldm.py", "--smoke", "--out", str(tmp_path), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+    bad = script("--only", "nope")
+    assert bad.returncode != 0 and "--only nope: no such arm" in bad.stderr
+    proc = script("--only", "mmldm", "mmldm-steps")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.stem for p in (tmp_path / "seed0").glob("*.json")} == {"mmldm", "mmldm-steps"}
+    proc = script()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "mmldm.json").read_text())
+    assert {(d["a"], d["b"]) for d in results["differences"]} == {
+        (m, b) for m in ("MM-LDM, equal training wall time", "MM-LDM, the same steps")
+        for b in ("DiT", "U-Net (nCMMD)")}
+    assert set(results["reconstruction"]) == {"MM-LDM, equal training wall time", "MM-LDM, the same steps"}
+    assert all(0 <= r["v2a"]["f1"] <= 1 for runs in results["reconstruction"].values() for r in runs)
+    assert len(results["sampling_seconds"]) == 4 and results["sizes"]["DiT"]["autoencoder"] == 0
+    meta, _ = checkpoint.read(tmp_path / "seed0" / "mmldm" / "ckpt-00000002.safetensors")
+    assert meta["model"] == "mmldm" and meta["train"]["ae_steps"] == results["ae_steps"]
+
+
+@pytest.mark.slow  # 2 min on a 2-core CPU; tests/test_text.py covers its code paths in the default suite
+def test_captions_smoke(tmp_path):
+    """experiments/captions.py in a smoke version: a captioned DiT trains, every arm is scored, the detectors
+    find the truth's tempo, pitch and colour, and the comparisons are computed."""
+    proc = subprocess.run([sys.executable, "experiments/captions.py", "--smoke", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "seed0" / "text.json").read_text())["rows"]
+    truth = rows["ground truth"]
+    for metric in ("tempo", "pitch", "colour"):
+        assert sum(r.get(f"{metric}_hit", 0) for r in truth) == sum(r.get(f"{metric}_n", 0) for r in truth) > 0
+    found = json.loads((tmp_path / "captions.json").read_text())["differences"]
+    assert {d["claim"] for d in found} >= {"synchronisation: two-step against joint (seed 002's claim)",
+                                           "adherence: the caption against a shuffled one"}
+    meta, _ = checkpoint.read(tmp_path / "seed0" / "run" / "ckpt-00000002.safetensors")
+    assert meta["net"]["text"]["encoder"] == "byt5-scratch"
+
+
 def test_study_reports_a_diverged_arm_without_pairing_it(tmp_path):
     """An arm whose samples came out non-finite on one seed is named in both tables; its comparisons are
     not computed on the remaining seeds, and every other comparison is."""
