@@ -91,16 +91,23 @@ def reading(path, what: str):
         raise CheckpointError(f"{path}: not a readable safetensors {what} ({type(e).__name__})") from None
 
 
-def read(path, what: str = "cmmd checkpoint") -> tuple[dict, dict]:
-    """(config, tensors) of a checkpoint written by `save`."""
+def config(path, what: str = "cmmd checkpoint") -> dict:
+    """The config of a checkpoint written by `save`, read from its header alone (no tensor is loaded)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
     with reading(path, what) as path:
         with safe_open(str(path), "pt") as f:
             meta = (f.metadata() or {}).get(CONFIG_KEY)
         if meta is None:
             raise CheckpointError(f"{path}: not a {what} (no '{CONFIG_KEY}' config in its metadata)")
-        return json.loads(meta), load_file(str(path))
+        return json.loads(meta)
+
+
+def read(path, what: str = "cmmd checkpoint") -> tuple[dict, dict]:
+    """(config, tensors) of a checkpoint written by `save`."""
+    from safetensors.torch import load_file
+    meta = config(path, what)
+    with reading(path, what) as path:
+        return meta, load_file(str(path))
 
 
 def torch_load(path, what: str) -> dict:

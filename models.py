@@ -102,7 +102,7 @@ def mmldm_net(cfg, clip) -> dict:
     no_trained_conditions(dataclasses.replace(cfg, cond_tasks=0.0), "MM-LDM's generator")  # no captions here
     if cfg.ae is None:
         raise ValueError("--model mmldm's generator needs its autoencoder: --ae CKPT (train.py trains one first)")
-    ae_meta = checkpoint.read(cfg.ae)[0]
+    ae_meta = checkpoint.config(cfg.ae)
     if ae_meta.get("model") != "mmldm-ae":
         raise ValueError(f"--ae {cfg.ae}: not an MM-LDM autoencoder checkpoint (its model is {ae_meta.get('model')!r})")
     ae = mmldm.MMAEConfig(**ae_meta["net"])

@@ -149,7 +149,7 @@ def run_config(cfg, init_meta: dict | None = None) -> dict:
             "codec": codec, "mel": {"log_min": melspec.LOG_MEL_MIN, "log_max": melspec.LOG_MEL_MAX},
             "sampler": dict(recipe.sampler), "train": asdict(cfg)}
     if cfg.model == "mmldm":  # MM-LDM's generator: its autoencoder's codecs, clip and the autoencoder itself
-        ae = checkpoint.read(cfg.ae)[0]
+        ae = checkpoint.config(cfg.ae)
         meta.update(clip=ae["clip"], codec=ae["codec"], mel=ae["mel"],
                     autoencoder={"net": ae["net"], "diffusion": ae["diffusion"], "train": ae["train"]})
         clip = data.ClipConfig(**ae["clip"])

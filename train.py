@@ -512,7 +512,7 @@ def autoencoder_stage(cfg: TrainConfig, progress: bool) -> Path:
     Stops the command, with a line saying how to go on, when the stage ends early (--time-limit)."""
     begun = latest_checkpoint(Path(cfg.out))
     if begun is not None:
-        ae = Path(checkpoint.read(begun)[0]["train"]["ae"])
+        ae = Path(checkpoint.config(begun)["train"]["ae"])
         if not ae.is_file():
             raise ValueError(f"{begun}: its autoencoder {ae} is gone; start the generator afresh in another --out")
         return ae
