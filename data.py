@@ -157,7 +157,7 @@ def folder_captions(root) -> dict[str, str]:
     if not path.is_file():
         return {}
     out = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):  # -sig: a spreadsheet's BOM
         if not line.strip() or line.startswith("#"):
             continue
         name, tab, text = line.partition("\t")
@@ -171,9 +171,12 @@ def aist_caption(path: Path) -> str:
     """A caption from an AIST++ file name's dance and music genre codes ("" when the name has none)."""
     parts = {p[0]: p[1:3] for p in Path(path).stem.split("_") if len(p) >= 3 and p[0] in "gm"}
     dance, music = (AIST_GENRES.get(parts.get(k, "")) for k in "gm")
+    if not (dance or music):
+        return ""
+    article = "An" if (dance or music).startswith(("LA", "a", "e", "i", "o", "u")) else "A"  # "An LA-style ..."
     if dance and music:
-        return f"A {dance} dance to {music} music." if dance != music else f"A {dance} dance to its music."
-    return f"{(dance or music).capitalize()} dance." if dance or music else ""
+        return f"{article} {dance} dance to {'its' if dance == music else music} music."
+    return f"{article} {dance or music} dance."
 
 
 def caption_of(data: str, root, path: Path, captions: dict) -> str:

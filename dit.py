@@ -8,7 +8,8 @@ embeddings (RoPE, Su et al. 2021) of each token's centre time in seconds, shared
 and the mel around it sit at one time, and of its patch row and column. MM-LDM's conditional modes
 (Fig. 2, "modification of inputs"): a clean known modality, patchified by its own embedder, is added to that
 modality's tokens. With a text encoder (cfg.text; text.py), a caption's tokens join the sequence, as MM-LDM
-puts its text tokens there, with no rotation (text has no time) and their own type embedding; [choice] their
+puts its text tokens there, at the centre of the window's times and patch grid (none favoured) and with their own
+type embedding; [choice] their
 masked mean is also added to the step embedding that adaLN reads, a second, global path (as SD3 and PixArt
 pool their text).
 
@@ -314,13 +315,13 @@ class DiT(nn.Module):
             e = self.cond_embed[m](patchify(m, x0, cfg)[0])  # (B, S_m, D)
             h[m] = h[m] + torch.where(on[:, None, None], e, torch.zeros_like(e))
 
-        pos = token_positions(cfg, grids, n.device)
-        angles = rope_angles(torch.cat([pos[m] for m in MODALITIES]), cfg.head_dim)  # (S, d/2)
+        pos = torch.cat(list(token_positions(cfg, grids, n.device).values()))  # (S, 3), MODALITIES' order
+        angles = rope_angles(pos, cfg.head_dim)  # (S, d/2)
         c = self.time_embed(timestep_embedding(n, TIME_FREQ_DIM))  # (B, D)
         s = torch.cat([h[m] for m in MODALITIES], 1)  # (B, S, D): one joint sequence
         mask = None
         if cfg.text is not None:
-            s, c, angles, mask = self.with_text(s, c, angles, text or [""] * n.shape[0])
+            s, c, angles, mask = self.with_text(s, c, angles, pos, text or [""] * n.shape[0])
         cos, sin = angles.cos(), angles.sin()
         for block in self.blocks:
             if cfg.grad_checkpoint and self.training and torch.is_grad_enabled():
@@ -332,13 +333,17 @@ class DiT(nn.Module):
         return {m: unpatchify(m, self.final[m](part, c), grids[m], x[m].shape, cfg).to(x[m].dtype)
                 for m, part in zip(MODALITIES, parts)}
 
-    def with_text(self, s: torch.Tensor, c: torch.Tensor, angles: torch.Tensor, captions: list[str]):
-        """The caption's tokens appended to the sequence s (B, S, D) -> (B, S + S_t, D), unrotated (angle 0);
-        its masked mean added to c (B, D); and the key mask (B, 1, 1, S + S_t) that hides its padding."""
+    def with_text(self, s: torch.Tensor, c: torch.Tensor, angles: torch.Tensor, pos: torch.Tensor,
+                  captions: list[str]):
+        """The caption's tokens appended to the sequence s (B, S, D) -> (B, S + S_t, D), every one at the centre of
+        the window's positions pos (S, 3) (its middle time, the patch grid's centre: no time, row or column
+        favoured, as the audio tokens' row and column); its masked mean added to c (B, D); and the key mask
+        (B, 1, 1, S + S_t) that hides its padding."""
         tokens, keep = self.text_encoder(list(captions))  # (B, S_t, E), (B, S_t)
         t = self.text_embed(tokens.to(s.dtype)) + self.text_type  # (B, S_t, D)
         pooled = (tokens * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)  # (B, E)
         c = c + self.text_pool(pooled.to(c.dtype))
-        angles = torch.cat([angles, angles.new_zeros(t.shape[1], angles.shape[1])])  # (S + S_t, d/2)
+        centre = torch.cat([pos[:, :1].mean(0), pos[:, 1:].amax(0) / 2])  # (3,): mid time, grid centre
+        angles = torch.cat([angles, rope_angles(centre.expand(t.shape[1], 3), self.cfg.head_dim)])  # (S + S_t, d/2)
         mask = torch.cat([keep.new_ones(s.shape[:2]), keep], 1)[:, None, None]  # (B, 1, 1, S + S_t)
         return torch.cat([s, t], 1), c, angles, mask

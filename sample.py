@@ -18,6 +18,7 @@ inpainting, `sampling.Known`; generate.py), and the windows join at the overlap.
 under runs/ (e.g. the demo's) is used. A folder among the inputs means every media file in it.
 """
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -169,6 +170,10 @@ def check_args(a) -> torch.device:
         raise media.BadInput("--prefix needs an input to keep; --joint starts from noise (use --continue FILE)")
     if a.text is None and a.two_step:
         raise media.BadInput("--two-step makes a sounding video from --text PROMPT in two steps; give --text")
+    if a.text is not None and a.prefix and not (a.v2a or a.a2v or a.cont):
+        raise media.BadInput("--prefix needs an input to keep; --text alone starts from noise")
+    if a.cfg is not None and a.cfg != 1 and a.text is None:
+        raise media.BadInput(f"--cfg {a.cfg:g} is classifier-free guidance of a caption; give --text")
     if a.text is not None and not a.text.strip():
         raise media.BadInput("--text must not be empty")
     if a.text is None and a.v2a is None and a.a2v is None and a.cont is None and a.joint is None:
@@ -216,7 +221,10 @@ def sample_joint(pipe, cfg, a, out: Path, options: dict) -> int:
     for lo in tqdm(range(0, count, a.batch), desc="batches", disable=count <= a.batch):
         n = min(a.batch, count - lo)
         text = None if a.text is None else [a.text] * n
-        result = generate.generate(pipe, cfg, frames=frames, batch=n, text=text, **options)
+        # from noise: no condition for reconstruction guidance (λ is the second step's, --guidance or the v2a
+        # setting of the run's sampling.json)
+        first = dataclasses.replace(cfg, guidance=0.0) if a.text is not None else cfg
+        result = generate.generate(pipe, first, frames=frames, batch=n, text=text, **options)
         if a.two_step:  # seed 002's second step: the sound of the generated video, from it and the caption
             video = result["video"].clamp(-1, 1)
             result = generate.generate(pipe, pipe.sampler("v2a", **a.flags), cond={"video": video}, text=text,

@@ -5,7 +5,7 @@ Two kinds of encoder, chosen by TextConfig.encoder:
 
 - "byt5-scratch" (the default, and the one that runs offline): T5's encoder (Raffel et al. 2020) at a small
   size, with ByT5's tokenizer (Xue et al. 2022), which reads UTF-8 bytes and needs no vocabulary file, trained
-  from scratch with the diffusion model. [choice] On the synthetic captions (a few hundred words) a byte-level
+  from scratch with the diffusion model. [choice] On the synthetic captions (a few dozen words) a byte-level
   encoder learns the words it needs from the clips; no download is possible here.
 - a Hugging Face Hub id or a folder of a T5-family encoder (for example "google/t5-v1_1-base" or
   "google/flan-t5-large"): loaded with `transformers`, frozen, and kept out of the checkpoint (its
@@ -30,7 +30,7 @@ class TextConfig:
     width: int = 128  # E (T5's d_model)
     layers: int = 2
     heads: int = 4
-    max_tokens: int = 160  # tokens kept per caption (ByT5: bytes + EOS; the synthetic captions are under 140)
+    max_tokens: int = 160  # tokens kept per caption (ByT5: bytes + EOS; the synthetic captions are at most 140)
 
     def __post_init__(self):
         for name in ("width", "layers", "heads", "max_tokens"):

@@ -88,7 +88,7 @@ class TrainConfig:
                 "(half each), the clean known modality fed to the network and the loss on the other; 0: joint"})
     text_encoder: str | None = field(default=None, metadata={
         "help": "condition the DiT on the clips' captions (text.py): byt5-scratch (offline, trained with it) or a "
-                "Hub id or folder of a T5 encoder (frozen); none: no text"})
+                "Hub id or folder of a T5 encoder (frozen); omit it for no text"})
     caption_drop: float = field(default=0.1, metadata={
         "help": "share of examples whose caption is dropped (\"\"), so the model also runs without text "
                 "(classifier-free guidance, Ho & Salimans 2022)"})
@@ -304,6 +304,8 @@ def build_run(cfg: TrainConfig, device) -> tuple[dict, pipeline.Pipeline, torch.
     meta = pipeline.run_config(cfg, parent)
     dataset = data.build_dataset(cfg.data, "train", data.ClipConfig(**meta["clip"]), root=cfg.data_root,
                                  num_clips=cfg.num_clips, seed=cfg.seed)
+    if cfg.text_encoder:
+        check_captions(cfg, dataset)
     if cfg.center and parent is None and cfg.model != "mmldm":  # a fine-tune, MM-LDM's generator: the parent's μ
         raw = {k: c.to(device) for k, c in pipeline.build(meta).codecs.items()}
         meta["codec"]["center"] = pipeline.codec_means(raw, dataset, device)
@@ -315,6 +317,16 @@ def build_run(cfg: TrainConfig, device) -> tuple[dict, pipeline.Pipeline, torch.
         pipe.autoencoder.to(device)
     check_network(pipe, device)
     return meta, pipe, dataset
+
+
+def check_captions(cfg: TrainConfig, dataset) -> None:
+    """--text-encoder needs captions: a one-line error when the first clips have none (no captions.tsv, or
+    shards prepared before captions existed), rather than a text model trained on empty captions."""
+    seen = [dataset[i].get("caption", "") for i in range(min(len(dataset), 64))]
+    if not any(seen):
+        raise ValueError(f"--text-encoder: the first {len(seen)} training clips of --data {cfg.data} have no caption "
+                         "(a folder needs captions.tsv; shards prepared before captions need preparing again: "
+                         "docs/data.md#captions)")
 
 
 def check_network(pipe: pipeline.Pipeline, device) -> None:

@@ -65,6 +65,7 @@ def test_folder_captions_file_and_its_errors(tmp_path):
 def test_aist_captions_from_genre_codes():
     assert data.aist_caption("gBR_sBM_c01_d04_mBR0_ch01.mp4") == "A break dance to its music."
     assert data.aist_caption("gJB_sFM_c02_d09_mPO3_ch05.mp4") == "A ballet jazz dance to pop music."
+    assert data.aist_caption("gLH_sBM_c01_d16_mLH1_ch01.mp4") == "An LA-style hip-hop dance to its music."
     assert data.aist_caption("unrelated_name.mp4") == ""
 
 
