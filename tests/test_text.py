@@ -133,6 +133,15 @@ def test_sample_py_takes_a_caption_in_every_new_command(text_ckpt, tmp_path):
         proc = sample_cli("--ckpt", text_ckpt, *args, "--steps", "2", "--out", tmp_path / mode)
         assert proc.returncode == 0, (mode, proc.stderr[-2000:])
         assert list((tmp_path / mode).glob("*.mp4")) and list((tmp_path / mode).glob("*.wav")), mode
-    for args, message in ((["--two-step"], "give --text"), (["--text", " "], "must not be empty"), ([], "is required")):
+    for args, message in ((["--two-step"], "give --text"), (["--text", " "], "must not be empty"), ([], "is required"),
+                          (["--joint", "1", "--cfg", "2"], "give --text"),
+                          (["--text", "a ball", "--prefix", "1"], "--text alone starts from noise")):
         proc = sample_cli("--ckpt", text_ckpt, *args, "--out", tmp_path / "bad")
         assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
+
+
+def test_training_on_clips_without_captions_is_one_line():
+    cfg = train.parse_args([*TINY_TEXT, "--out", "unused"])
+    with pytest.raises(ValueError, match="have no caption"):
+        train.check_captions(cfg, [{"caption": ""}] * 5)
+    train.check_captions(cfg, [{"caption": ""}, {"caption": "a ball"}])  # some captions: trains
