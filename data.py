@@ -249,6 +249,20 @@ def _count_skip(counts: dict, message: str):
     counts["reasons"][reason] = counts["reasons"].get(reason, 0) + 1
 
 
+def _jobs(data: str, root, num_clips: dict | None, shard_size: int) -> list[tuple]:
+    """prepare's work: (split, shard key, list of sources), a source a synthetic index or a file."""
+    jobs = []
+    if data == "synthetic":
+        for split, n in (num_clips or SYNTHETIC_CLIPS).items():
+            for s, lo in enumerate(range(0, n, shard_size)):
+                jobs.append((split, f"shard-{s:05d}", list(range(lo, min(lo + shard_size, n)))))
+        return jobs
+    for split, files in source_files(data, root).items():
+        for p in files:
+            jobs.append((split, f"{p.stem[:60]}-{_stable_int(p.relative_to(root)) % 16 ** 8:08x}", [p]))
+    return jobs
+
+
 def prepare(data: str, out, *, clip: ClipConfig, root=None, num_clips: dict | None = None, seed: int = 0,
             shard_size: int = 256, encoder=None, progress: bool = True) -> dict:
     """Decode once into OUT/{split}/*.safetensors (uint8 frames, 16-bit audio, and latents when
@@ -260,18 +274,7 @@ def prepare(data: str, out, *, clip: ClipConfig, root=None, num_clips: dict | No
     cli.check_writable_dir(out)
     if cfg_path.exists() and read_config(out)["clip"] != meta["clip"]:
         raise BadInput(f"{cfg_path}: prepared with another clip config; use a new --out")
-    # Jobs: (split, shard key, list of sources). A source is a synthetic index or a file.
-    jobs = []
-    if data == "synthetic":
-        num_clips = num_clips or SYNTHETIC_CLIPS
-        for split, n in num_clips.items():
-            for s, lo in enumerate(range(0, n, shard_size)):
-                jobs.append((split, f"shard-{s:05d}", list(range(lo, min(lo + shard_size, n)))))
-    else:
-        for split, files in source_files(data, root).items():
-            for p in files:
-                key = f"{p.stem[:60]}-{_stable_int(p.relative_to(root)) % 16 ** 8:08x}"
-                jobs.append((split, key, [p]))
+    jobs = _jobs(data, root, num_clips, shard_size)
     captions = folder_captions(root) if data == "folder" else {}
     text = json.dumps(meta, indent=1)
     if not cfg_path.exists() or cfg_path.read_text() != text:  # once the sources are known; a rerun changes nothing
