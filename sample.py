@@ -20,6 +20,7 @@ under runs/ (e.g. the demo's) is used. A folder among the inputs means every med
 import argparse
 import dataclasses
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -211,13 +212,20 @@ def load_inputs(files: list, stems: list, mode: str, clip, a) -> tuple[list, lis
     return inputs, failed
 
 
+def prompt_slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe form of a caption (lower case, words joined by '-', at most `limit` characters), so that
+    two prompts written to one --out folder do not overwrite each other."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].rstrip("-")
+    return slug or "prompt"
+
+
 def sample_joint(pipe, cfg, a, out: Path, options: dict) -> int:
     """--joint N (or --text: --samples of them): sounding videos from noise, --batch at a time, from the caption
     when there is one; --two-step: the video from the caption, then its sound from that video and the caption.
     Returns the outputs written."""
     clip, count = pipe.clip, a.joint if a.joint is not None else a.samples
     frames = math.ceil((a.seconds or a.window / clip.fps) * clip.fps - 1e-6)
-    name = "joint" if a.text is None else "text" + ("_two_step" if a.two_step else "")
+    name = "joint" if a.text is None else "text" + ("_two_step" if a.two_step else "") + f"_{prompt_slug(a.text)}"
     for lo in tqdm(range(0, count, a.batch), desc="batches", disable=count <= a.batch):
         n = min(a.batch, count - lo)
         text = None if a.text is None else [a.text] * n

@@ -133,6 +133,7 @@ def test_sample_py_takes_a_caption_in_every_new_command(text_ckpt, tmp_path):
         proc = sample_cli("--ckpt", text_ckpt, *args, "--steps", "2", "--out", tmp_path / mode)
         assert proc.returncode == 0, (mode, proc.stderr[-2000:])
         assert list((tmp_path / mode).glob("*.mp4")) and list((tmp_path / mode).glob("*.wav")), mode
+    assert {f.name for f in (tmp_path / "two-step").glob("*.mp4")} == {"text_two_step_a-big-red-ball-bounces_000.mp4"}
     for args, message in ((["--two-step"], "give --text"), (["--text", " "], "must not be empty"), ([], "is required"),
                           (["--joint", "1", "--cfg", "2"], "give --text"),
                           (["--text", "a ball", "--prefix", "1"], "--text alone starts from noise")):
