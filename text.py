@@ -70,8 +70,25 @@ class TextEncoder(nn.Module):
         return self
 
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """In eval mode the result is detached and kept for the last few caption lists (sampling encodes the same
+        captions, and the empty ones of classifier-free guidance, at every step), keyed on the weights' storage
+        and version counters so that a weight changed in place (an EMA update, load_state_dict) is seen."""
         if not isinstance(captions, (list, tuple)) or not all(isinstance(c, str) for c in captions):
             raise ValueError(f"text.py: captions must be a list of str, got {type(captions).__name__}")
+        if self.training:
+            return self.encode(captions)
+        model = self.model if self.frozen is None else self.frozen
+        key = (tuple(captions), *((p.data_ptr(), p.dtype, p._version) for p in model.parameters()))
+        cache = self.__dict__.setdefault("_cache", {})  # outside the module tree: not state, not copied by _apply
+        if key not in cache:
+            if len(cache) >= 4:
+                cache.clear()
+            with torch.no_grad():
+                cache[key] = self.encode(captions)
+        return cache[key]
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder itself: captions -> (tokens (B, S_t, E), mask (B, S_t))."""
         model = self.model if self.frozen is None else self.frozen
         tokenizer = self.tokenizer if self.frozen is None else self.frozen.tokenizer
         device = next(model.parameters()).device

@@ -36,6 +36,22 @@ def test_the_byte_tokenizer_needs_no_files_and_masks_padding():
     assert torch.equal(tokens, again)
 
 
+def test_eval_mode_reuses_a_captions_encoding_until_the_weights_change():
+    enc = text.TextEncoder(text.TextConfig(width=16, layers=1, heads=2)).eval()
+    calls = []
+    enc.model.register_forward_hook(lambda *_: calls.append(1))
+    first, _ = enc(["A red ball.", ""])
+    again, _ = enc(["A red ball.", ""])
+    assert len(calls) == 1 and again is first and not first.requires_grad  # sampling's steps: encoded once
+    with torch.no_grad():
+        next(enc.model.parameters()).mul_(2.0)  # an in-place update (EMA, load_state_dict)
+    changed, _ = enc(["A red ball.", ""])
+    assert len(calls) == 2 and not torch.equal(changed, first)
+    enc.train()
+    trained, _ = enc(["A red ball.", ""])
+    assert len(calls) == 3 and trained.requires_grad and torch.allclose(trained, changed, atol=1e-6)
+
+
 def test_a_frozen_encoder_from_a_folder_stays_out_of_the_state_dict(tmp_path):
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
     T5EncoderModel(T5Config(vocab_size=384, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16)) \
