@@ -341,8 +341,7 @@ class DiT(nn.Module):
         (B, 1, 1, S + S_t) that hides its padding."""
         tokens, keep = self.text_encoder(list(captions))  # (B, S_t, E), (B, S_t)
         t = self.text_embed(tokens.to(s.dtype)) + self.text_type  # (B, S_t, D)
-        pooled = (tokens * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)  # (B, E)
-        c = c + self.text_pool(pooled.to(c.dtype))
+        c = c + self.text_pool(text.masked_mean(tokens, keep).to(c.dtype))  # pooled (B, E) -> (B, D)
         centre = torch.cat([pos[:, :1].mean(0), pos[:, 1:].amax(0) / 2])  # (3,): mid time, grid centre
         angles = torch.cat([angles, rope_angles(centre.expand(t.shape[1], 3), self.cfg.head_dim)])  # (S + S_t, d/2)
         mask = torch.cat([keep.new_ones(s.shape[:2]), keep], 1)[:, None, None]  # (B, 1, 1, S + S_t)

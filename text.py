@@ -100,6 +100,11 @@ class TextEncoder(nn.Module):
         return tokens, mask.bool()
 
 
+def masked_mean(tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """A caption's pooled encoding: the mean of its real tokens, tokens (B, S_t, E), keep (B, S_t) -> (B, E)."""
+    return (tokens * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
+
+
 def load_frozen(name: str) -> nn.Module:
     """A T5-family encoder and its tokenizer from a Hub id or a folder (`transformers`), in eval mode, frozen;
     a one-line error for anything else."""

@@ -44,6 +44,7 @@ import demo  # noqa: E402
 import generate  # noqa: E402
 import pipeline  # noqa: E402
 import synthetic  # noqa: E402
+import text  # noqa: E402
 import train  # noqa: E402
 from modalities import to_uint8, to_unit  # noqa: E402
 
@@ -185,6 +186,38 @@ def score_seed(a, seed: int, out: Path) -> dict:
     return {"rows": rows}
 
 
+def caption_sensitivity(ckpt: Path, items: list, seed: int) -> dict:
+    """Why a caption is followed or not, from the seed's checkpoint on its test captions: `cosine`, the mean cosine
+    between the pooled encodings of distinct captions (1: the encoder maps every caption alike), and `swap`, how
+    far the network's output moves when each caption is swapped for another clip's of the same kind, relative to
+    when it is removed (0: the network hears whether there is a caption, not which), at the first sampling step
+    (n = N − 1, x pure noise)."""
+    pipe = pipeline.load(ckpt)
+    net, caps = pipe.net.eval(), [it["caption"] for it in items]
+    distinct = sorted(set(caps))
+    g = torch.Generator().manual_seed(seed)
+    x = {k: torch.randn(shape, generator=g) for k, shape in pipe.net_shapes(len(items), pipe.clip.frames).items()}
+    n = torch.full((len(items),), pipe.diffusion.cfg.num_steps - 1)
+    with torch.no_grad():
+        pooled = torch.nn.functional.normalize(text.masked_mean(*net.text_encoder(distinct)), dim=-1)  # (K, E)
+        cos = pooled @ pooled.T  # (K, K)
+        own, other, none = (net(x, n, text=t) for t in (caps, shuffled_captions(items), [""] * len(items)))
+    moved = {w: sum((own[k] - o[k]).pow(2).sum() for k in own).sqrt() for w, o in (("swap", other), ("drop", none))}
+    K = len(distinct)
+    return {"cosine": float((cos.sum() - K) / max(K * (K - 1), 1)), "swap": float(moved["swap"] / moved["drop"])}
+
+
+def sensitivity_seed(a, seed: int, out: Path) -> dict:
+    """caption_sensitivity of the seed's trained checkpoint (OUT/seedS/sensitivity.json; resumes)."""
+    path = out / f"seed{seed}" / "sensitivity.json"
+    if not path.exists():
+        made = json.loads((path.parent / "text.json").read_text())
+        ckpt = path.parent / "run" / Path(made["checkpoint"]).name
+        test = data.SyntheticDataset(pipeline.load(ckpt).clip, "test", num_clips=a.clips, seed=seed)
+        path.write_text(json.dumps(caption_sensitivity(ckpt, [test[i] for i in range(len(test))], seed)))
+    return json.loads(path.read_text())
+
+
 def report(a, per_seed: list[dict], out: Path) -> str:
     """OUT/captions.md: each arm's rates pooled over seeds and clips, and the paired differences."""
     metrics = ("tempo", "pitch", "colour", "sync", "f1")
@@ -216,10 +249,17 @@ def report(a, per_seed: list[dict], out: Path) -> str:
             "half a semitone. Columns: hit rates (tempo: dance clips; pitch: bounce clips; colour: frames), sync "
             "= onset F1 of the generated audio against the generated video's events, f1 = v2a onset F1 against "
             "the true events.")
-    text = "\n".join([head, "", *lines])
-    (out / "captions.md").write_text(text + "\n")
-    (out / "captions.json").write_text(json.dumps({"args": vars(a), "differences": found}, indent=1))
-    return text
+    sens = [sensitivity_seed(a, seed, out) for seed in a.seeds]
+    lines += ["", "Why (caption_sensitivity): the mean cosine of distinct test captions' pooled encodings (1: all "
+              "alike), and the output's move when a caption is swapped for another of its kind, relative to when it "
+              "is removed (0: only whether there is a caption is heard), at the first sampling step.", "",
+              "| seed | encoder cosine | swap / drop |", "|---|---|---|",
+              *[f"| {seed} | {x['cosine']:.3f} | {x['swap']:.3f} |" for seed, x in zip(a.seeds, sens)]]
+    report_text = "\n".join([head, "", *lines])
+    (out / "captions.md").write_text(report_text + "\n")
+    (out / "captions.json").write_text(json.dumps({"args": vars(a), "differences": found,
+                                                   "sensitivity": dict(zip(a.seeds, sens))}, indent=1))
+    return report_text
 
 
 def main(argv=None):

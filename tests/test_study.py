@@ -100,7 +100,9 @@ def test_captions_smoke(tmp_path):
     truth = rows["ground truth"]
     for metric in ("tempo", "pitch", "colour"):
         assert sum(r.get(f"{metric}_hit", 0) for r in truth) == sum(r.get(f"{metric}_n", 0) for r in truth) > 0
-    found = json.loads((tmp_path / "captions.json").read_text())["differences"]
+    reported = json.loads((tmp_path / "captions.json").read_text())
+    found, sens = reported["differences"], reported["sensitivity"]["0"]
+    assert -1 <= sens["cosine"] <= 1 and sens["swap"] >= 0
     assert {d["claim"] for d in found} >= {"synchronisation: two-step against joint (seed 002's claim)",
                                            "adherence: the caption against a shuffled one"}
     meta, _ = checkpoint.read(tmp_path / "seed0" / "run" / "ckpt-00000002.safetensors")

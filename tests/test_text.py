@@ -1,6 +1,8 @@
 """Text conditioning (issue 30): the offline byte-level encoder, a frozen encoder from a folder in the Hub's
 format, the DiT reading captions, dropped captions as the unconditioned model, classifier-free guidance by
 hand, and train.py / sample.py with captions end to end."""
+import sys
+
 import pytest
 import torch
 from test_sample import long_clip, sample_cli
@@ -11,6 +13,7 @@ import pipeline
 import sampling
 import text
 import train
+from conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 TINY_TEXT = ["--model", "dit", "--preset", "tiny", "--patch", "2", "--center", "--size", "16", "--frames", "6",
@@ -162,3 +165,19 @@ def test_training_on_clips_without_captions_is_one_line():
     with pytest.raises(ValueError, match="have no caption"):
         train.check_captions(cfg, [{"caption": ""}] * 5)
     train.check_captions(cfg, [{"caption": ""}, {"caption": "a ball"}])  # some captions: trains
+
+
+def test_caption_sensitivity_hears_a_swap_only_when_the_captions_differ(text_ckpt):
+    """experiments/captions.py's diagnostic on a tiny captioned model: swapping identical captions moves nothing,
+    swapping different ones does, and the encoder's cosine is that of the captions' pooled encodings."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import captions
+    same = [{"caption": "A red ball.", "tempo": 0.0}] * 3
+    differ = [{"caption": c, "tempo": 0.0} for c in ("A red ball.", "Two green balls hum G5.", "A blue ball.")]
+    assert captions.caption_sensitivity(text_ckpt, same, seed=0)["swap"] == 0
+    got = captions.caption_sensitivity(text_ckpt, differ, seed=0)
+    enc = pipeline.load(text_ckpt).net.eval().text_encoder
+    with torch.no_grad():
+        p = torch.nn.functional.normalize(text.masked_mean(*enc(sorted(c["caption"] for c in differ))), dim=-1)
+    pairs = (p[[0, 0, 1]] * p[[1, 2, 2]]).sum(-1)  # the three distinct pairs' cosines
+    assert got["swap"] > 0 and got["cosine"] == pytest.approx(float(pairs.mean()), abs=1e-6)
