@@ -186,13 +186,12 @@ def score_seed(a, seed: int, out: Path) -> dict:
     return {"rows": rows}
 
 
-def caption_sensitivity(ckpt: Path, items: list, seed: int) -> dict:
-    """Why a caption is followed or not, from the seed's checkpoint on its test captions: `cosine`, the mean cosine
+def caption_sensitivity(pipe: pipeline.Pipeline, items: list, seed: int) -> dict:
+    """Why a caption is followed or not, from the seed's loaded model on its test captions: `cosine`, the mean cosine
     between the pooled encodings of distinct captions (1: the encoder maps every caption alike), and `swap`, how
     far the network's output moves when each caption is swapped for another clip's of the same kind, relative to
     when it is removed (0: the network hears whether there is a caption, not which), at the first sampling step
     (n = N − 1, x pure noise)."""
-    pipe = pipeline.load(ckpt)
     net, caps = pipe.net.eval(), [it["caption"] for it in items]
     distinct = sorted(set(caps))
     g = torch.Generator().manual_seed(seed)
@@ -212,9 +211,9 @@ def sensitivity_seed(a, seed: int, out: Path) -> dict:
     path = out / f"seed{seed}" / "sensitivity.json"
     if not path.exists():
         made = json.loads((path.parent / "text.json").read_text())
-        ckpt = path.parent / "run" / Path(made["checkpoint"]).name
-        test = data.SyntheticDataset(pipeline.load(ckpt).clip, "test", num_clips=a.clips, seed=seed)
-        path.write_text(json.dumps(caption_sensitivity(ckpt, [test[i] for i in range(len(test))], seed)))
+        pipe = pipeline.load(path.parent / "run" / Path(made["checkpoint"]).name)
+        test = data.SyntheticDataset(pipe.clip, "test", num_clips=a.clips, seed=seed)
+        path.write_text(json.dumps(caption_sensitivity(pipe, [test[i] for i in range(len(test))], seed)))
     return json.loads(path.read_text())
 
 

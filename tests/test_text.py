@@ -174,9 +174,10 @@ def test_caption_sensitivity_hears_a_swap_only_when_the_captions_differ(text_ckp
     import captions
     same = [{"caption": "A red ball.", "tempo": 0.0}] * 3
     differ = [{"caption": c, "tempo": 0.0} for c in ("A red ball.", "Two green balls hum G5.", "A blue ball.")]
-    assert captions.caption_sensitivity(text_ckpt, same, seed=0)["swap"] == 0
-    got = captions.caption_sensitivity(text_ckpt, differ, seed=0)
-    enc = pipeline.load(text_ckpt).net.eval().text_encoder
+    pipe = pipeline.load(text_ckpt)
+    assert captions.caption_sensitivity(pipe, same, seed=0)["swap"] == 0
+    got = captions.caption_sensitivity(pipe, differ, seed=0)
+    enc = pipe.net.eval().text_encoder
     with torch.no_grad():
         p = torch.nn.functional.normalize(text.masked_mean(*enc(sorted(c["caption"] for c in differ))), dim=-1)
     pairs = (p[[0, 0, 1]] * p[[1, 2, 2]]).sum(-1)  # the three distinct pairs' cosines
