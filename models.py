@@ -46,6 +46,11 @@ def video_channels(cfg) -> int:
     return 4 if cfg.vae == "sd" else 3 * cfg.patch ** 2
 
 
+def video_side(vae: str, patch: int, size: int) -> int:
+    """The video codec's latent side: H/8 for the SD-VAE, H/p for the patch-p pixel codec (vae.py's `factor`)."""
+    return size // (8 if vae == "sd" else patch)
+
+
 def no_trained_conditions(cfg, model: str) -> None:
     """Trained conditional modes (--cond-tasks) need a network that takes a clean condition, and captions
     (--text-encoder) one that reads them: the DiT's."""
@@ -78,7 +83,7 @@ def mmdiffusion_net(cfg, clip) -> dict:
     H/p × W/p, or SD-VAE latents) and the mel's M bins as the audio path's channels over its T steps."""
     no_trained_conditions(cfg, "MM-Diffusion")
     if cfg.as_cmmd:
-        side = clip.size // (8 if cfg.vae == "sd" else cfg.patch)
+        side = video_side(cfg.vae, cfg.patch, clip.size)
         return asdict(mmdiffusion_preset(cfg.preset, frames=clip.frames, image_size=side,
                                          video_channels=video_channels(cfg), audio_channels=melspec.N_MELS,
                                          audio_samples=clip.mel_steps))
@@ -112,7 +117,7 @@ def mmldm_net(cfg, clip) -> dict:
         raise ValueError(f"--ae {cfg.ae}: trained with other {', '.join(differ)}; the generator takes its "
                          "autoencoder's clips and codecs")
     codec = ae_meta["codec"]
-    side = clip.size // (8 if codec["video"] == "sd" else codec.get("patch", 1))
+    side = video_side(codec["video"], codec.get("patch", 1), clip.size)
     shapes = {"video": (1, clip.frames, ae.video_channels, side, side), "audio": (1, melspec.N_MELS, clip.mel_steps)}
     return asdict(mmldm.generator_config(ae, mmldm.latent_shapes(ae, shapes), clip.duration, cfg.preset,
                                          cond_modes=cfg.cond_tasks > 0))
