@@ -14,6 +14,7 @@ Two kinds of encoder, chosen by TextConfig.encoder:
 Shapes besides the README's: S_t text tokens, E the encoder's width.
 """
 import contextlib
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,16 @@ class TextEncoder(nn.Module):
             # kept out of the module tree: not trained, not in the state dict, so not in any checkpoint
             object.__setattr__(self, "frozen", load_frozen(cfg.encoder))
         self.width = (self.model or self.frozen).config.d_model
+
+    def __deepcopy__(self, memo):
+        """A copy (train.py's EMA network) shares the frozen encoder: it is never trained, so a second copy would
+        only take memory."""
+        if self.frozen is not None:
+            memo[id(self.frozen)] = self.frozen
+        twin = self.__class__.__new__(self.__class__)
+        memo[id(self)] = twin
+        twin.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return twin
 
     def _apply(self, fn, *args, **kwargs):  # .to(device) and .float() reach the frozen encoder too
         super()._apply(fn, *args, **kwargs)

@@ -1,6 +1,7 @@
 """Text conditioning (issue 30): the offline byte-level encoder, a frozen encoder from a folder in the Hub's
 format, the DiT reading captions, dropped captions as the unconditioned model, classifier-free guidance by
 hand, and train.py / sample.py with captions end to end."""
+import copy
 import sys
 
 import pytest
@@ -64,6 +65,9 @@ def test_a_frozen_encoder_from_a_folder_stays_out_of_the_state_dict(tmp_path):
     assert not any(k.startswith("text_encoder.") for k in net.state_dict())  # not in any checkpoint
     assert not any(p is q for p in net.parameters() for q in net.text_encoder.frozen.parameters())  # not trained
     assert net.text_encoder.width == 32 and net.text_embed.in_features == 32
+    ema = copy.deepcopy(net)  # train.py's EMA network: its own trained weights, the frozen encoder shared
+    assert ema.text_encoder.frozen is net.text_encoder.frozen
+    assert not any(p is q for p in net.parameters() for q in ema.parameters())
     net.to(torch.float64)
     assert next(net.text_encoder.frozen.parameters()).dtype == torch.float64  # .to() reaches it
     with pytest.raises(ValueError, match="cannot load the text encoder"):
