@@ -186,3 +186,17 @@ def test_caption_sensitivity_hears_a_swap_only_when_the_captions_differ(text_ckp
         p = torch.nn.functional.normalize(text.masked_mean(*enc(sorted(c["caption"] for c in differ))), dim=-1)
     pairs = (p[[0, 0, 1]] * p[[1, 2, 2]]).sum(-1)  # the three distinct pairs' cosines
     assert got["swap"] > 0 and got["cosine"] == pytest.approx(float(pairs.mean()), abs=1e-6)
+
+
+@pytest.mark.slow  # a minute or more of compiling on a 2-core CPU
+def test_compiled_captioned_dit_equals_eager():
+    """pipeline.compile_net (the path of `sample.py --compile`) on a captioned DiT in eval mode, where the caption's
+    encoding is cached: the compiled network computes what the eager one does, with captions and without."""
+    net = shaken(dit.DiT(dit.preset("tiny", video_channels=3, text={}))).eval()
+    x, n = {"video": torch.randn(2, 4, 3, 8, 8), "audio": torch.randn(2, 80, 16)}, torch.tensor([5, 500])
+    compiled = pipeline.compile_net(net, torch.device("cpu"))
+    with torch.no_grad():
+        for captions in (["a red ball", "drums at 120 bpm"], ["", ""]):
+            got, want = compiled(x, n, text=captions), net(x, n, text=captions)
+            for k in x:
+                torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
